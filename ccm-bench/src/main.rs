@@ -1,0 +1,2 @@
+//! ccm-bench: benchmarks of ccm against perftest.
+fn main() {}

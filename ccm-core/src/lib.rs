@@ -1,0 +1,1 @@
+//! The cluster connection manager: sans-IO state machines, clients, link monitor, failover.

@@ -1,0 +1,1 @@
+//! Safe, allocation-free wrapper of libibverbs: the only crate of ccm with `unsafe`.

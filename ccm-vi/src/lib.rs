@@ -1,0 +1,1 @@
+//! VI Architecture semantics over ccm-verbs, with slam connect.

@@ -78,6 +78,8 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
 pub(crate) struct ContextInner {
     pub(crate) ctx: *mut sys::ibv_context,
     name: String,
+    /// sysfs path of the device's uverbs char device (`/sys/class/infiniband_verbs/uverbsN`).
+    dev_path: String,
 }
 
 // SAFETY: libibverbs contexts are thread safe (every verb may be called from any thread); the
@@ -136,6 +138,13 @@ impl Context {
             .devices()
             .find(|&d| device_name(d) == name)
             .ok_or_else(|| Error::NoDevice(name.to_string()))?;
+        // SAFETY: `dev` is a live entry of `list`; only the `dev_path` char array is read (a
+        // NUL-terminated string filled by libibverbs), through a raw place, no reference to the
+        // whole struct.
+        let dev_path = unsafe {
+            let p = std::ptr::addr_of!((*dev).dev_path) as *const std::ffi::c_char;
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
         // SAFETY: `dev` is a live entry of `list`, which outlives this call.
         let ctx = unsafe { sys::ibv_open_device(dev) };
         if ctx.is_null() {
@@ -145,6 +154,7 @@ impl Context {
             inner: Arc::new(ContextInner {
                 ctx,
                 name: name.to_string(),
+                dev_path,
             }),
         })
     }
@@ -156,6 +166,25 @@ impl Context {
 
     pub(crate) fn raw(&self) -> *mut sys::ibv_context {
         self.inner.ctx
+    }
+
+    /// True once the device is being removed (its uverbs char device is gone from sysfs).
+    ///
+    /// Needed because a provider without kernel "disassociate" support (rxe) reports nothing
+    /// when its device is deleted: no DEVICE_FATAL, verbs keep working, and the deletion
+    /// blocks in the kernel until every process closes its context. Poll this (cheap: one
+    /// `stat`) from a monitor and drop every object of the context when it turns true.
+    pub fn is_removed(&self) -> bool {
+        !self.inner.dev_path.is_empty() && !std::path::Path::new(&self.inner.dev_path).exists()
+    }
+
+    /// `Err(Error::DeviceRemoved)` once [`is_removed`](Self::is_removed) is true.
+    pub fn check_alive(&self) -> Result<()> {
+        if self.is_removed() {
+            Err(Error::DeviceRemoved(self.inner.name.clone()))
+        } else {
+            Ok(())
+        }
     }
 
     /// True if `self` and `other` are the same open context.

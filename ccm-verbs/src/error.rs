@@ -26,6 +26,9 @@ pub enum Error {
     /// No RDMA device of that name.
     #[error("no RDMA device named {0:?}")]
     NoDevice(String),
+    /// The device is being removed from the system (see [`crate::Context::is_removed`]).
+    #[error("RDMA device {0:?} was removed")]
+    DeviceRemoved(String),
     /// The port is not ACTIVE.
     #[error("port {port} is not active (state {state})")]
     PortDown {

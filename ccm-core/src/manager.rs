@@ -1,0 +1,2208 @@
+//! The manager state machine: one per node, owning every connection between its clients and the
+//! partner's, over all interconnects. Sans-IO: [`Manager::handle`] takes the current [`Time`] and one
+//! [`Input`]; the manager queues [`Action`]s that the driver takes with [`Manager::poll_action`].
+//!
+//! # Roles
+//! The node with the lower [`NodeId`] is the *placer*: it connects the initial sessions (the other
+//! node listens) and decides which interconnect and which [`Generation`] each client pair uses. The
+//! other node follows. This removes every tie-break from the protocol: two managers can never bind the
+//! same client differently, even when they start at the same instant.
+//!
+//! # Bring-up, per interconnect (Fig. 4)
+//! * **410** initial session: the placer emits [`Action::Connect`] (the other emitted [`Action::Listen`]
+//!   once at start); the driver answers [`Input::SessionEstablished`] with the manager's control VI.
+//!   The transport is the driver's choice (the intended one is TCP on the interconnect's IP address);
+//!   the manager only needs an ordered, reliable message stream, which TCP and RC both are.
+//! * **415** peer info: both send [`Hello`]; each checks the cluster id, the partner's node id and the
+//!   overlap of version ranges (highest common version wins), then sends an [`AuthChallenge`]; each
+//!   answers the other's challenge with an [`AuthResponse`] (see [`crate::auth`]); after verifying it,
+//!   each sends [`PeerInfo`] (control VI, windows). A refusal is a typed [`wire::Error`] sent to the
+//!   partner and an [`Action::LinkRefused`] locally, on both sides, then the session closes and the
+//!   interconnect retries after its back-off. Other interconnects are unaffected.
+//!   On the partner's [`PeerInfo`] the control VI is slam connected and the interconnect is *up*.
+//! * **420** for each client pair to place on it, the placer asks its client to create VIs and register
+//!   memory ([`Action::CreateClientVis`]).
+//! * **425** the VI addresses of every client created by then go to the partner in one [`ClientInfo`]
+//!   batch (the batch waits for outstanding creations at most `batch_window`).
+//! * **430** the receiver hands the partner's addresses to its client ([`ClientEvent::PartnerInfo`]),
+//!   creates its own VIs (follower), and answers with its own batch.
+//! * **435** each side slam connects a client's VIs ([`Action::SlamConnect`]) as soon as it has both
+//!   its own and the partner's addresses,
+//! * **440** and then sends [`Ready`] for it.
+//! * **445** on the partner's [`Ready`] the client is told [`ClientEvent::Ready`] (or
+//!   [`ClientEvent::Resumed`] after a stop). A client is therefore never told Ready before the
+//!   partner's client has slam connected the other end.
+//!
+//! # Operation (Fig. 5)
+//! * **507** every [`Input`] is an event; **510/515** client requests (register, open VI, grow buffer,
+//!   free VI, unregister) are carried out and mirrored to the partner ([`ClientOpen`], [`ClientClose`],
+//!   or an updated [`ClientInfo`] entry for grown windows).
+//! * **520** on an interconnect error (port down, async event, VI error, missed heartbeats, session
+//!   closed) clients bound to it are told [`ClientEvent::Stop`], and the partner is told [`Stop`] over
+//!   the surviving interconnects so it fails the same session without waiting for heartbeats;
+//! * **525** their VIs are released ([`Action::ReleaseClientVis`]);
+//! * **530** the interconnect re-initializes with the same bring-up after a back-off, while the placer
+//!   moves its clients to the least utilised healthy interconnect (failover, Fig. 9) and back home once
+//!   the home has been healthy for the hold-down (failback).
+//!
+//! # Link monitor and partner state
+//! Every up interconnect carries a [`Heartbeat`] each `heartbeat_period`; any message counts as a sign
+//! of life, and `heartbeat_misses` periods of silence fail the interconnect. When one interconnect
+//! fails and another is up, only that link failed. When the last one fails the partner becomes
+//! *suspect* ([`ClientEvent::PartnerSuspect`]) and, unless an interconnect comes back within
+//! `partner_down_after`, *down* ([`ClientEvent::PartnerDown`]). A [`Hello`] with a new incarnation
+//! means the partner restarted: its clients are gone, so ours are told PartnerDown at once.
+//!
+//! # Bounded waits
+//! Connect (`connect_timeout`), the whole handshake (`handshake_timeout`), silence on an up link
+//! (`heartbeat_period * heartbeat_misses`), batching (`batch_window`), partner suspicion
+//! (`partner_down_after`) and re-initialization (`backoff_min..backoff_max`, exponential with jitter,
+//! reset only after a link stayed up for the hold-down, so a flapping link cannot cause a reconnect
+//! storm) are all timers. The only unbounded waits are on local clients creating their VIs, which
+//! never block the other clients: a slow client simply joins a later batch.
+//!
+//! # Default timings and their derivation
+//! * `heartbeat_period` 10 ms, `heartbeat_misses` 3: issue 6 asks for silent-loss detection within
+//!   three heartbeat periods and failover in milliseconds; three misses ride out the few-millisecond
+//!   scheduling jitter of the lab's rxe under QEMU, and 100 small messages per second per link cost
+//!   nothing. Silent-loss detection is therefore 30 ms (Linux bonding: 100 ms, corosync: 1.5 s).
+//!   Port-down is event driven and does not wait for heartbeats.
+//! * `partner_down_after` 500 ms: more than `backoff_max + connect_timeout + handshake_timeout`
+//!   (100 + 50 + 100 ms), so a partner reachable on any healthy interconnect always comes back
+//!   before it is declared down; short against takeover timeouts (NetApp: 15 s).
+//! * `failback_hold_down` 500 ms: fifty heartbeat periods of uninterrupted health before clients
+//!   move back (corosync waits for two pongs; we prefer fewer needless moves).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::auth;
+use crate::placement::{self, ClientNeeds, LinkView};
+use crate::wire::{
+    self, AuthChallenge, AuthResponse, BandwidthClass, ClientClose, ClientEntry, ClientId,
+    ClientInfo, ClientOpen, ClientRef, ClusterId, DecodeError, ErrorCode, Generation, Heartbeat,
+    Hello, InterconnectId, MemoryWindow, Message, NodeId, PeerInfo, ProtocolVersion, Ready, Resume,
+    Stop, ViAddress, MAX_VIS,
+};
+use crate::Time;
+
+/// Identity of one session (one initial-session connection of one interconnect), named by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+/// Configuration of a manager. [`Config::new`] fills the documented defaults.
+#[derive(Clone)]
+pub struct Config {
+    /// This node.
+    pub node: NodeId,
+    /// The partner node (the only node accepted in a [`Hello`]).
+    pub partner: NodeId,
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The shared cluster secret (never sent, never printed).
+    pub secret: Vec<u8>,
+    /// Number of interconnects (the same indices on both nodes).
+    pub interconnects: u8,
+    /// Lowest protocol version spoken.
+    pub min_version: ProtocolVersion,
+    /// Highest protocol version spoken.
+    pub max_version: ProtocolVersion,
+    /// Feature bits offered.
+    pub features: u64,
+    /// Heartbeat period on each up interconnect.
+    pub heartbeat_period: Duration,
+    /// Periods of silence after which an interconnect is failed.
+    pub heartbeat_misses: u32,
+    /// Bound on one connect attempt of the initial session (410).
+    pub connect_timeout: Duration,
+    /// Bound on the whole peer-info exchange and authentication (415).
+    pub handshake_timeout: Duration,
+    /// First re-initialization back-off (530).
+    pub backoff_min: Duration,
+    /// Largest re-initialization back-off.
+    pub backoff_max: Duration,
+    /// How long the partner stays suspect before it is declared down.
+    pub partner_down_after: Duration,
+    /// How long a home interconnect must be healthy before clients fail back to it.
+    pub failback_hold_down: Duration,
+    /// Longest wait for outstanding VI creations before a batch (425) is sent anyway.
+    pub batch_window: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node", &self.node)
+            .field("partner", &self.partner)
+            .field("cluster", &self.cluster)
+            .field("secret", &"<redacted>")
+            .field("interconnects", &self.interconnects)
+            .field("versions", &(self.min_version..=self.max_version))
+            .field("heartbeat_period", &self.heartbeat_period)
+            .field("heartbeat_misses", &self.heartbeat_misses)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: ProtocolVersion = 1;
+
+impl Config {
+    /// A configuration with the documented default timings.
+    pub fn new(
+        node: NodeId,
+        partner: NodeId,
+        cluster: ClusterId,
+        secret: impl Into<Vec<u8>>,
+        interconnects: u8,
+    ) -> Config {
+        Config {
+            node,
+            partner,
+            cluster,
+            secret: secret.into(),
+            interconnects,
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            features: 0,
+            heartbeat_period: Duration::from_millis(10),
+            heartbeat_misses: 3,
+            connect_timeout: Duration::from_millis(50),
+            handshake_timeout: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(100),
+            partner_down_after: Duration::from_millis(500),
+            failback_hold_down: Duration::from_millis(500),
+            batch_window: Duration::from_millis(2),
+        }
+    }
+
+    /// Silence after which an up interconnect is failed.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_period * self.heartbeat_misses
+    }
+
+    /// Whether this node places clients and connects the initial sessions.
+    pub fn is_placer(&self) -> bool {
+        self.node < self.partner
+    }
+}
+
+/// What a client registers with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSpec {
+    /// Its id (the same on both nodes for the two peer clients).
+    pub id: ClientId,
+    /// Its name.
+    pub name: String,
+    /// Its bandwidth class.
+    pub class: BandwidthClass,
+    /// How many VIs it needs (1..=[`MAX_VIS`]); the pair uses the larger of the two sides' counts.
+    pub vi_count: u8,
+    /// A pinned interconnect, if configured.
+    pub pinned: Option<InterconnectId>,
+}
+
+/// Client requests (Fig. 5, 510/515).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// Register a client; it waits until the partner's client registers too.
+    Register(ClientSpec),
+    /// Open one more VI.
+    OpenVi(ClientId),
+    /// The client re-registered larger buffers: these are its windows now.
+    GrowBuffer(ClientId, Vec<MemoryWindow>),
+    /// Free one VI.
+    FreeVi(ClientId),
+    /// Unregister: its VIs and memory are released on both nodes.
+    Unregister(ClientId),
+}
+
+/// Asynchronous device events the driver forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncEvent {
+    /// The port became active.
+    PortActive,
+    /// The port went down.
+    PortError,
+    /// The device failed; it is unusable until a later `PortActive`.
+    DeviceFatal,
+}
+
+/// Which VI an error or completion status refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViRef {
+    /// The manager's control VI of the interconnect.
+    Control,
+    /// A client's VI of a binding generation.
+    Client(ClientId, Generation),
+}
+
+/// Events into the manager (step 507).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// 410: a session is up (the connect of the placer, or accepted by the listener). The driver has
+    /// created this session's control VI; its address and the manager's windows go into [`PeerInfo`].
+    SessionEstablished {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The driver's name for the session.
+        session: SessionId,
+        /// The manager's control VI for this session.
+        control_vi: ViAddress,
+        /// The manager's memory windows.
+        windows: Vec<MemoryWindow>,
+    },
+    /// 410: the connect attempt failed (refused, unreachable).
+    ConnectFailed {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The attempt, as given in [`Action::Connect`].
+        attempt: u64,
+    },
+    /// The partner closed the session, or the transport broke it.
+    SessionClosed {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session.
+        session: SessionId,
+    },
+    /// A control message from the partner.
+    Message {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session it arrived on.
+        session: SessionId,
+        /// The message.
+        msg: Message,
+    },
+    /// Bytes on the session that do not decode: the session is refused.
+    Malformed {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session.
+        session: SessionId,
+        /// Why.
+        error: DecodeError,
+    },
+    /// The port state of an interconnect (polled).
+    PortState {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// Whether the port is active.
+        up: bool,
+    },
+    /// An asynchronous device event.
+    AsyncEvent {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The event.
+        event: AsyncEvent,
+    },
+    /// A VI reported an error completion or went to the error state.
+    ViError {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// Which VI.
+        vi: ViRef,
+    },
+    /// 420: a client created the VIs asked for and registered its memory.
+    ClientVisCreated {
+        /// The client.
+        client: ClientId,
+        /// The generation of the request.
+        generation: Generation,
+        /// Its VIs, as many as asked.
+        vis: Vec<ViAddress>,
+        /// Its memory windows.
+        windows: Vec<MemoryWindow>,
+    },
+    /// 510: a client request.
+    Client(ClientRequest),
+    /// The timer armed with [`Action::ArmTimer`] expired (spurious expiries are harmless).
+    Timer,
+}
+
+/// What a client is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// 430: the partner client's VI addresses and windows (again when its windows grow).
+    PartnerInfo(ClientEntry),
+    /// 445: both ends are slam connected on `ic`; start posting.
+    Ready {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The binding generation.
+        generation: Generation,
+    },
+    /// 520: stop posting on `ic`; the VIs are being released.
+    Stop {
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// After a stop: connected again (perhaps on another interconnect).
+    Resumed {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The binding generation.
+        generation: Generation,
+    },
+    /// Every interconnect is silent; the partner may be down.
+    PartnerSuspect,
+    /// The partner is down (or restarted): its clients are gone.
+    PartnerDown,
+    /// The partner's peer client unregistered.
+    PartnerClosed,
+}
+
+/// Why an interconnect was failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkFailure {
+    /// The connect attempt failed.
+    ConnectFailed,
+    /// The connect attempt took longer than `connect_timeout`.
+    ConnectTimeout,
+    /// The handshake took longer than `handshake_timeout`.
+    HandshakeTimeout,
+    /// The handshake was refused (by us or the partner).
+    Refused,
+    /// The session closed.
+    SessionClosed,
+    /// No message for `heartbeat_misses` periods.
+    HeartbeatLoss,
+    /// The port went down.
+    PortDown,
+    /// A VI error on the interconnect.
+    ViError,
+    /// The partner told us (over another interconnect) that it failed.
+    PartnerReported,
+    /// The partner restarted; its old sessions are dead.
+    PartnerRestarted,
+    /// The listener accepted a new session that replaces this one.
+    Replaced,
+}
+
+impl LinkFailure {
+    /// Whether this side detected the failure locally, so the partner should hear about it.
+    fn tell_partner(self) -> bool {
+        matches!(
+            self,
+            LinkFailure::HeartbeatLoss | LinkFailure::PortDown | LinkFailure::ViError
+        )
+    }
+}
+
+/// A refused handshake (415), reported on both sides.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// No common protocol version.
+    #[error("incompatible version: partner speaks {partner_min}..={partner_max}, we speak {ours_min}..={ours_max}")]
+    IncompatibleVersion {
+        /// The partner's lowest.
+        partner_min: ProtocolVersion,
+        /// The partner's highest.
+        partner_max: ProtocolVersion,
+        /// Our lowest.
+        ours_min: ProtocolVersion,
+        /// Our highest.
+        ours_max: ProtocolVersion,
+    },
+    /// The partner belongs to another cluster.
+    #[error("foreign cluster {0:?}")]
+    ForeignCluster(ClusterId),
+    /// The partner is not the configured partner node.
+    #[error("unexpected node {0:?}")]
+    UnexpectedNode(NodeId),
+    /// The partner failed authentication (wrong cluster secret).
+    #[error("authentication failed: wrong cluster secret")]
+    AuthenticationFailed,
+    /// A message out of order.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// Bytes that do not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(DecodeError),
+    /// The partner refused us.
+    #[error("refused by partner: {code:?}: {text}")]
+    RefusedByPartner {
+        /// Its code.
+        code: ErrorCode,
+        /// Its text.
+        text: String,
+    },
+}
+
+/// Steps of the bring-up and operation, logged with their time ([`Action::Step`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// 410: connecting (placer) or listening (follower) on an interconnect.
+    InitialSession410 {
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// 410: the session is up; the handshake starts.
+    SessionEstablished410 {
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// 415: peer info exchanged and authenticated; control VI slam connected; the link is up.
+    PeerInfoExchanged415 {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The negotiated version.
+        version: ProtocolVersion,
+    },
+    /// 415: refused.
+    Refused415 {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// Why.
+        error: HandshakeError,
+    },
+    /// 420: a client asked to create VIs.
+    CreateVis420 {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The generation.
+        generation: Generation,
+    },
+    /// 425: a batch of client VI addresses sent.
+    SendBatch425 {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// How many clients.
+        clients: usize,
+    },
+    /// 430: partner info handed to a client.
+    PartnerInfo430 {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// 435: a client's VIs slam connected.
+    SlamConnect435 {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// 440: ready sent for a batch of clients.
+    SendReady440 {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// How many clients.
+        clients: usize,
+    },
+    /// 445: a client told to go.
+    ClientsGo445 {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// 515: a client request carried out.
+    ClientRequest515 {
+        /// The client.
+        client: ClientId,
+        /// What.
+        request: &'static str,
+    },
+    /// 520: an interconnect failed; its clients told to stop.
+    StopClients520 {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// Why.
+        reason: LinkFailure,
+        /// How many clients were bound to it.
+        clients: usize,
+    },
+    /// 525: a client's VIs released.
+    Release525 {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// 530: the interconnect will re-initialize.
+    Reinitialize530 {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// Why it failed.
+        reason: LinkFailure,
+        /// After this back-off (zero for a listener).
+        after: Duration,
+    },
+    /// A client placed on another interconnect than its home (failover).
+    Failover {
+        /// The client.
+        client: ClientId,
+        /// Its home.
+        home: InterconnectId,
+        /// Where it goes.
+        to: InterconnectId,
+    },
+    /// A client moved back home.
+    Failback {
+        /// The client.
+        client: ClientId,
+        /// From.
+        from: InterconnectId,
+        /// Home.
+        home: InterconnectId,
+    },
+    /// Every interconnect is down: the partner is suspect.
+    PartnerSuspect,
+    /// An interconnect came back before the partner was declared down.
+    PartnerBack,
+    /// The partner is declared down.
+    PartnerDown,
+    /// The partner restarted (new incarnation).
+    PartnerRestarted,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// 410: start listening for the partner's sessions on `ic`, for the whole life of the manager.
+    Listen {
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// 410: connect the initial session on `ic`; answer [`Input::SessionEstablished`] or
+    /// [`Input::ConnectFailed`] with this `attempt`.
+    Connect {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// Attempt number.
+        attempt: u64,
+    },
+    /// Close a session (after sending what was queued on it) and destroy its control VI.
+    CloseSession {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session.
+        session: SessionId,
+    },
+    /// Send a control message on a session.
+    Send {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session.
+        session: SessionId,
+        /// The message.
+        msg: Message,
+    },
+    /// 415: slam connect the manager's control VI to the partner's.
+    SlamConnectControl {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session.
+        session: SessionId,
+        /// Our control VI.
+        local: ViAddress,
+        /// The partner's.
+        remote: ViAddress,
+    },
+    /// 420: ask a client to create `count` VIs on `ic` and register its memory; it answers with
+    /// [`Input::ClientVisCreated`].
+    CreateClientVis {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The generation to quote back.
+        generation: Generation,
+        /// How many VIs.
+        count: u8,
+    },
+    /// 435: slam connect a client's VIs, the i-th local to the i-th remote.
+    SlamConnect {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The generation.
+        generation: Generation,
+        /// Local VIs.
+        local: Vec<ViAddress>,
+        /// The partner's VIs.
+        remote: Vec<ViAddress>,
+    },
+    /// 525: destroy a client's VIs of a generation and free their memory.
+    ReleaseClientVis {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The generation.
+        generation: Generation,
+    },
+    /// Tell a client something.
+    Tell {
+        /// The client.
+        client: ClientId,
+        /// What.
+        event: ClientEvent,
+    },
+    /// A handshake on `ic` was refused (by us or by the partner).
+    LinkRefused {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// Why.
+        error: HandshakeError,
+    },
+    /// Call [`Manager::handle`] with [`Input::Timer`] at `deadline` (replaces any earlier arming).
+    ArmTimer {
+        /// When.
+        deadline: Time,
+    },
+    /// A step for the log, with its time.
+    Step {
+        /// When.
+        at: Time,
+        /// What.
+        step: Step,
+    },
+}
+
+/// The state of an interconnect as seen from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// The port is down.
+    PortDown,
+    /// Waiting out a back-off before reconnecting.
+    Backoff,
+    /// Connecting (placer).
+    Connecting,
+    /// Listening (follower).
+    Listening,
+    /// Handshake in progress.
+    Handshake,
+    /// Up: authenticated, heartbeats flowing.
+    Up,
+}
+
+/// The partner as seen from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerStatus {
+    /// Never seen.
+    Unknown,
+    /// Reachable on at least one interconnect.
+    Up,
+    /// No interconnect up; not yet declared down.
+    Suspect,
+    /// Declared down.
+    Down,
+}
+
+/// A client's state as seen from here (what `ccm status` shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientStatus {
+    /// The partner is not reachable.
+    WaitingForPartner,
+    /// The partner is up but its peer client has not registered.
+    WaitingForPartnerClient,
+    /// Both clients exist; waiting for the placer to place the pair.
+    WaitingForPlacement,
+    /// Bring-up of a binding in progress.
+    Connecting {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The generation.
+        generation: Generation,
+    },
+    /// Connected and told Ready/Resumed.
+    Ready {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The generation.
+        generation: Generation,
+    },
+}
+
+#[derive(Debug)]
+struct Handshake {
+    session: SessionId,
+    deadline: Time,
+    control_vi: ViAddress,
+    windows: Vec<MemoryWindow>,
+    nonce: [u8; 32],
+    peer_hello: Option<Hello>,
+    version: ProtocolVersion,
+    challenge: Option<[u8; 32]>,
+    responded: bool,
+    peer_verified: bool,
+}
+
+#[derive(Debug)]
+struct UpLink {
+    session: SessionId,
+    tag: u64,
+    incarnation: u64,
+    next_heartbeat: Time,
+    rx_deadline: Time,
+    heartbeat_seq: u64,
+    out_info: Vec<ClientEntry>,
+    out_ready: Vec<ClientRef>,
+    batch_deadline: Option<Time>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    PortDown,
+    Backoff { until: Time },
+    Connecting { attempt: u64, deadline: Time },
+    Listening,
+    Handshake(Box<Handshake>),
+    Up(Box<UpLink>),
+}
+
+#[derive(Debug)]
+struct Link {
+    id: InterconnectId,
+    port_up: bool,
+    phase: Phase,
+    failures: u32,
+    healthy_since: Time,
+    attempt: u64,
+}
+
+impl Link {
+    fn session(&self) -> Option<SessionId> {
+        match &self.phase {
+            Phase::Handshake(h) => Some(h.session),
+            Phase::Up(u) => Some(u.session),
+            _ => None,
+        }
+    }
+    fn up(&self) -> Option<&UpLink> {
+        match &self.phase {
+            Phase::Up(u) => Some(u),
+            _ => None,
+        }
+    }
+    fn up_mut(&mut self) -> Option<&mut UpLink> {
+        match &mut self.phase {
+            Phase::Up(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Binding {
+    generation: Generation,
+    ic: InterconnectId,
+    vi_count: u8,
+    local: Option<Vec<ViAddress>>,
+    remote: Option<ClientEntry>,
+    connected: bool,
+    partner_ready: bool,
+    live: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Told {
+    Idle,
+    Ready,
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Client {
+    spec: ClientSpec,
+    windows: Vec<MemoryWindow>,
+    binding: Option<Binding>,
+    told: Told,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Partner {
+    Unknown,
+    Up { incarnation: u64 },
+    Suspect { incarnation: u64, down_at: Time },
+    Down { incarnation: u64 },
+}
+
+/// Why a binding is dropped; decides what the client is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drop {
+    /// Its interconnect failed or the placer moves it: Stop if it was running.
+    Stop,
+    /// The partner's client unregistered.
+    PartnerClosed,
+    /// The partner is gone; PartnerDown is told separately.
+    PartnerGone,
+    /// The local client unregistered; it is told nothing.
+    Unregistered,
+}
+
+/// The cluster connection manager of one node.
+pub struct Manager {
+    cfg: Config,
+    incarnation: u64,
+    rng: ChaCha20Rng,
+    links: Vec<Link>,
+    clients: BTreeMap<ClientId, Client>,
+    partner: Partner,
+    partner_clients: BTreeMap<ClientId, (u64, Option<ClientOpen>)>,
+    last_generation: BTreeMap<ClientId, Generation>,
+    next_generation: u64,
+    registration_seq: u64,
+    actions: VecDeque<Action>,
+    armed: Option<Time>,
+    now: Time,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("node", &self.cfg.node)
+            .field("partner", &self.partner)
+            .field("links", &self.links)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// A manager starting at `now`. `seed` feeds the CSPRNG for nonces, challenges and back-off
+    /// jitter: the real driver passes 32 bytes from the OS, the simulator a seeded value.
+    /// The first actions (listen or connect on every interconnect) are queued already.
+    pub fn new(cfg: Config, now: Time, seed: [u8; 32]) -> Manager {
+        assert!(
+            cfg.min_version <= cfg.max_version,
+            "empty protocol version range"
+        );
+        assert_ne!(cfg.node, cfg.partner, "a node cannot be its own partner");
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let incarnation = rng.next_u64();
+        let links = (0..cfg.interconnects)
+            .map(|i| Link {
+                id: InterconnectId(i),
+                port_up: true,
+                phase: Phase::Listening,
+                failures: 0,
+                healthy_since: now,
+                attempt: 0,
+            })
+            .collect();
+        let mut m = Manager {
+            cfg,
+            incarnation,
+            rng,
+            links,
+            clients: BTreeMap::new(),
+            partner: Partner::Unknown,
+            partner_clients: BTreeMap::new(),
+            last_generation: BTreeMap::new(),
+            next_generation: 1,
+            registration_seq: 0,
+            actions: VecDeque::new(),
+            armed: None,
+            now,
+        };
+        for i in 0..m.links.len() {
+            if m.cfg.is_placer() {
+                m.connect(now, i);
+            } else {
+                let ic = m.links[i].id;
+                m.push(Action::Listen { ic });
+                m.step(now, Step::InitialSession410 { ic });
+            }
+        }
+        m.finish(now);
+        m
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// This manager's incarnation (random per start), as sent in [`Hello`].
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The next queued action.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The earliest time the manager wants [`Input::Timer`].
+    pub fn next_deadline(&self) -> Option<Time> {
+        let mut d: Option<Time> = None;
+        let mut at = |t: Time| d = Some(d.map_or(t, |x| x.min(t)));
+        for l in &self.links {
+            match &l.phase {
+                Phase::Backoff { until } => at(*until),
+                Phase::Connecting { deadline, .. } => at(*deadline),
+                Phase::Handshake(h) => at(h.deadline),
+                Phase::Up(u) => {
+                    at(u.next_heartbeat);
+                    at(u.rx_deadline);
+                    if let Some(b) = u.batch_deadline {
+                        at(b);
+                    }
+                    // Wake up when a link's hold-down ends, to consider failback.
+                    let hold_end = l.healthy_since + self.cfg.failback_hold_down;
+                    if self.cfg.is_placer() && hold_end > self.now {
+                        at(hold_end);
+                    }
+                }
+                Phase::PortDown | Phase::Listening => {}
+            }
+        }
+        if let Partner::Suspect { down_at, .. } = self.partner {
+            at(down_at);
+        }
+        d
+    }
+
+    /// The state of every interconnect.
+    pub fn link_status(&self) -> Vec<LinkStatus> {
+        self.links
+            .iter()
+            .map(|l| match l.phase {
+                Phase::PortDown => LinkStatus::PortDown,
+                Phase::Backoff { .. } => LinkStatus::Backoff,
+                Phase::Connecting { .. } => LinkStatus::Connecting,
+                Phase::Listening => LinkStatus::Listening,
+                Phase::Handshake(_) => LinkStatus::Handshake,
+                Phase::Up(_) => LinkStatus::Up,
+            })
+            .collect()
+    }
+
+    /// The partner's state.
+    pub fn partner_status(&self) -> PartnerStatus {
+        match self.partner {
+            Partner::Unknown => PartnerStatus::Unknown,
+            Partner::Up { .. } => PartnerStatus::Up,
+            Partner::Suspect { .. } => PartnerStatus::Suspect,
+            Partner::Down { .. } => PartnerStatus::Down,
+        }
+    }
+
+    /// Registered clients.
+    pub fn clients(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.clients.keys().copied()
+    }
+
+    /// A client's state, `None` if not registered.
+    pub fn client_status(&self, id: ClientId) -> Option<ClientStatus> {
+        let c = self.clients.get(&id)?;
+        Some(match &c.binding {
+            Some(b) if b.live => ClientStatus::Ready {
+                ic: b.ic,
+                generation: b.generation,
+            },
+            Some(b) => ClientStatus::Connecting {
+                ic: b.ic,
+                generation: b.generation,
+            },
+            None if !matches!(self.partner, Partner::Up { .. }) => ClientStatus::WaitingForPartner,
+            None => match self.partner_clients.get(&id) {
+                Some((_, Some(_))) => ClientStatus::WaitingForPlacement,
+                _ => ClientStatus::WaitingForPartnerClient,
+            },
+        })
+    }
+
+    /// Handles one event at `now` (step 507) and queues the resulting actions.
+    pub fn handle(&mut self, now: Time, input: Input) {
+        debug_assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
+        self.now = now;
+        match input {
+            Input::SessionEstablished {
+                ic,
+                session,
+                control_vi,
+                windows,
+            } => self.on_session_established(now, ic, session, control_vi, windows),
+            Input::ConnectFailed { ic, attempt } => {
+                if let Some(i) = self.index(ic) {
+                    if matches!(self.links[i].phase, Phase::Connecting { attempt: a, .. } if a == attempt)
+                    {
+                        self.fail_link(now, i, LinkFailure::ConnectFailed);
+                    }
+                }
+            }
+            Input::SessionClosed { ic, session } => {
+                if let Some(i) = self.session_link(ic, session) {
+                    self.fail_link(now, i, LinkFailure::SessionClosed);
+                }
+            }
+            Input::Message { ic, session, msg } => {
+                if let Some(i) = self.session_link(ic, session) {
+                    self.on_message(now, i, msg);
+                }
+            }
+            Input::Malformed { ic, session, error } => {
+                if let Some(i) = self.session_link(ic, session) {
+                    self.refuse(now, i, HandshakeError::Malformed(error));
+                }
+            }
+            Input::PortState { ic, up } => self.on_port(now, ic, up),
+            Input::AsyncEvent { ic, event } => match event {
+                AsyncEvent::PortActive => self.on_port(now, ic, true),
+                AsyncEvent::PortError | AsyncEvent::DeviceFatal => self.on_port(now, ic, false),
+            },
+            Input::ViError { ic, vi } => {
+                if let Some(i) = self.index(ic) {
+                    let relevant = match vi {
+                        ViRef::Control => self.links[i].session().is_some(),
+                        ViRef::Client(c, g) => self.clients.get(&c).is_some_and(|c| {
+                            c.binding
+                                .as_ref()
+                                .is_some_and(|b| b.generation == g && b.ic == ic)
+                        }),
+                    };
+                    if relevant {
+                        self.fail_link(now, i, LinkFailure::ViError);
+                    }
+                }
+            }
+            Input::ClientVisCreated {
+                client,
+                generation,
+                vis,
+                windows,
+            } => self.on_vis_created(now, client, generation, vis, windows),
+            Input::Client(req) => self.on_client_request(now, req),
+            Input::Timer => {
+                // Always re-arm after an expiry, even for an unchanged deadline.
+                self.armed = None;
+                self.on_timer(now);
+            }
+        }
+        self.finish(now);
+    }
+
+    // ----- plumbing -------------------------------------------------------------------------
+
+    fn push(&mut self, a: Action) {
+        self.actions.push_back(a);
+    }
+
+    fn step(&mut self, at: Time, step: Step) {
+        self.actions.push_back(Action::Step { at, step });
+    }
+
+    fn tell(&mut self, client: ClientId, event: ClientEvent) {
+        self.actions.push_back(Action::Tell { client, event });
+    }
+
+    fn index(&self, ic: InterconnectId) -> Option<usize> {
+        let i = ic.0 as usize;
+        (i < self.links.len()).then_some(i)
+    }
+
+    fn session_link(&self, ic: InterconnectId, session: SessionId) -> Option<usize> {
+        let i = self.index(ic)?;
+        (self.links[i].session() == Some(session)).then_some(i)
+    }
+
+    fn send(&mut self, i: usize, msg: Message) {
+        if let Some(session) = self.links[i].session() {
+            let ic = self.links[i].id;
+            self.push(Action::Send { ic, session, msg });
+        }
+    }
+
+    fn broadcast(&mut self, msg: &Message) {
+        for i in 0..self.links.len() {
+            if self.links[i].up().is_some() {
+                self.send(i, msg.clone());
+            }
+        }
+    }
+
+    fn random32(&mut self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        self.rng.fill_bytes(&mut b);
+        b
+    }
+
+    /// Runs after every event: placement, batch flushing and timer arming.
+    fn finish(&mut self, now: Time) {
+        self.place(now);
+        self.flush_batches(now);
+        if let Some(d) = self.next_deadline() {
+            if self.armed != Some(d) {
+                self.armed = Some(d);
+                self.push(Action::ArmTimer { deadline: d });
+            }
+        }
+    }
+
+    // ----- 410: initial session -----------------------------------------------------------------
+
+    fn connect(&mut self, now: Time, i: usize) {
+        let l = &mut self.links[i];
+        l.attempt += 1;
+        let attempt = l.attempt;
+        l.phase = Phase::Connecting {
+            attempt,
+            deadline: now + self.cfg.connect_timeout,
+        };
+        let ic = l.id;
+        self.push(Action::Connect { ic, attempt });
+        self.step(now, Step::InitialSession410 { ic });
+    }
+
+    fn on_session_established(
+        &mut self,
+        now: Time,
+        ic: InterconnectId,
+        session: SessionId,
+        control_vi: ViAddress,
+        windows: Vec<MemoryWindow>,
+    ) {
+        let Some(i) = self.index(ic) else {
+            self.push(Action::CloseSession { ic, session });
+            return;
+        };
+        let acceptable = if self.cfg.is_placer() {
+            matches!(self.links[i].phase, Phase::Connecting { .. })
+        } else {
+            self.links[i].port_up
+        };
+        if !acceptable {
+            // A connect that completed after we gave up on it, or a session on a port we know is down.
+            self.push(Action::CloseSession { ic, session });
+            return;
+        }
+        if self.links[i].session().is_some() {
+            // The partner reconnected: it considers the old session dead, so it is.
+            self.fail_link(now, i, LinkFailure::Replaced);
+        }
+        let nonce = self.random32();
+        self.links[i].phase = Phase::Handshake(Box::new(Handshake {
+            session,
+            deadline: now + self.cfg.handshake_timeout,
+            control_vi,
+            windows,
+            nonce,
+            peer_hello: None,
+            version: 0,
+            challenge: None,
+            responded: false,
+            peer_verified: false,
+        }));
+        self.step(now, Step::SessionEstablished410 { ic });
+        let hello = Hello {
+            min_version: self.cfg.min_version,
+            max_version: self.cfg.max_version,
+            features: self.cfg.features,
+            node: self.cfg.node,
+            cluster: self.cfg.cluster,
+            incarnation: self.incarnation,
+            nonce,
+        };
+        self.send(i, Message::Hello(hello));
+    }
+
+    // ----- 415: peer info, version, cluster, authentication ------------------------------------
+
+    fn refuse(&mut self, now: Time, i: usize, error: HandshakeError) {
+        let ic = self.links[i].id;
+        let code = match &error {
+            HandshakeError::IncompatibleVersion { .. } => Some(ErrorCode::IncompatibleVersion),
+            HandshakeError::ForeignCluster(_) => Some(ErrorCode::ForeignCluster),
+            HandshakeError::UnexpectedNode(_) => Some(ErrorCode::UnexpectedNode),
+            HandshakeError::AuthenticationFailed => Some(ErrorCode::AuthenticationFailed),
+            HandshakeError::Protocol(_) => Some(ErrorCode::Protocol),
+            HandshakeError::Malformed(_) => Some(ErrorCode::Malformed),
+            HandshakeError::RefusedByPartner { .. } => None,
+        };
+        if let Some(code) = code {
+            let mut text = error.to_string();
+            text.truncate(wire::MAX_TEXT_LEN);
+            self.send(i, Message::Error(wire::Error { code, text }));
+        }
+        self.push(Action::LinkRefused {
+            ic,
+            error: error.clone(),
+        });
+        self.step(now, Step::Refused415 { ic, error });
+        self.fail_link(now, i, LinkFailure::Refused);
+    }
+
+    fn on_message(&mut self, now: Time, i: usize, msg: Message) {
+        if let Message::Error(e) = msg {
+            self.refuse(
+                now,
+                i,
+                HandshakeError::RefusedByPartner {
+                    code: e.code,
+                    text: e.text,
+                },
+            );
+            return;
+        }
+        let heartbeat_timeout = self.cfg.heartbeat_timeout();
+        if let Some(u) = self.links[i].up_mut() {
+            u.rx_deadline = now + heartbeat_timeout;
+            self.on_up_message(now, i, msg);
+        } else {
+            self.on_handshake_message(now, i, msg);
+        }
+    }
+
+    fn hs(&self, i: usize) -> &Handshake {
+        match &self.links[i].phase {
+            Phase::Handshake(h) => h,
+            _ => unreachable!("called during the handshake"),
+        }
+    }
+
+    fn hs_mut(&mut self, i: usize) -> &mut Handshake {
+        match &mut self.links[i].phase {
+            Phase::Handshake(h) => h,
+            _ => unreachable!("called during the handshake"),
+        }
+    }
+
+    fn on_handshake_message(&mut self, now: Time, i: usize, msg: Message) {
+        let h = self.hs(i);
+        let (has_hello, responded, challenged, verified) = (
+            h.peer_hello.is_some(),
+            h.responded,
+            h.challenge.is_some(),
+            h.peer_verified,
+        );
+        match msg {
+            Message::Hello(hello) if !has_hello => {
+                if hello.cluster != self.cfg.cluster {
+                    return self.refuse(now, i, HandshakeError::ForeignCluster(hello.cluster));
+                }
+                if hello.node != self.cfg.partner {
+                    return self.refuse(now, i, HandshakeError::UnexpectedNode(hello.node));
+                }
+                let lo = hello.min_version.max(self.cfg.min_version);
+                let hi = hello.max_version.min(self.cfg.max_version);
+                if lo > hi {
+                    let e = HandshakeError::IncompatibleVersion {
+                        partner_min: hello.min_version,
+                        partner_max: hello.max_version,
+                        ours_min: self.cfg.min_version,
+                        ours_max: self.cfg.max_version,
+                    };
+                    return self.refuse(now, i, e);
+                }
+                let challenge = self.random32();
+                let h = self.hs_mut(i);
+                h.version = hi;
+                h.peer_hello = Some(hello);
+                h.challenge = Some(challenge);
+                self.send(i, Message::AuthChallenge(AuthChallenge { challenge }));
+            }
+            Message::AuthChallenge(c) if has_hello && !responded => {
+                let h = self.hs(i);
+                let peer = h.peer_hello.as_ref().expect("checked");
+                let mac = auth::respond(
+                    &self.cfg.secret,
+                    &auth::Transcript {
+                        responder: self.cfg.node,
+                        challenger: peer.node,
+                        cluster: self.cfg.cluster,
+                        version: h.version,
+                        challenge: &c.challenge,
+                        responder_nonce: &h.nonce,
+                        challenger_nonce: &peer.nonce,
+                    },
+                );
+                self.hs_mut(i).responded = true;
+                self.send(i, Message::AuthResponse(AuthResponse { mac }));
+            }
+            Message::AuthResponse(r) if challenged && !verified => {
+                let h = self.hs(i);
+                let peer = h
+                    .peer_hello
+                    .as_ref()
+                    .expect("a challenge follows the hello");
+                let ok = auth::verify(
+                    &self.cfg.secret,
+                    &auth::Transcript {
+                        responder: peer.node,
+                        challenger: self.cfg.node,
+                        cluster: self.cfg.cluster,
+                        version: h.version,
+                        challenge: h.challenge.as_ref().expect("checked"),
+                        responder_nonce: &peer.nonce,
+                        challenger_nonce: &h.nonce,
+                    },
+                    &r.mac,
+                );
+                if !ok {
+                    return self.refuse(now, i, HandshakeError::AuthenticationFailed);
+                }
+                let h = self.hs_mut(i);
+                h.peer_verified = true;
+                let info = PeerInfo {
+                    control_vi: h.control_vi,
+                    windows: h.windows.clone(),
+                };
+                self.send(i, Message::PeerInfo(info));
+            }
+            Message::PeerInfo(p) if verified => self.link_up(now, i, p),
+            _ => self.refuse(
+                now,
+                i,
+                HandshakeError::Protocol("unexpected message during the handshake"),
+            ),
+        }
+    }
+
+    fn link_up(&mut self, now: Time, i: usize, peer: PeerInfo) {
+        let Phase::Handshake(h) = std::mem::replace(&mut self.links[i].phase, Phase::Listening)
+        else {
+            unreachable!("link_up is called from the handshake");
+        };
+        let hello = h.peer_hello.expect("verified implies hello");
+        let ic = self.links[i].id;
+        self.links[i].phase = Phase::Up(Box::new(UpLink {
+            session: h.session,
+            tag: auth::session_tag(&h.nonce, &hello.nonce),
+            incarnation: hello.incarnation,
+            next_heartbeat: now,
+            rx_deadline: now + self.cfg.heartbeat_timeout(),
+            heartbeat_seq: 0,
+            out_info: Vec::new(),
+            out_ready: Vec::new(),
+            batch_deadline: None,
+        }));
+        self.links[i].healthy_since = now;
+        self.push(Action::SlamConnectControl {
+            ic,
+            session: h.session,
+            local: h.control_vi,
+            remote: peer.control_vi,
+        });
+        self.step(
+            now,
+            Step::PeerInfoExchanged415 {
+                ic,
+                version: h.version,
+            },
+        );
+        self.send_heartbeat(now, i);
+        self.partner_reached(now, i, hello.incarnation);
+        // Tell the partner which clients exist here (510/515 mirror, full state on every new link).
+        let opens: Vec<Message> = self
+            .clients
+            .values()
+            .map(|c| Message::ClientOpen(self.open_message(c)))
+            .collect();
+        for m in opens {
+            self.send(i, m);
+        }
+    }
+
+    fn open_message(&self, c: &Client) -> ClientOpen {
+        ClientOpen {
+            client: c.spec.id,
+            name: c.spec.name.clone(),
+            class: c.spec.class,
+            vi_count: c.spec.vi_count,
+            seq: self.registration_seq,
+        }
+    }
+
+    fn partner_reached(&mut self, now: Time, i: usize, incarnation: u64) {
+        match self.partner {
+            Partner::Up { incarnation: x } if x == incarnation => {}
+            Partner::Suspect { incarnation: x, .. } if x == incarnation => {
+                self.partner = Partner::Up { incarnation };
+                self.partner_clients.clear();
+                self.step(now, Step::PartnerBack);
+            }
+            Partner::Up { .. } | Partner::Suspect { .. } => {
+                // A new incarnation: the partner restarted and its clients are gone.
+                self.step(now, Step::PartnerRestarted);
+                self.partner_gone(now);
+                self.partner = Partner::Up { incarnation };
+                for j in 0..self.links.len() {
+                    let old = match &self.links[j].phase {
+                        Phase::Up(u) => u.incarnation != incarnation,
+                        Phase::Handshake(h) => h
+                            .peer_hello
+                            .as_ref()
+                            .is_some_and(|p| p.incarnation != incarnation),
+                        _ => false,
+                    };
+                    if j != i && old {
+                        self.fail_link(now, j, LinkFailure::PartnerRestarted);
+                    }
+                }
+            }
+            Partner::Unknown | Partner::Down { .. } => {
+                if let Partner::Down { incarnation: x } = self.partner {
+                    if x != incarnation {
+                        self.last_generation.clear();
+                    }
+                }
+                self.partner = Partner::Up { incarnation };
+                self.partner_clients.clear();
+            }
+        }
+    }
+
+    /// The partner is down or restarted: every binding goes, every client is told PartnerDown.
+    fn partner_gone(&mut self, now: Time) {
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in &ids {
+            self.drop_binding(now, *id, Drop::PartnerGone);
+        }
+        for id in ids {
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.told = Told::Idle;
+            }
+            self.tell(id, ClientEvent::PartnerDown);
+        }
+        self.partner_clients.clear();
+        self.last_generation.clear();
+        self.step(now, Step::PartnerDown);
+    }
+
+    // ----- operation on an up link -------------------------------------------------------------
+
+    fn on_up_message(&mut self, now: Time, i: usize, msg: Message) {
+        let ic = self.links[i].id;
+        match msg {
+            Message::Heartbeat(_) => {}
+            Message::ClientOpen(o) => {
+                let id = o.client;
+                let newer = self
+                    .partner_clients
+                    .get(&id)
+                    .is_none_or(|(s, _)| o.seq > *s);
+                if newer {
+                    self.partner_clients.insert(id, (o.seq, Some(o)));
+                }
+            }
+            Message::ClientClose(c) => {
+                let newer = self
+                    .partner_clients
+                    .get(&c.client)
+                    .is_none_or(|(s, _)| c.seq > *s);
+                if newer {
+                    self.partner_clients.insert(c.client, (c.seq, None));
+                    self.drop_binding(now, c.client, Drop::PartnerClosed);
+                }
+            }
+            Message::ClientInfo(ci) => {
+                for e in ci.entries {
+                    self.on_client_entry(now, i, e);
+                }
+            }
+            Message::Ready(r) => {
+                for c in r.clients {
+                    self.on_partner_ready(now, ic, c);
+                }
+            }
+            Message::Stop(s) => {
+                if let Some(j) = self.index(s.interconnect) {
+                    if self.links[j].up().is_some_and(|u| u.tag == s.session_tag) {
+                        self.fail_link(now, j, LinkFailure::PartnerReported);
+                    }
+                }
+            }
+            Message::Resume(r) => {
+                if let Some(j) = self.index(r.interconnect) {
+                    if let Phase::Backoff { until } = &mut self.links[j].phase {
+                        *until = now;
+                    }
+                }
+            }
+            Message::Hello(_)
+            | Message::AuthChallenge(_)
+            | Message::AuthResponse(_)
+            | Message::PeerInfo(_) => self.refuse(
+                now,
+                i,
+                HandshakeError::Protocol("handshake message on an up link"),
+            ),
+            Message::Error(_) => unreachable!("handled in on_message"),
+        }
+    }
+
+    /// 425/430: a partner client's VI addresses for a generation.
+    fn on_client_entry(&mut self, now: Time, i: usize, e: ClientEntry) {
+        let ic = self.links[i].id;
+        let placer = self.cfg.is_placer();
+        let Some(c) = self.clients.get_mut(&e.client) else {
+            // Not registered here (yet, or any more): the registry exchange sorts it out.
+            return;
+        };
+        if e.vis.is_empty() || e.vis.iter().any(|v| v.interconnect != ic) {
+            return self.refuse(
+                now,
+                i,
+                HandshakeError::Protocol("client entry with bad VIs"),
+            );
+        }
+        let id = e.client;
+        if let Some(b) = c.binding.as_mut().filter(|b| b.generation == e.generation) {
+            if b.ic != ic || e.vis.len() != b.vi_count as usize {
+                return self.refuse(now, i, HandshakeError::Protocol("client entry mismatch"));
+            }
+            let first = b.remote.is_none();
+            b.remote = Some(e.clone());
+            self.tell(id, ClientEvent::PartnerInfo(e));
+            self.step(now, Step::PartnerInfo430 { client: id, ic });
+            if first {
+                self.try_connect(now, id);
+            }
+            return;
+        }
+        if placer {
+            // Not the generation we placed: stale.
+            return;
+        }
+        let last = self.last_generation.get(&id).copied();
+        if last.is_some_and(|g| e.generation <= g) {
+            return;
+        }
+        // The placer placed (or moved) this client pair: follow.
+        self.last_generation.insert(id, e.generation);
+        self.drop_binding(now, id, Drop::Stop);
+        let generation = e.generation;
+        let count = e.vis.len() as u8;
+        let c = self.clients.get_mut(&id).expect("checked above");
+        c.binding = Some(Binding {
+            generation,
+            ic,
+            vi_count: count,
+            local: None,
+            remote: Some(e.clone()),
+            connected: false,
+            partner_ready: false,
+            live: false,
+        });
+        self.tell(id, ClientEvent::PartnerInfo(e));
+        self.step(now, Step::PartnerInfo430 { client: id, ic });
+        self.create_vis(now, i, id, generation, count);
+    }
+
+    fn create_vis(
+        &mut self,
+        now: Time,
+        i: usize,
+        client: ClientId,
+        generation: Generation,
+        count: u8,
+    ) {
+        let ic = self.links[i].id;
+        self.push(Action::CreateClientVis {
+            client,
+            ic,
+            generation,
+            count,
+        });
+        self.step(
+            now,
+            Step::CreateVis420 {
+                client,
+                ic,
+                generation,
+            },
+        );
+        let window = self.cfg.batch_window;
+        if let Some(u) = self.links[i].up_mut() {
+            u.batch_deadline.get_or_insert(now + window);
+        }
+    }
+
+    fn on_vis_created(
+        &mut self,
+        now: Time,
+        id: ClientId,
+        generation: Generation,
+        vis: Vec<ViAddress>,
+        windows: Vec<MemoryWindow>,
+    ) {
+        let current = self.clients.get(&id).and_then(|c| {
+            c.binding
+                .as_ref()
+                .filter(|b| b.generation == generation && b.local.is_none())
+                .map(|b| (b.ic, b.vi_count))
+        });
+        let Some((ic, count)) = current else {
+            // Created for a generation that is gone: release at once so nothing leaks.
+            if let Some(v) = vis.first() {
+                self.push(Action::ReleaseClientVis {
+                    client: id,
+                    ic: v.interconnect,
+                    generation,
+                });
+                self.step(
+                    now,
+                    Step::Release525 {
+                        client: id,
+                        ic: v.interconnect,
+                    },
+                );
+            }
+            return;
+        };
+        if vis.len() != count as usize || vis.iter().any(|v| v.interconnect != ic) {
+            // The client answered something else than asked: release it and place again.
+            self.push(Action::ReleaseClientVis {
+                client: id,
+                ic,
+                generation,
+            });
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.binding = None;
+            }
+            return;
+        }
+        let c = self.clients.get_mut(&id).expect("checked");
+        c.windows = windows;
+        let b = c.binding.as_mut().expect("checked");
+        b.local = Some(vis.clone());
+        let entry = ClientEntry {
+            client: id,
+            name: c.spec.name.clone(),
+            generation,
+            vis,
+            windows: c.windows.clone(),
+        };
+        self.queue_entry(now, ic, entry);
+        self.try_connect(now, id);
+    }
+
+    fn queue_entry(&mut self, now: Time, ic: InterconnectId, entry: ClientEntry) {
+        let window = self.cfg.batch_window;
+        if let Some(u) = self.links[ic.0 as usize].up_mut() {
+            u.out_info.retain(|e| e.client != entry.client);
+            u.out_info.push(entry);
+            u.batch_deadline.get_or_insert(now + window);
+        }
+    }
+
+    /// 435/440: slam connect once both ends' addresses are known, then queue Ready.
+    fn try_connect(&mut self, now: Time, id: ClientId) {
+        let Some(b) = self.clients.get_mut(&id).and_then(|c| c.binding.as_mut()) else {
+            return;
+        };
+        if b.connected {
+            return;
+        }
+        let (Some(local), Some(remote)) = (&b.local, &b.remote) else {
+            return;
+        };
+        b.connected = true;
+        let a = Action::SlamConnect {
+            client: id,
+            ic: b.ic,
+            generation: b.generation,
+            local: local.clone(),
+            remote: remote.vis.clone(),
+        };
+        let (ic, generation, partner_ready) = (b.ic, b.generation, b.partner_ready);
+        self.push(a);
+        self.step(now, Step::SlamConnect435 { client: id, ic });
+        let window = self.cfg.batch_window;
+        if let Some(u) = self.links[ic.0 as usize].up_mut() {
+            u.out_ready.push(ClientRef {
+                client: id,
+                generation,
+            });
+            u.batch_deadline.get_or_insert(now + window);
+        }
+        if partner_ready {
+            self.go(now, id);
+        }
+    }
+
+    fn on_partner_ready(&mut self, now: Time, ic: InterconnectId, r: ClientRef) {
+        let Some(b) = self
+            .clients
+            .get_mut(&r.client)
+            .and_then(|c| c.binding.as_mut())
+            .filter(|b| b.generation == r.generation && b.ic == ic)
+        else {
+            return;
+        };
+        b.partner_ready = true;
+        if b.connected {
+            self.go(now, r.client);
+        }
+    }
+
+    /// 445: tell the client to go.
+    fn go(&mut self, now: Time, id: ClientId) {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .expect("go on a registered client");
+        let b = c.binding.as_mut().expect("go on a binding");
+        if b.live {
+            return;
+        }
+        b.live = true;
+        let (ic, generation) = (b.ic, b.generation);
+        let event = match c.told {
+            Told::Stopped => ClientEvent::Resumed { ic, generation },
+            Told::Idle => ClientEvent::Ready { ic, generation },
+            Told::Ready => unreachable!("a running client is stopped before it is rebound"),
+        };
+        c.told = Told::Ready;
+        self.tell(id, event);
+        self.step(now, Step::ClientsGo445 { client: id, ic });
+    }
+
+    fn drop_binding(&mut self, now: Time, id: ClientId, why: Drop) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some(b) = c.binding.take() else {
+            if why == Drop::PartnerClosed && c.told == Told::Stopped {
+                c.told = Told::Idle;
+                self.tell(id, ClientEvent::PartnerClosed);
+            }
+            return;
+        };
+        let told = c.told;
+        match (why, told) {
+            (Drop::Stop, Told::Ready) => {
+                c.told = Told::Stopped;
+                self.tell(id, ClientEvent::Stop { ic: b.ic });
+            }
+            (Drop::PartnerClosed, Told::Ready | Told::Stopped) => {
+                c.told = Told::Idle;
+                self.tell(id, ClientEvent::PartnerClosed);
+            }
+            _ => {}
+        }
+        if b.local.is_some() {
+            self.push(Action::ReleaseClientVis {
+                client: id,
+                ic: b.ic,
+                generation: b.generation,
+            });
+            self.step(
+                now,
+                Step::Release525 {
+                    client: id,
+                    ic: b.ic,
+                },
+            );
+        }
+        if let Some(u) = self.links[b.ic.0 as usize].up_mut() {
+            u.out_info.retain(|e| e.client != id);
+            u.out_ready.retain(|r| r.client != id);
+        }
+    }
+
+    fn send_heartbeat(&mut self, now: Time, i: usize) {
+        let period = self.cfg.heartbeat_period;
+        let Some(u) = self.links[i].up_mut() else {
+            return;
+        };
+        u.heartbeat_seq += 1;
+        let seq = u.heartbeat_seq;
+        u.next_heartbeat = now + period;
+        self.send(
+            i,
+            Message::Heartbeat(Heartbeat {
+                seq,
+                time_ns: now.as_nanos(),
+            }),
+        );
+    }
+
+    // ----- 520/525/530: failure and re-initialization ------------------------------------------
+
+    fn fail_link(&mut self, now: Time, i: usize, reason: LinkFailure) {
+        let ic = self.links[i].id;
+        if let Some(session) = self.links[i].session() {
+            self.push(Action::CloseSession { ic, session });
+        }
+        let was_up = std::mem::replace(&mut self.links[i].phase, Phase::Listening);
+        if let Phase::Up(u) = &was_up {
+            // 520: stop the clients on it; 525: release their VIs.
+            let bound: Vec<ClientId> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.binding.as_ref().is_some_and(|b| b.ic == ic))
+                .map(|(id, _)| *id)
+                .collect();
+            self.step(
+                now,
+                Step::StopClients520 {
+                    ic,
+                    reason,
+                    clients: bound.len(),
+                },
+            );
+            for id in bound {
+                self.drop_binding(now, id, Drop::Stop);
+            }
+            if reason.tell_partner() {
+                self.broadcast(&Message::Stop(Stop {
+                    interconnect: ic,
+                    session_tag: u.tag,
+                }));
+            }
+            let stable =
+                now.saturating_since(self.links[i].healthy_since) >= self.cfg.failback_hold_down;
+            self.links[i].failures = if stable {
+                0
+            } else {
+                self.links[i].failures + 1
+            };
+        } else {
+            self.links[i].failures = self.links[i].failures.saturating_add(1);
+        }
+        // 530: re-initialize with the same bring-up.
+        let after = if !self.links[i].port_up {
+            self.links[i].phase = Phase::PortDown;
+            Duration::ZERO
+        } else if self.cfg.is_placer() {
+            let d = self.backoff(self.links[i].failures);
+            self.links[i].phase = Phase::Backoff { until: now + d };
+            d
+        } else {
+            self.links[i].phase = Phase::Listening;
+            Duration::ZERO
+        };
+        self.step(now, Step::Reinitialize530 { ic, reason, after });
+        if matches!(was_up, Phase::Up(_)) && !self.links.iter().any(|l| l.up().is_some()) {
+            if let Partner::Up { incarnation } = self.partner {
+                self.partner = Partner::Suspect {
+                    incarnation,
+                    down_at: now + self.cfg.partner_down_after,
+                };
+                self.step(now, Step::PartnerSuspect);
+                let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+                for id in ids {
+                    self.tell(id, ClientEvent::PartnerSuspect);
+                }
+            }
+        }
+    }
+
+    fn backoff(&mut self, failures: u32) -> Duration {
+        let base = self
+            .cfg
+            .backoff_min
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.cfg.backoff_max);
+        // Jitter in [base/2, base] so the two sides of several links do not retry in lockstep.
+        let nanos = base.as_nanos() as u64;
+        Duration::from_nanos(nanos / 2 + self.rng.gen_range(0..=nanos / 2))
+    }
+
+    fn on_port(&mut self, now: Time, ic: InterconnectId, up: bool) {
+        let Some(i) = self.index(ic) else { return };
+        let was = self.links[i].port_up;
+        self.links[i].port_up = up;
+        if !up {
+            if !matches!(self.links[i].phase, Phase::PortDown) {
+                self.fail_link(now, i, LinkFailure::PortDown);
+            }
+        } else if !was || matches!(self.links[i].phase, Phase::PortDown) {
+            if self.cfg.is_placer() {
+                self.connect(now, i);
+            } else {
+                self.links[i].phase = Phase::Listening;
+            }
+            self.broadcast(&Message::Resume(Resume { interconnect: ic }));
+        }
+    }
+
+    fn on_timer(&mut self, now: Time) {
+        for i in 0..self.links.len() {
+            let due = match &self.links[i].phase {
+                Phase::Backoff { until } if *until <= now => Some(None),
+                Phase::Connecting { deadline, .. } if *deadline <= now => {
+                    Some(Some(LinkFailure::ConnectTimeout))
+                }
+                Phase::Handshake(h) if h.deadline <= now => {
+                    Some(Some(LinkFailure::HandshakeTimeout))
+                }
+                Phase::Up(u) if u.rx_deadline <= now => Some(Some(LinkFailure::HeartbeatLoss)),
+                _ => None,
+            };
+            match due {
+                Some(None) => self.connect(now, i),
+                Some(Some(f)) => self.fail_link(now, i, f),
+                None => {}
+            }
+            if self.links[i].up().is_some_and(|u| u.next_heartbeat <= now) {
+                self.send_heartbeat(now, i);
+            }
+        }
+        if let Partner::Suspect {
+            incarnation,
+            down_at,
+        } = self.partner
+        {
+            if down_at <= now {
+                self.partner_gone(now);
+                self.partner = Partner::Down { incarnation };
+            }
+        }
+    }
+
+    // ----- 510/515: client requests ------------------------------------------------------------
+
+    fn on_client_request(&mut self, now: Time, req: ClientRequest) {
+        match req {
+            ClientRequest::Register(spec) => {
+                if self.clients.contains_key(&spec.id) || spec.name.len() > wire::MAX_NAME_LEN {
+                    return;
+                }
+                let mut spec = spec;
+                spec.vi_count = spec.vi_count.clamp(1, MAX_VIS as u8);
+                let id = spec.id;
+                self.registration_seq += 1;
+                self.clients.insert(
+                    id,
+                    Client {
+                        spec,
+                        windows: Vec::new(),
+                        binding: None,
+                        told: Told::Idle,
+                    },
+                );
+                let open = self.open_message(&self.clients[&id]);
+                self.broadcast(&Message::ClientOpen(open));
+                self.step(
+                    now,
+                    Step::ClientRequest515 {
+                        client: id,
+                        request: "register",
+                    },
+                );
+            }
+            ClientRequest::OpenVi(id) | ClientRequest::FreeVi(id) => {
+                let open = matches!(req, ClientRequest::OpenVi(_));
+                let Some(c) = self.clients.get_mut(&id) else {
+                    return;
+                };
+                let n = if open {
+                    c.spec.vi_count.saturating_add(1).min(MAX_VIS as u8)
+                } else {
+                    c.spec.vi_count.saturating_sub(1).max(1)
+                };
+                if n == c.spec.vi_count {
+                    return;
+                }
+                c.spec.vi_count = n;
+                self.registration_seq += 1;
+                let open_msg = self.open_message(&self.clients[&id]);
+                self.broadcast(&Message::ClientOpen(open_msg));
+                let request = if open { "open vi" } else { "free vi" };
+                self.step(
+                    now,
+                    Step::ClientRequest515 {
+                        client: id,
+                        request,
+                    },
+                );
+            }
+            ClientRequest::GrowBuffer(id, windows) => {
+                let Some(c) = self.clients.get_mut(&id) else {
+                    return;
+                };
+                if windows.len() > wire::MAX_WINDOWS {
+                    return;
+                }
+                c.windows = windows;
+                if let Some(b) = c.binding.as_ref().filter(|b| b.local.is_some()) {
+                    let entry = ClientEntry {
+                        client: id,
+                        name: c.spec.name.clone(),
+                        generation: b.generation,
+                        vis: b.local.clone().expect("filtered"),
+                        windows: c.windows.clone(),
+                    };
+                    let ic = b.ic;
+                    self.queue_entry(now, ic, entry);
+                }
+                self.step(
+                    now,
+                    Step::ClientRequest515 {
+                        client: id,
+                        request: "grow buffer",
+                    },
+                );
+            }
+            ClientRequest::Unregister(id) => {
+                if !self.clients.contains_key(&id) {
+                    return;
+                }
+                self.drop_binding(now, id, Drop::Unregistered);
+                self.clients.remove(&id);
+                self.registration_seq += 1;
+                let seq = self.registration_seq;
+                self.broadcast(&Message::ClientClose(ClientClose { client: id, seq }));
+                self.step(
+                    now,
+                    Step::ClientRequest515 {
+                        client: id,
+                        request: "unregister",
+                    },
+                );
+            }
+        }
+    }
+
+    // ----- placement (placer only) -------------------------------------------------------------
+
+    fn place(&mut self, now: Time) {
+        if !self.cfg.is_placer() || !matches!(self.partner, Partner::Up { .. }) {
+            return;
+        }
+        let needs: Vec<ClientNeeds> = self
+            .clients
+            .values()
+            .map(|c| ClientNeeds {
+                client: c.spec.id,
+                class: c.spec.class,
+                pinned: c.spec.pinned,
+            })
+            .collect();
+        let homes = placement::home_links(&needs, self.links.len());
+        let mut views: Vec<LinkView> = self
+            .links
+            .iter()
+            .map(|l| LinkView {
+                id: l.id,
+                healthy: l.up().is_some(),
+                healthy_since: l.healthy_since,
+                load: 0,
+            })
+            .collect();
+        for c in self.clients.values() {
+            if let Some(b) = &c.binding {
+                views[b.ic.0 as usize].load += placement::weight(c.spec.class);
+            }
+        }
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            let Some((_, Some(open))) = self.partner_clients.get(&id) else {
+                continue;
+            };
+            let c = &self.clients[&id];
+            let want = c.spec.vi_count.max(open.vi_count);
+            let home = homes[&id];
+            let w = placement::weight(c.spec.class);
+            let hold_down = self.cfg.failback_hold_down;
+            // Decide first, act after: (target, current interconnect if moving).
+            let (to, from) = match &c.binding {
+                None => match placement::choose_link(home, &views) {
+                    Some(to) => (to, None),
+                    None => continue,
+                },
+                Some(b) if b.vi_count != want => (b.ic, Some(b.ic)),
+                Some(b)
+                    if b.live
+                        && placement::should_fail_back(b.ic, home, &views, now, hold_down) =>
+                {
+                    (home, Some(b.ic))
+                }
+                Some(_) => continue,
+            };
+            match from {
+                Some(from) => {
+                    if from != to {
+                        self.step(
+                            now,
+                            Step::Failback {
+                                client: id,
+                                from,
+                                home,
+                            },
+                        );
+                    }
+                    views[from.0 as usize].load -= w;
+                    self.drop_binding(now, id, Drop::Stop);
+                }
+                None if to != home => self.step(
+                    now,
+                    Step::Failover {
+                        client: id,
+                        home,
+                        to,
+                    },
+                ),
+                None => {}
+            }
+            views[to.0 as usize].load += w;
+            let generation = Generation(self.next_generation);
+            self.next_generation += 1;
+            let c = self.clients.get_mut(&id).expect("registered");
+            c.binding = Some(Binding {
+                generation,
+                ic: to,
+                vi_count: want,
+                local: None,
+                remote: None,
+                connected: false,
+                partner_ready: false,
+                live: false,
+            });
+            self.create_vis(now, to.0 as usize, id, generation, want);
+        }
+    }
+
+    /// 425/440: send each link's pending batch once no creation is outstanding on it, or when the
+    /// batch window ends.
+    fn flush_batches(&mut self, now: Time) {
+        for i in 0..self.links.len() {
+            let ic = self.links[i].id;
+            let Some(u) = self.links[i].up() else {
+                continue;
+            };
+            let Some(deadline) = u.batch_deadline else {
+                continue;
+            };
+            // A creation still outstanding on this link holds the batch back (until the window ends).
+            let waiting = self.clients.values().any(|c| {
+                c.binding
+                    .as_ref()
+                    .is_some_and(|b| b.ic == ic && b.local.is_none())
+            });
+            if waiting && now < deadline {
+                continue;
+            }
+            let u = self.links[i].up_mut().expect("checked");
+            let info = std::mem::take(&mut u.out_info);
+            let ready = std::mem::take(&mut u.out_ready);
+            u.batch_deadline = None;
+            if !info.is_empty() {
+                self.step(
+                    now,
+                    Step::SendBatch425 {
+                        ic,
+                        clients: info.len(),
+                    },
+                );
+                self.send(i, Message::ClientInfo(ClientInfo { entries: info }));
+            }
+            if !ready.is_empty() {
+                self.step(
+                    now,
+                    Step::SendReady440 {
+                        ic,
+                        clients: ready.len(),
+                    },
+                );
+                self.send(i, Message::Ready(Ready { clients: ready }));
+            }
+        }
+    }
+}

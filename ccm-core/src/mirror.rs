@@ -1,0 +1,760 @@
+//! NVRAM mirroring, sans-IO: the log format, the writer's and the partner's bookkeeping.
+//!
+//! The local NVRAM log is a ring of bytes (in the real client a `memmap2` mapping registered once). The partner
+//! holds a mirror ring of the same capacity, exposed for RDMA WRITE. Every entry is written at the **same offset**
+//! in both rings, so mirroring a batch is a plain copy of a byte range, straight from the local log into the
+//! partner's memory (no bounce buffer, no copy on the data path):
+//!
+//! ```text
+//!  writer (node A)                                        partner (node B)
+//!  append(bytes) -> Lsn          (entry encoded in the local ring)
+//!  next_batch()  -> Batch        RDMA WRITE  seg0  ─────▶  mirror ring
+//!                                RDMA WRITE  seg1  ─────▶  (wrap)
+//!                                WRITE_WITH_IMM (0 B) ───▶  RECV completion: scan() applies entries in order
+//!  batch_completed(id)  ◀─── RC ack: everything of the batch is in the partner's memory: `durable_lsn` moves
+//!  applied(lsn, pos, credits) ◀── SEND (small ack)  ◀────  partner reports what it applied: ring space is freed
+//! ```
+//!
+//! **Entry** (aligned to [`ENTRY_ALIGN`] bytes): a 32-byte header `{magic u32, len u32, lsn u64, crc u32,
+//! reserved 12 B}` then the payload. `crc` is CRC-32 over the first 16 header bytes and the payload. An entry
+//! that would cross the end of the ring is preceded by a *pad* entry that fills the tail (its `lsn` is the LSN of
+//! the entry after it), so an entry is always contiguous.
+//!
+//! **Exactly once, in order.** The partner applies only the entry at its applied position whose LSN is
+//! `applied_lsn + 1` and whose checksum matches; anything else (an older lap, a torn or in-flight write) stops the
+//! scan until the next notification. Re-sent bytes land at the same offsets with the same content, so a resend
+//! after a failover is idempotent and duplicates are dropped by the LSN check.
+//!
+//! **Nothing acknowledged is lost.** `durable_lsn` only moves on the RC completion of a batch's last work request
+//! (RC completes in order: every earlier WRITE of the batch is placed). On a link loss, batches in flight are
+//! forgotten and everything after `durable` is sent again on the new link (`link_reset`). Ring space is reused only
+//! once the partner reported it applied ([`MirrorWriter::applied`]): a full ring is back-pressure
+//! ([`MirrorError::RingFull`]), never an overwrite.
+
+use thiserror::Error;
+
+/// Size of an entry header.
+pub const ENTRY_HEADER: usize = 32;
+/// Alignment of every entry in the ring.
+pub const ENTRY_ALIGN: usize = 64;
+/// Most batches a writer keeps in flight (bounded by the partner's receive credits too).
+pub const MAX_BATCHES_IN_FLIGHT: usize = 64;
+
+const MAGIC_ENTRY: u32 = u32::from_le_bytes(*b"CCMN");
+const MAGIC_PAD: u32 = u32::from_le_bytes(*b"CCMP");
+
+/// A log sequence number: the first entry is 1, and they are dense.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+/// What went wrong with a mirror operation. Nothing is lost on any of these.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MirrorError {
+    /// The entry can never fit: payload larger than a quarter of the ring.
+    #[error("entry of {len} bytes is larger than the largest entry this ring takes ({max} bytes)")]
+    EntryTooLarge {
+        /// Payload length asked for.
+        len: usize,
+        /// Largest payload accepted.
+        max: usize,
+    },
+    /// Back-pressure: the partner has not yet applied enough of the ring; retry after [`MirrorWriter::applied`].
+    #[error("mirror ring full: {needed} bytes needed, {free} free until the partner applies more")]
+    RingFull {
+        /// Bytes the entry (and its pad) needs.
+        needed: u64,
+        /// Bytes free now.
+        free: u64,
+    },
+    /// The ring buffer given does not have the capacity the mirror was created with.
+    #[error("ring buffer of {got} bytes, expected {expected}")]
+    RingSize {
+        /// Capacity of the mirror.
+        expected: u64,
+        /// Length of the buffer given.
+        got: usize,
+    },
+    /// Capacity not a positive multiple of [`ENTRY_ALIGN`] (at least 4 entries' worth).
+    #[error("ring capacity {0} must be a multiple of {ENTRY_ALIGN} and at least {min}", min = 4 * ENTRY_ALIGN)]
+    BadCapacity(u64),
+    /// A completion for a batch that is not the oldest in flight: the driver broke RC ordering.
+    #[error("completion for batch {got}, but the oldest batch in flight is {expected:?}")]
+    OutOfOrderCompletion {
+        /// The batch the driver reported.
+        got: u64,
+        /// The oldest batch in flight, if any.
+        expected: Option<u64>,
+    },
+    /// The partner reports applying bytes that were never sent, or fewer than it reported before.
+    #[error("partner reported applied position {reported}, outside [{released}, {sent}]")]
+    BadApplied {
+        /// What the partner reported.
+        reported: u64,
+        /// Position already released.
+        released: u64,
+        /// Highest position ever sent.
+        sent: u64,
+    },
+}
+
+/// One contiguous byte range of the ring: `len` bytes at `offset`, the same in the local and the mirror ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Segment {
+    /// Offset in both rings.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// A batch to mirror: one or two segments (two when it wraps), then a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Identifies the batch in [`MirrorWriter::batch_completed`] (use it as the last work request's `wr_id`).
+    pub id: u64,
+    /// The byte ranges to RDMA WRITE, in order.
+    pub segments: [Segment; 2],
+    /// How many of `segments` are used (1 or 2).
+    pub segment_count: usize,
+    /// LSN of the last entry in the batch (the low 32 bits make a good immediate).
+    pub last_lsn: Lsn,
+    /// Ring position just after the batch.
+    pub end_pos: u64,
+}
+
+impl Batch {
+    /// The segments to write, in order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments[..self.segment_count]
+    }
+}
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(ENTRY_ALIGN as u64) * ENTRY_ALIGN as u64
+}
+
+fn check_capacity(capacity: u64) -> Result<(), MirrorError> {
+    if capacity < 4 * ENTRY_ALIGN as u64 || capacity % ENTRY_ALIGN as u64 != 0 {
+        return Err(MirrorError::BadCapacity(capacity));
+    }
+    Ok(())
+}
+
+fn entry_crc(header16: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header16);
+    h.update(payload);
+    h.finalize()
+}
+
+fn write_header(ring: &mut [u8], offset: usize, magic: u32, len: u32, lsn: u64, payload: &[u8]) {
+    let hdr = &mut ring[offset..offset + ENTRY_HEADER];
+    hdr[0..4].copy_from_slice(&magic.to_le_bytes());
+    hdr[4..8].copy_from_slice(&len.to_le_bytes());
+    hdr[8..16].copy_from_slice(&lsn.to_le_bytes());
+    let crc = entry_crc(&hdr[0..16], payload);
+    hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+    hdr[20..32].fill(0);
+}
+
+/// Running checksum of a sequence of entries: equal on both sides when they hold the same entries in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Digest(pub u32);
+
+impl Digest {
+    fn add(self, lsn: Lsn, payload: &[u8]) -> Digest {
+        let mut h = crc32fast::Hasher::new_with_initial(self.0);
+        h.update(&lsn.0.to_le_bytes());
+        h.update(payload);
+        Digest(h.finalize())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct InFlight {
+    id: u64,
+    end_pos: u64,
+    last_lsn: Lsn,
+}
+
+/// The writer's side of a mirror: the local log and what the partner has.
+///
+/// Positions are byte counts since the log began (`offset = pos % capacity`), so they never wrap.
+/// Invariant: `released <= durable <= sent <= head` and `head - released <= capacity`.
+#[derive(Debug)]
+pub struct MirrorWriter {
+    capacity: u64,
+    next_lsn: u64,
+    head: u64,
+    sent: u64,
+    sent_lsn: Lsn,
+    durable: u64,
+    durable_lsn: Lsn,
+    released: u64,
+    next_batch_id: u64,
+    in_flight: [InFlight; MAX_BATCHES_IN_FLIGHT],
+    in_flight_first: usize,
+    in_flight_len: usize,
+    /// Notifications the partner has receives posted for, in total (from its acks).
+    credits_granted: u64,
+    notifications_sent: u64,
+    digest: Digest,
+}
+
+impl MirrorWriter {
+    /// A writer for a ring of `capacity` bytes whose partner starts with `initial_credits` receives posted.
+    pub fn new(capacity: u64, initial_credits: u64) -> Result<MirrorWriter, MirrorError> {
+        check_capacity(capacity)?;
+        Ok(MirrorWriter {
+            capacity,
+            next_lsn: 1,
+            head: 0,
+            sent: 0,
+            sent_lsn: Lsn(0),
+            durable: 0,
+            durable_lsn: Lsn(0),
+            released: 0,
+            next_batch_id: 0,
+            in_flight: [InFlight::default(); MAX_BATCHES_IN_FLIGHT],
+            in_flight_first: 0,
+            in_flight_len: 0,
+            credits_granted: initial_credits,
+            notifications_sent: 0,
+            digest: Digest::default(),
+        })
+    }
+
+    /// Ring capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Largest payload one entry can carry.
+    pub fn max_entry(&self) -> usize {
+        (self.capacity / 4) as usize - ENTRY_HEADER
+    }
+
+    /// LSN of the last appended entry (0 before the first).
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn - 1)
+    }
+
+    /// Every entry up to this LSN is in the partner's memory (acknowledged by RC).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    /// Checksum of every appended entry, in order.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Bytes the ring can still take before back-pressure.
+    pub fn free(&self) -> u64 {
+        self.capacity - (self.head - self.released)
+    }
+
+    /// Batches posted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_len
+    }
+
+    /// Encode `payload` as the next entry of the local ring. No allocation; the bytes are copied once, into
+    /// the log itself (that copy is the write to NVRAM).
+    pub fn append(&mut self, ring: &mut [u8], payload: &[u8]) -> Result<Lsn, MirrorError> {
+        if ring.len() as u64 != self.capacity {
+            return Err(MirrorError::RingSize {
+                expected: self.capacity,
+                got: ring.len(),
+            });
+        }
+        if payload.len() > self.max_entry() {
+            return Err(MirrorError::EntryTooLarge {
+                len: payload.len(),
+                max: self.max_entry(),
+            });
+        }
+        let slot = align_up((ENTRY_HEADER + payload.len()) as u64);
+        let offset = self.head % self.capacity;
+        let pad = if offset + slot > self.capacity {
+            self.capacity - offset
+        } else {
+            0
+        };
+        let needed = pad + slot;
+        if needed > self.free() {
+            return Err(MirrorError::RingFull {
+                needed,
+                free: self.free(),
+            });
+        }
+        let lsn = self.next_lsn;
+        if pad > 0 {
+            write_header(ring, offset as usize, MAGIC_PAD, pad as u32, lsn, &[]);
+        }
+        let at = ((self.head + pad) % self.capacity) as usize;
+        ring[at + ENTRY_HEADER..at + ENTRY_HEADER + payload.len()].copy_from_slice(payload);
+        write_header(ring, at, MAGIC_ENTRY, payload.len() as u32, lsn, payload);
+        self.head += needed;
+        self.next_lsn += 1;
+        self.digest = self.digest.add(Lsn(lsn), payload);
+        Ok(Lsn(lsn))
+    }
+
+    /// The next batch to mirror: every appended byte not yet sent, if the partner has a receive credit and the
+    /// in-flight window has room. The caller posts its segments as RDMA WRITEs (same offsets in the partner's
+    /// ring), the last one carrying the notification, then reports [`batch_completed`](Self::batch_completed).
+    pub fn next_batch(&mut self) -> Option<Batch> {
+        if self.sent == self.head
+            || self.in_flight_len == MAX_BATCHES_IN_FLIGHT
+            || self.notifications_sent >= self.credits_granted
+        {
+            return None;
+        }
+        let start = self.sent % self.capacity;
+        let len = self.head - self.sent;
+        let mut segments = [Segment::default(); 2];
+        let segment_count = if start + len > self.capacity {
+            segments[0] = Segment {
+                offset: start,
+                len: self.capacity - start,
+            };
+            segments[1] = Segment {
+                offset: 0,
+                len: len - (self.capacity - start),
+            };
+            2
+        } else {
+            segments[0] = Segment { offset: start, len };
+            1
+        };
+        let batch = Batch {
+            id: self.next_batch_id,
+            segments,
+            segment_count,
+            last_lsn: self.last_lsn(),
+            end_pos: self.head,
+        };
+        self.next_batch_id += 1;
+        self.sent = self.head;
+        self.sent_lsn = batch.last_lsn;
+        self.notifications_sent += 1;
+        let slot = (self.in_flight_first + self.in_flight_len) % MAX_BATCHES_IN_FLIGHT;
+        self.in_flight[slot] = InFlight {
+            id: batch.id,
+            end_pos: batch.end_pos,
+            last_lsn: batch.last_lsn,
+        };
+        self.in_flight_len += 1;
+        Some(batch)
+    }
+
+    /// The RC completion of a batch's last work request: everything in it is in the partner's memory.
+    /// Returns the new durable LSN.
+    pub fn batch_completed(&mut self, id: u64) -> Result<Lsn, MirrorError> {
+        let oldest = (self.in_flight_len > 0).then(|| self.in_flight[self.in_flight_first]);
+        match oldest {
+            Some(b) if b.id == id => {
+                self.in_flight_first = (self.in_flight_first + 1) % MAX_BATCHES_IN_FLIGHT;
+                self.in_flight_len -= 1;
+                self.durable = b.end_pos;
+                self.durable_lsn = self.durable_lsn.max(b.last_lsn);
+                Ok(self.durable_lsn)
+            }
+            _ => Err(MirrorError::OutOfOrderCompletion {
+                got: id,
+                expected: oldest.map(|b| b.id),
+            }),
+        }
+    }
+
+    /// The partner applied everything up to ring position `pos` (its last entry being `lsn`) and has posted
+    /// `credits_total` notification receives on this connection: ring space up to `pos` can be reused, and what
+    /// the partner applied is acknowledged even if a batch completion was lost with a link.
+    pub fn applied(&mut self, pos: u64, lsn: Lsn, credits_total: u64) -> Result<(), MirrorError> {
+        self.check_applied(pos, lsn)?;
+        self.released = pos;
+        self.acknowledge(pos, lsn);
+        self.credits_granted = self.credits_granted.max(credits_total);
+        Ok(())
+    }
+
+    /// The link carrying the mirror failed, or the mirror moves to another link: batches in flight are
+    /// forgotten, and everything the partner does not hold will be sent again by [`next_batch`](Self::next_batch).
+    /// `partner_pos`/`partner_lsn` is what the partner applied (it tells it when the new connection comes up);
+    /// `credits` the notification receives it posted on the new connection.
+    pub fn link_reset(
+        &mut self,
+        partner_pos: u64,
+        partner_lsn: Lsn,
+        credits: u64,
+    ) -> Result<(), MirrorError> {
+        self.check_applied(partner_pos, partner_lsn)?;
+        self.in_flight_len = 0;
+        self.released = partner_pos;
+        self.acknowledge(partner_pos, partner_lsn);
+        // Bytes up to `durable` are in the partner's memory (an RC completion or its own report says so);
+        // everything after is written again, at the same offsets, with the same bytes.
+        self.sent = self.durable;
+        self.notifications_sent = 0;
+        self.credits_granted = credits;
+        Ok(())
+    }
+
+    fn check_applied(&self, pos: u64, lsn: Lsn) -> Result<(), MirrorError> {
+        if pos < self.released || pos > self.head || lsn > self.last_lsn() {
+            return Err(MirrorError::BadApplied {
+                reported: pos,
+                released: self.released,
+                sent: self.head,
+            });
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, pos: u64, lsn: Lsn) {
+        if pos > self.durable {
+            self.durable = pos;
+        }
+        self.durable_lsn = self.durable_lsn.max(lsn);
+    }
+}
+
+/// The partner's side of a mirror: applies entries from the mirror ring, in order, exactly once.
+#[derive(Debug, Default)]
+pub struct MirrorReader {
+    capacity: u64,
+    applied_lsn: Lsn,
+    applied_pos: u64,
+    digest: Digest,
+}
+
+/// What one [`MirrorReader::scan`] applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// Entries applied by this scan.
+    pub entries: u64,
+    /// Last LSN applied so far.
+    pub applied_lsn: Lsn,
+    /// Ring position just after it (report it to the writer).
+    pub applied_pos: u64,
+}
+
+impl MirrorReader {
+    /// A reader of a mirror ring of `capacity` bytes, starting empty.
+    pub fn new(capacity: u64) -> Result<MirrorReader, MirrorError> {
+        check_capacity(capacity)?;
+        Ok(MirrorReader {
+            capacity,
+            ..MirrorReader::default()
+        })
+    }
+
+    /// A reader resuming a ring that survived a restart: it re-validates the entries already there.
+    pub fn recover(capacity: u64, ring: &[u8]) -> Result<(MirrorReader, Scan), MirrorError> {
+        let mut r = MirrorReader::new(capacity)?;
+        let scan = r.scan(ring, |_, _| {})?;
+        Ok((r, scan))
+    }
+
+    /// Last LSN applied.
+    pub fn applied_lsn(&self) -> Lsn {
+        self.applied_lsn
+    }
+
+    /// Ring position after the last applied entry.
+    pub fn applied_pos(&self) -> u64 {
+        self.applied_pos
+    }
+
+    /// Checksum of every applied entry, in order (equals the writer's [`MirrorWriter::digest`] once in sync).
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Apply every complete entry that follows the last applied one, calling `apply(lsn, payload)` for each,
+    /// in LSN order, each exactly once. Stops at the first slot that does not hold the next LSN with a valid
+    /// checksum (not yet written, an older lap, or a write still in flight).
+    pub fn scan(
+        &mut self,
+        ring: &[u8],
+        mut apply: impl FnMut(Lsn, &[u8]),
+    ) -> Result<Scan, MirrorError> {
+        if ring.len() as u64 != self.capacity {
+            return Err(MirrorError::RingSize {
+                expected: self.capacity,
+                got: ring.len(),
+            });
+        }
+        let mut entries = 0;
+        loop {
+            let offset = (self.applied_pos % self.capacity) as usize;
+            let hdr = &ring[offset..offset + ENTRY_HEADER];
+            let magic = u32::from_le_bytes(hdr[0..4].try_into().expect("4 bytes"));
+            let len = u32::from_le_bytes(hdr[4..8].try_into().expect("4 bytes")) as usize;
+            let lsn = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
+            let crc = u32::from_le_bytes(hdr[16..20].try_into().expect("4 bytes"));
+            if lsn != self.applied_lsn.0 + 1 {
+                break;
+            }
+            match magic {
+                MAGIC_PAD => {
+                    let tail = self.capacity as usize - offset;
+                    if len != tail || entry_crc(&hdr[0..16], &[]) != crc {
+                        break;
+                    }
+                    self.applied_pos += tail as u64;
+                }
+                MAGIC_ENTRY => {
+                    if offset + ENTRY_HEADER + len > ring.len() {
+                        break;
+                    }
+                    let payload = &ring[offset + ENTRY_HEADER..offset + ENTRY_HEADER + len];
+                    if entry_crc(&hdr[0..16], payload) != crc {
+                        break;
+                    }
+                    apply(Lsn(lsn), payload);
+                    self.applied_lsn = Lsn(lsn);
+                    self.applied_pos += align_up((ENTRY_HEADER + len) as u64);
+                    self.digest = self.digest.add(Lsn(lsn), payload);
+                    entries += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(Scan {
+            entries,
+            applied_lsn: self.applied_lsn,
+            applied_pos: self.applied_pos,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    const CAP: u64 = 4096;
+
+    fn copy(batch: &Batch, from: &[u8], to: &mut [u8]) {
+        for s in batch.segments() {
+            let (o, l) = (s.offset as usize, s.len as usize);
+            to[o..o + l].copy_from_slice(&from[o..o + l]);
+        }
+    }
+
+    #[test]
+    fn an_entry_travels_to_the_partner_and_is_applied_once() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 4).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        let lsn = w.append(&mut local, b"hello").unwrap();
+        assert_eq!(lsn, Lsn(1));
+        let b = w.next_batch().unwrap();
+        copy(&b, &local, &mut mirror);
+        assert_eq!(w.batch_completed(b.id).unwrap(), Lsn(1));
+        let mut seen = vec![];
+        let s = r.scan(&mirror, |l, p| seen.push((l, p.to_vec()))).unwrap();
+        assert_eq!(seen, vec![(Lsn(1), b"hello".to_vec())]);
+        assert_eq!(s.entries, 1);
+        // A second scan of the same bytes applies nothing.
+        assert_eq!(
+            r.scan(&mirror, |_, _| panic!("applied twice"))
+                .unwrap()
+                .entries,
+            0
+        );
+        assert_eq!(r.digest(), w.digest());
+    }
+
+    #[test]
+    fn a_full_ring_pushes_back_instead_of_overwriting() {
+        let mut local = vec![0u8; CAP as usize];
+        let mut w = MirrorWriter::new(CAP, 64).unwrap();
+        let payload = [7u8; 200];
+        let mut n = 0;
+        let err = loop {
+            match w.append(&mut local, &payload) {
+                Ok(_) => n += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, MirrorError::RingFull { .. }), "{err}");
+        assert_eq!(n, CAP / 256);
+        // Once the partner applied the first entry, one more fits.
+        let b = w.next_batch().unwrap();
+        w.batch_completed(b.id).unwrap();
+        w.applied(256, Lsn(1), 64).unwrap();
+        assert!(w.append(&mut local, &payload).is_ok());
+    }
+
+    #[test]
+    fn oversized_entries_are_refused_with_the_limit() {
+        let mut local = vec![0u8; CAP as usize];
+        let mut w = MirrorWriter::new(CAP, 1).unwrap();
+        let err = w.append(&mut local, &vec![0u8; CAP as usize]).unwrap_err();
+        assert_eq!(
+            err,
+            MirrorError::EntryTooLarge {
+                len: CAP as usize,
+                max: CAP as usize / 4 - ENTRY_HEADER
+            }
+        );
+    }
+
+    #[test]
+    fn no_batch_without_a_partner_receive_credit() {
+        let mut local = vec![0u8; CAP as usize];
+        let mut w = MirrorWriter::new(CAP, 1).unwrap();
+        w.append(&mut local, b"a").unwrap();
+        assert!(w.next_batch().is_some());
+        w.append(&mut local, b"b").unwrap();
+        assert!(w.next_batch().is_none(), "one credit, one notification");
+        w.applied(0, Lsn(0), 2).unwrap();
+        assert!(w.next_batch().is_some());
+    }
+
+    #[test]
+    fn completions_out_of_order_are_refused() {
+        let mut local = vec![0u8; CAP as usize];
+        let mut w = MirrorWriter::new(CAP, 4).unwrap();
+        w.append(&mut local, b"a").unwrap();
+        let b0 = w.next_batch().unwrap();
+        w.append(&mut local, b"b").unwrap();
+        let b1 = w.next_batch().unwrap();
+        assert!(matches!(
+            w.batch_completed(b1.id),
+            Err(MirrorError::OutOfOrderCompletion { .. })
+        ));
+        w.batch_completed(b0.id).unwrap();
+        w.batch_completed(b1.id).unwrap();
+    }
+
+    #[test]
+    fn a_torn_entry_is_not_applied_until_it_is_whole() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 4).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        w.append(&mut local, &[9u8; 100]).unwrap();
+        let b = w.next_batch().unwrap();
+        // Only the header and half the payload arrived.
+        mirror[..ENTRY_HEADER + 50].copy_from_slice(&local[..ENTRY_HEADER + 50]);
+        assert_eq!(r.scan(&mirror, |_, _| {}).unwrap().entries, 0);
+        copy(&b, &local, &mut mirror);
+        assert_eq!(r.scan(&mirror, |_, _| {}).unwrap().entries, 1);
+    }
+
+    /// Random appends, batches lost or placed partially, link resets, acks: every durable entry ends up applied
+    /// on the partner exactly once, in order, with matching checksums.
+    #[test]
+    fn random_faults_lose_and_duplicate_nothing() {
+        for seed in 0..300u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let cap = 64 * rng.gen_range(8..64u64);
+            let (mut local, mut mirror) = (vec![0u8; cap as usize], vec![0u8; cap as usize]);
+            let credits = rng.gen_range(1..8u64);
+            let mut w = MirrorWriter::new(cap, credits).unwrap();
+            let mut r = MirrorReader::new(cap).unwrap();
+            let mut reposted = credits;
+            let mut posted: Vec<Batch> = vec![];
+            let mut appended: Vec<Vec<u8>> = vec![];
+            let mut applied: Vec<(Lsn, Vec<u8>)> = vec![];
+            for _ in 0..400 {
+                match rng.gen_range(0..10) {
+                    0..=3 => {
+                        let len = rng.gen_range(0..(cap as usize / 4 - ENTRY_HEADER));
+                        let p: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                        if w.append(&mut local, &p).is_ok() {
+                            appended.push(p);
+                        }
+                    }
+                    4 | 5 => {
+                        if let Some(b) = w.next_batch() {
+                            posted.push(b);
+                        }
+                    }
+                    6 | 7 => {
+                        // The oldest batch is placed and acknowledged; the partner is notified.
+                        if !posted.is_empty() {
+                            let b = posted.remove(0);
+                            copy(&b, &local, &mut mirror);
+                            w.batch_completed(b.id).unwrap();
+                            let s = r
+                                .scan(&mirror, |l, p| applied.push((l, p.to_vec())))
+                                .unwrap();
+                            reposted += 1;
+                            if rng.gen_bool(0.7) {
+                                w.applied(s.applied_pos, s.applied_lsn, reposted).unwrap();
+                            }
+                        }
+                    }
+                    8 => {
+                        // Link loss: in-flight batches vanish, some partly placed (maybe torn), none acknowledged.
+                        for b in posted.drain(..) {
+                            if rng.gen_bool(0.5) {
+                                let s = b.segments[0];
+                                let cut = rng.gen_range(0..=s.len) as usize;
+                                let o = s.offset as usize;
+                                mirror[o..o + cut].copy_from_slice(&local[o..o + cut]);
+                            }
+                        }
+                        // The partner may also have applied what it holds before the new link is up.
+                        if rng.gen_bool(0.5) {
+                            r.scan(&mirror, |l, p| applied.push((l, p.to_vec())))
+                                .unwrap();
+                        }
+                        let durable_before = w.durable_lsn();
+                        // On the new connection the partner posts a fresh set of notification receives.
+                        reposted = rng.gen_range(1..8);
+                        w.link_reset(r.applied_pos(), r.applied_lsn(), reposted)
+                            .unwrap();
+                        assert!(
+                            w.durable_lsn() >= durable_before,
+                            "a reset never un-acknowledges"
+                        );
+                    }
+                    _ => {
+                        // A spurious scan (e.g. a notification of an older batch) applies only complete entries.
+                        r.scan(&mirror, |l, p| applied.push((l, p.to_vec())))
+                            .unwrap();
+                    }
+                }
+                assert!(w.durable_lsn().0 <= appended.len() as u64);
+                assert!(r.applied_lsn().0 <= appended.len() as u64);
+            }
+            // Quiesce: the partner's latest ack (some were delayed above) arrives, then everything is sent and
+            // completed, the partner acknowledging each notification.
+            w.applied(r.applied_pos(), r.applied_lsn(), reposted)
+                .unwrap();
+            for _ in 0..10_000 {
+                if let Some(b) = posted.first().copied() {
+                    posted.remove(0);
+                    copy(&b, &local, &mut mirror);
+                    w.batch_completed(b.id).unwrap();
+                    let s = r
+                        .scan(&mirror, |l, p| applied.push((l, p.to_vec())))
+                        .unwrap();
+                    reposted += 1;
+                    w.applied(s.applied_pos, s.applied_lsn, reposted).unwrap();
+                } else if let Some(b) = w.next_batch() {
+                    posted.push(b);
+                } else {
+                    break;
+                }
+            }
+            assert_eq!(
+                w.durable_lsn(),
+                w.last_lsn(),
+                "seed {seed}: everything acknowledged at quiesce"
+            );
+            let lsns: Vec<u64> = applied.iter().map(|(l, _)| l.0).collect();
+            let want: Vec<u64> = (1..=appended.len() as u64).collect();
+            assert_eq!(lsns, want, "seed {seed}: applied in order, exactly once");
+            for ((_, got), want) in applied.iter().zip(&appended) {
+                assert_eq!(got, want, "seed {seed}: payload intact");
+            }
+            assert_eq!(r.digest(), w.digest(), "seed {seed}: checksums agree");
+        }
+    }
+}

@@ -443,3 +443,39 @@ impl CompletionQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_decoding() {
+        let c = Completion::from_raw_parts(7, 0, 129, 64, 0x11).with_imm(0xdead_beef);
+        assert_eq!(c.status(), WcStatus::Success);
+        assert_eq!(c.opcode(), WcOpcode::RecvRdmaWithImm);
+        assert_eq!(c.imm(), Some(0xdead_beef));
+        // On the wire / in ibv_wc the immediate is big-endian.
+        assert_eq!(c.imm_data, 0xdead_beef_u32.to_be());
+        assert_eq!((c.wr_id(), c.byte_len(), c.qp_num()), (7, 64, 0x11));
+        let f = Completion::from_raw_parts(1, 5, 0xffff, 0, 1);
+        assert_eq!(f.status(), WcStatus::Flushed);
+        assert_eq!(f.opcode(), WcOpcode::Other(0xffff));
+        assert_eq!(f.imm(), None);
+        assert!(!f.is_success());
+        let u = Completion::from_raw_parts(1, 999, 0, 0, 1);
+        assert_eq!(u.status(), WcStatus::Other(999));
+        assert!(format!("{u:?}").contains("Other(999)"));
+    }
+
+    #[test]
+    fn completion_matches_ibv_wc_layout() {
+        assert_eq!(std::mem::size_of::<Completion>(), 48);
+        assert_eq!(std::mem::offset_of!(Completion, imm_data), 24);
+        assert_eq!(std::mem::offset_of!(Completion, qp_num), 28);
+        let raw = sys::ibv_wc::default();
+        // SAFETY (test): same size and alignment, checked at compile time.
+        let c: Completion = unsafe { std::mem::transmute(raw) };
+        assert_eq!(c.raw_status(), sys::ibv_wc_status::IBV_WC_GENERAL_ERR);
+        assert_eq!(c.opcode(), WcOpcode::LocalInv);
+    }
+}

@@ -49,3 +49,26 @@ pub use types::*;
 
 /// The raw bindings, for what this crate does not wrap.
 pub use ibverbs_sys as sys;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn every_object_is_send_and_sync() {
+        send_sync::<Context>();
+        send_sync::<ProtectionDomain>();
+        send_sync::<MemoryRegion<Vec<u8>>>();
+        send_sync::<MemoryRegion<Box<[u8]>>>();
+        send_sync::<MemoryRegion<memmap2::MmapMut>>();
+        send_sync::<CompletionChannel>();
+        send_sync::<CompletionQueue>();
+        send_sync::<QueuePair>();
+        send_sync::<AsyncEvents>();
+        send_sync::<Sge>();
+        send_sync::<Endpoint>();
+        send_sync::<Error>();
+    }
+}

@@ -405,3 +405,37 @@ fn posting_errors_are_typed() {
     }
     assert!(matches!(Context::open("rxe-nope"), Err(Error::NoDevice(_))));
 }
+
+/// A context and all its objects in one struct, moved to another thread and used there.
+struct Bundle {
+    node: Node,
+    mr: MemoryRegion<Vec<u8>>,
+}
+
+#[test]
+fn objects_live_in_one_struct_and_move_across_threads() {
+    let Some(lab) = LabTopology::from_env_or_skip("objects_move_across_threads") else {
+        return;
+    };
+    let ic = lab.ic(0);
+    let a = Node::open(&ic.a);
+    let b = Node::open(&ic.b);
+    let mr = buffer(&b.pd, 128, AccessFlags::LOCAL_WRITE);
+    let rsge = [mr.sge().unwrap()];
+    connect(&a, &b, AccessFlags::LOCAL_WRITE, || {
+        b.qp.post_recv_one(1, &rsge).unwrap()
+    });
+    let bundle = Bundle { node: b, mr };
+    let receiver = std::thread::spawn(move || {
+        let c = one(&bundle.node.recv_cq);
+        assert!(c.is_success(), "{c:?}");
+        bundle.mr.as_slice()[..c.byte_len() as usize].to_vec()
+    });
+    let sender = std::thread::spawn(move || {
+        a.qp.post_send_one(&SendWr::inline(1, SendOp::Send, b"moved"))
+            .unwrap();
+        one(&a.send_cq).status()
+    });
+    assert_eq!(sender.join().unwrap(), WcStatus::Success);
+    assert_eq!(receiver.join().unwrap(), b"moved");
+}

@@ -212,8 +212,8 @@ impl CompletionChannel {
         Ok(Some(CqEvent { cq_handle: handle }))
     }
 
-    /// Waits up to `timeout` for an event (poll(2) on the fd, then [`try_get_event`]
-    /// (Self::try_get_event)). `Ok(None)` on timeout.
+    /// Waits up to `timeout` for an event: poll(2) on the fd, then
+    /// [`try_get_event`](Self::try_get_event). `Ok(None)` on timeout.
     pub fn get_event(&self, timeout: Duration) -> Result<Option<CqEvent>> {
         let deadline = Instant::now() + timeout;
         loop {

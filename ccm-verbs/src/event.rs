@@ -180,6 +180,7 @@ fn decode(raw: &RawAsyncEvent) -> AsyncEvent {
             (*qp).qp_num
         }
     };
+    // SAFETY: see above (CQ member for CQ events).
     let cqh = || unsafe {
         let cq = raw.element.cq;
         if cq.is_null() {
@@ -188,6 +189,7 @@ fn decode(raw: &RawAsyncEvent) -> AsyncEvent {
             (*cq).handle
         }
     };
+    // SAFETY: see above (port member for port events; any int is valid).
     let port = || unsafe { raw.element.port_num.clamp(0, 255) as u8 };
     match raw.event_type {
         sys::IBV_EVENT_CQ_ERR => AsyncEvent::CqErr { cq_handle: cqh() },

@@ -90,8 +90,8 @@ impl Sge {
 /// A registered memory region that owns its memory `M` (a `Vec<u8>`, `Box<[u8]>` or
 /// `memmap2::MmapMut`) and keeps its protection domain alive.
 ///
-/// Dropping the region deregisters it first, then frees the memory; [`into_inner`]
-/// (Self::into_inner) gives the memory back. If deregistration fails the memory is leaked rather
+/// Dropping the region deregisters it first, then frees the memory;
+/// [`into_inner`](Self::into_inner) gives the memory back. If deregistration fails the memory is leaked rather
 /// than freed under a device that might still access it.
 ///
 /// The device writes this memory (RECV, READ responses, remote WRITEs if granted) while work

@@ -1,0 +1,428 @@
+//! The node's configuration file (TOML), validated field by field into a typed [`NodeConfig`].
+//!
+//! ```toml
+//! node = 1                       # this node's id; the lower id of the pair connects the initial sessions
+//! partner = 2
+//! cluster = 7
+//! secret_file = "/etc/ccm/secret" # the shared cluster secret (at least 16 bytes; never sent, never logged)
+//! status_socket = "/run/ccm-a.sock"
+//!
+//! [timing]                       # optional; defaults derived in ccm_core::manager
+//! heartbeat_ms = 10
+//! heartbeat_misses = 3
+//! partner_down_ms = 500
+//! failback_hold_down_ms = 500
+//!
+//! [[interconnect]]               # by device name, or by local IP (the device whose GID holds it)
+//! device = "rxe0"
+//! local_ip = "10.0.0.1"
+//! partner_ip = "10.0.0.2"
+//! tcp_port = 18515               # the initial session (step 410) listens/connects here
+//!
+//! [[client]]
+//! name = "failover-monitor"
+//! id = 1
+//! kind = "monitor"               # monitor | mirror | counter
+//! class = "low"                  # low | high (the NVRAM mirror: a link of its own)
+//! ```
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::wire::{BandwidthClass, ClientId, ClusterId, InterconnectId, NodeId};
+
+/// A configuration that cannot be used, naming the field and what was wrong.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, or a field of the wrong type, or an unknown field.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the field and line).
+        message: String,
+    },
+    /// A field whose value is not acceptable.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The field, e.g. `interconnect[1].partner_ip`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), problem: problem.into() }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: u64,
+    partner: u64,
+    cluster: u64,
+    secret_file: PathBuf,
+    status_socket: Option<PathBuf>,
+    #[serde(default)]
+    timing: RawTiming,
+    #[serde(default)]
+    interconnect: Vec<RawInterconnect>,
+    #[serde(default)]
+    client: Vec<RawClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTiming {
+    heartbeat_ms: Option<u64>,
+    heartbeat_misses: Option<u32>,
+    partner_down_ms: Option<u64>,
+    failback_hold_down_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterconnect {
+    device: Option<String>,
+    port: Option<u8>,
+    local_ip: IpAddr,
+    partner_ip: IpAddr,
+    tcp_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    id: u32,
+    kind: String,
+    class: Option<String>,
+    pin: Option<u8>,
+    mirror_path: Option<PathBuf>,
+    mirror_bytes: Option<u64>,
+}
+
+/// One interconnect: an RDMA device port and the IP addresses of both ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterconnectConfig {
+    /// Its index (the same on both nodes: the order in the file).
+    pub id: InterconnectId,
+    /// The device, or `None` to find it by `local_ip` in the GID tables.
+    pub device: Option<String>,
+    /// The device port (1 unless configured).
+    pub port: u8,
+    /// This node's address on the interconnect (selects the RoCE v2 GID).
+    pub local_ip: IpAddr,
+    /// The partner's address on the interconnect.
+    pub partner_ip: IpAddr,
+    /// TCP port of the initial session.
+    pub tcp_port: u16,
+}
+
+/// What a configured client does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The failover monitor (heartbeats to its peer, partner up/suspect/down decisions).
+    Monitor,
+    /// NVRAM mirroring into the partner's memory.
+    Mirror {
+        /// The local NVRAM log (a file, /dev/shm, or a DAX path); the partner's mirror is `PATH.mirror`.
+        path: PathBuf,
+        /// Ring size in bytes.
+        bytes: u64,
+    },
+    /// A message counter (shows undisturbed traffic while other clients come and go).
+    Counter,
+}
+
+/// One configured client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Its name.
+    pub name: String,
+    /// Its id (the same on both nodes).
+    pub id: ClientId,
+    /// What it does.
+    pub kind: ClientKind,
+    /// Its bandwidth class.
+    pub class: BandwidthClass,
+    /// A pinned interconnect.
+    pub pin: Option<InterconnectId>,
+}
+
+/// Timings of the manager (see `ccm_core::manager` for the defaults' derivation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Heartbeat period on each interconnect.
+    pub heartbeat: Duration,
+    /// Missed periods before an interconnect is failed.
+    pub heartbeat_misses: u32,
+    /// Suspect time before the partner is declared down.
+    pub partner_down: Duration,
+    /// Health required before clients fail back.
+    pub failback_hold_down: Duration,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node.
+    pub node: NodeId,
+    /// The partner.
+    pub partner: NodeId,
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The cluster secret's file.
+    pub secret_file: PathBuf,
+    /// Where `ccm status` finds the node.
+    pub status_socket: PathBuf,
+    /// Manager timings.
+    pub timing: Timing,
+    /// The interconnects, in index order.
+    pub interconnects: Vec<InterconnectConfig>,
+    /// The clients.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// Default TCP port of the initial session.
+pub const DEFAULT_TCP_PORT: u16 = 18515;
+/// Shortest accepted cluster secret.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl NodeConfig {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parse and validate configuration text.
+    pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: PathBuf::from("<config>"), message: e.to_string() })?;
+        if raw.node == raw.partner {
+            return Err(invalid("partner", format!("must differ from node ({})", raw.node)));
+        }
+        if raw.interconnect.is_empty() {
+            return Err(invalid("interconnect", "at least one [[interconnect]] is needed"));
+        }
+        if raw.interconnect.len() > 8 {
+            return Err(invalid("interconnect", format!("{} configured, at most 8", raw.interconnect.len())));
+        }
+        let d = crate::manager::Config::new(NodeId(0), NodeId(1), ClusterId(0), Vec::new(), 1);
+        let ms = |v: Option<u64>, field: &str, default: Duration, min: u64, max: u64| match v {
+            None => Ok(default),
+            Some(v) if (min..=max).contains(&v) => Ok(Duration::from_millis(v)),
+            Some(v) => Err(invalid(format!("timing.{field}"), format!("{v} ms is outside {min}..={max} ms"))),
+        };
+        let heartbeat = ms(raw.timing.heartbeat_ms, "heartbeat_ms", d.heartbeat_period, 1, 10_000)?;
+        let heartbeat_misses = match raw.timing.heartbeat_misses {
+            None => d.heartbeat_misses,
+            Some(m @ 2..=100) => m,
+            Some(m) => return Err(invalid("timing.heartbeat_misses", format!("{m} is outside 2..=100"))),
+        };
+        let partner_down = ms(raw.timing.partner_down_ms, "partner_down_ms", d.partner_down_after, 10, 600_000)?;
+        if partner_down <= heartbeat * heartbeat_misses {
+            return Err(invalid(
+                "timing.partner_down_ms",
+                format!("must be longer than heartbeat_ms x heartbeat_misses ({:?})", heartbeat * heartbeat_misses),
+            ));
+        }
+        let timing = Timing {
+            heartbeat,
+            heartbeat_misses,
+            partner_down,
+            failback_hold_down: ms(
+                raw.timing.failback_hold_down_ms,
+                "failback_hold_down_ms",
+                d.failback_hold_down,
+                0,
+                3_600_000,
+            )?,
+        };
+        let mut interconnects = Vec::new();
+        for (i, ic) in raw.interconnect.into_iter().enumerate() {
+            let field = |f: &str| format!("interconnect[{i}].{f}");
+            if ic.local_ip == ic.partner_ip {
+                return Err(invalid(field("partner_ip"), "must differ from local_ip"));
+            }
+            if ic.local_ip.is_ipv4() != ic.partner_ip.is_ipv4() {
+                return Err(invalid(field("partner_ip"), "local_ip and partner_ip must be the same IP family"));
+            }
+            if let Some(dev) = &ic.device {
+                if dev.is_empty() || dev.len() > 64 || dev.contains('/') {
+                    return Err(invalid(field("device"), format!("{dev:?} is not a device name")));
+                }
+            }
+            let port = ic.port.unwrap_or(1);
+            if port == 0 {
+                return Err(invalid(field("port"), "ports are numbered from 1"));
+            }
+            if interconnects.iter().any(|o: &InterconnectConfig| o.local_ip == ic.local_ip) {
+                return Err(invalid(field("local_ip"), format!("{} is used by another interconnect", ic.local_ip)));
+            }
+            interconnects.push(InterconnectConfig {
+                id: InterconnectId(i as u8),
+                device: ic.device,
+                port,
+                local_ip: ic.local_ip,
+                partner_ip: ic.partner_ip,
+                tcp_port: ic.tcp_port.unwrap_or(DEFAULT_TCP_PORT),
+            });
+        }
+        let mut clients: Vec<ClientConfig> = Vec::new();
+        for (i, c) in raw.client.into_iter().enumerate() {
+            let field = |f: &str| format!("client[{i}].{f}");
+            if c.name.is_empty() || c.name.len() > crate::wire::MAX_NAME_LEN {
+                return Err(invalid(field("name"), format!("must be 1..={} bytes", crate::wire::MAX_NAME_LEN)));
+            }
+            if clients.iter().any(|o| o.id.0 == c.id) {
+                return Err(invalid(field("id"), format!("{} is used by another client", c.id)));
+            }
+            let kind = match c.kind.as_str() {
+                "monitor" => ClientKind::Monitor,
+                "counter" => ClientKind::Counter,
+                "mirror" => {
+                    let path = c.mirror_path.ok_or_else(|| invalid(field("mirror_path"), "a mirror needs its NVRAM log path"))?;
+                    let bytes = c.mirror_bytes.unwrap_or(4 << 20);
+                    if !(64 << 10..=1 << 30).contains(&bytes) || bytes % 4096 != 0 {
+                        return Err(invalid(field("mirror_bytes"), format!("{bytes} must be a multiple of 4096 in 64 KiB..=1 GiB")));
+                    }
+                    ClientKind::Mirror { path, bytes }
+                }
+                other => return Err(invalid(field("kind"), format!("{other:?} is not one of monitor, mirror, counter"))),
+            };
+            let class = match c.class.as_deref() {
+                None if matches!(kind, ClientKind::Mirror { .. }) => BandwidthClass::High,
+                None | Some("low") => BandwidthClass::Low,
+                Some("high") => BandwidthClass::High,
+                Some(other) => return Err(invalid(field("class"), format!("{other:?} is not low or high"))),
+            };
+            let pin = match c.pin {
+                Some(p) if (p as usize) < interconnects.len() => Some(InterconnectId(p)),
+                Some(p) => return Err(invalid(field("pin"), format!("interconnect {p} is not configured"))),
+                None => None,
+            };
+            clients.push(ClientConfig { name: c.name, id: ClientId(c.id), kind, class, pin });
+        }
+        Ok(NodeConfig {
+            node: NodeId(raw.node),
+            partner: NodeId(raw.partner),
+            cluster: ClusterId(raw.cluster),
+            secret_file: raw.secret_file,
+            status_socket: raw.status_socket.unwrap_or_else(|| PathBuf::from(format!("/run/ccm-node-{}.sock", raw.node))),
+            timing,
+            interconnects,
+            clients,
+        })
+    }
+
+    /// Read the cluster secret (at least [`MIN_SECRET_LEN`] bytes, trailing newline removed).
+    pub fn read_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        let mut s = std::fs::read(&self.secret_file)
+            .map_err(|source| ConfigError::Read { path: self.secret_file.clone(), source })?;
+        while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            s.pop();
+        }
+        if s.len() < MIN_SECRET_LEN {
+            return Err(invalid("secret_file", format!("the secret has {} bytes, at least {MIN_SECRET_LEN} are needed", s.len())));
+        }
+        Ok(s)
+    }
+
+    /// The manager configuration for this node.
+    pub fn manager_config(&self, secret: Vec<u8>) -> crate::manager::Config {
+        let mut c = crate::manager::Config::new(self.node, self.partner, self.cluster, secret, self.interconnects.len() as u8);
+        c.heartbeat_period = self.timing.heartbeat;
+        c.heartbeat_misses = self.timing.heartbeat_misses;
+        c.partner_down_after = self.timing.partner_down;
+        c.failback_hold_down = self.timing.failback_hold_down;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        node = 1
+        partner = 2
+        cluster = 7
+        secret_file = "/tmp/s"
+        [[interconnect]]
+        device = "rxe0"
+        local_ip = "10.0.0.1"
+        partner_ip = "10.0.0.2"
+        [[interconnect]]
+        local_ip = "10.0.1.1"
+        partner_ip = "10.0.1.2"
+        tcp_port = 18600
+        [[client]]
+        name = "monitor"
+        id = 1
+        kind = "monitor"
+        [[client]]
+        name = "nvram"
+        id = 2
+        kind = "mirror"
+        mirror_path = "/dev/shm/nvram"
+    "#;
+
+    #[test]
+    fn a_full_configuration_is_read_with_defaults_filled() {
+        let c = NodeConfig::parse(GOOD).unwrap();
+        assert_eq!(c.interconnects.len(), 2);
+        assert_eq!(c.interconnects[0].tcp_port, DEFAULT_TCP_PORT);
+        assert_eq!(c.interconnects[1].device, None);
+        assert_eq!(c.interconnects[1].tcp_port, 18600);
+        assert_eq!(c.clients[1].class, BandwidthClass::High, "a mirror is high bandwidth by default");
+        assert_eq!(c.timing.heartbeat, Duration::from_millis(10));
+    }
+
+    fn error_of(text: &str) -> String {
+        NodeConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        assert!(error_of(&GOOD.replace("partner = 2", "partner = 1")).starts_with("partner:"));
+        assert!(error_of(&GOOD.replace("\"10.0.0.2\"", "\"10.0.0.1\"")).starts_with("interconnect[0].partner_ip"));
+        assert!(error_of(&GOOD.replace("\"10.0.0.2\"", "\"fe80::1\"")).contains("same IP family"));
+        assert!(error_of(&GOOD.replace("kind = \"monitor\"", "kind = \"telepathy\"")).starts_with("client[0].kind"));
+        assert!(error_of(&GOOD.replace("id = 2", "id = 1")).starts_with("client[1].id"));
+        assert!(error_of(&GOOD.replace("cluster = 7", "cluster = 7\n[timing]\nheartbeat_misses = 1")).starts_with("timing.heartbeat_misses"));
+        assert!(error_of(&GOOD.replace("cluster = 7", "cluster = 7\n[timing]\npartner_down_ms = 20")).starts_with("timing.partner_down_ms"));
+        assert!(error_of(&GOOD.replace("mirror_path = \"/dev/shm/nvram\"", "")).starts_with("client[1].mirror_path"));
+        assert!(error_of(&GOOD.replace("cluster = 7", "cluster = 7\ncolour = 3")).contains("colour"));
+        assert!(error_of(&GOOD.replace("local_ip = \"10.0.0.1\"", "local_ip = \"ten\"")).contains("local_ip") || error_of(&GOOD.replace("local_ip = \"10.0.0.1\"", "local_ip = \"ten\"")).contains("invalid"));
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ccm-secret-{}", std::process::id()));
+        std::fs::write(&dir, "short\n").unwrap();
+        let c = NodeConfig::parse(&GOOD.replace("/tmp/s", dir.to_str().unwrap())).unwrap();
+        assert!(c.read_secret().unwrap_err().to_string().contains("at least 16"));
+        std::fs::write(&dir, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(c.read_secret().unwrap().len(), 20);
+        let _ = std::fs::remove_file(dir);
+    }
+}

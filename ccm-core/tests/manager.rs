@@ -1,0 +1,570 @@
+//! The manager's behaviour, pinned with two managers wired back to back (a perfect network unless a
+//! test cuts an interconnect). Each test reads as the behaviour it guarantees.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use ccm_core::manager::{
+    Action, ClientEvent, ClientRequest, ClientSpec, ClientStatus, Config, HandshakeError, Input,
+    LinkStatus, Manager, PartnerStatus, SessionId, Step,
+};
+use ccm_core::wire::{
+    BandwidthClass, ClientId, ClusterId, DecodeError, ErrorCode, InterconnectId, MemoryWindow,
+    Message, Mtu, NodeId, ViAddress,
+};
+use ccm_core::Time;
+
+const MS: u64 = 1_000_000;
+
+fn vi(ic: u8, qpn: u32) -> ViAddress {
+    ViAddress {
+        interconnect: InterconnectId(ic),
+        qpn,
+        gid: [ic; 16],
+        psn: qpn,
+        mtu: Mtu::M1024,
+    }
+}
+
+/// Two managers and an ideal network: messages arrive 10 µs later, in order.
+struct Pair {
+    m: [Manager; 2],
+    now: Time,
+    queue: VecDeque<(Time, usize, Input)>,
+    listening: Vec<[bool; 2]>,
+    cut: Vec<bool>,
+    next_qpn: u32,
+    told: [Vec<(ClientId, ClientEvent)>; 2],
+    refused: [Vec<(InterconnectId, HandshakeError)>; 2],
+    steps: [Vec<(Time, Step)>; 2],
+    sid: u64,
+}
+
+impl Pair {
+    fn new(a: Config, b: Config) -> Pair {
+        Pair::new_with(a, b, true)
+    }
+
+    /// `follower_started: false` models a follower process that is not running yet.
+    fn new_with(a: Config, b: Config, follower_started: bool) -> Pair {
+        let n = a.interconnects as usize;
+        let mut p = Pair {
+            m: [
+                Manager::new(a, Time::ZERO, [1; 32]),
+                Manager::new(b, Time::ZERO, [2; 32]),
+            ],
+            now: Time::ZERO,
+            queue: VecDeque::new(),
+            listening: vec![[false; 2]; n],
+            cut: vec![false; n],
+            next_qpn: 1,
+            told: [Vec::new(), Vec::new()],
+            refused: [Vec::new(), Vec::new()],
+            steps: [Vec::new(), Vec::new()],
+            sid: 0,
+        };
+        // The follower listens before the placer's first connect is carried out.
+        p.drain(1);
+        if !follower_started {
+            p.listening.iter_mut().for_each(|l| l[1] = false);
+        }
+        p.drain(0);
+        p
+    }
+
+    fn config(node: u64, partner: u64, ics: u8) -> Config {
+        Config::new(
+            NodeId(node),
+            NodeId(partner),
+            ClusterId(7),
+            b"secret".to_vec(),
+            ics,
+        )
+    }
+
+    fn standard(ics: u8) -> Pair {
+        Pair::new(Pair::config(1, 2, ics), Pair::config(2, 1, ics))
+    }
+
+    fn later(&mut self, to: usize, input: Input) {
+        self.queue
+            .push_back((self.now + Duration::from_micros(10), to, input));
+    }
+
+    fn drain(&mut self, n: usize) {
+        while let Some(a) = self.m[n].poll_action() {
+            match a {
+                Action::Listen { ic } => self.listening[ic.0 as usize][n] = true,
+                Action::Connect { ic, attempt } => {
+                    let i = ic.0 as usize;
+                    if self.listening[i][1 - n] && !self.cut[i] {
+                        for side in [n, 1 - n] {
+                            self.sid += 1;
+                            let input = Input::SessionEstablished {
+                                ic,
+                                session: SessionId(i as u64),
+                                control_vi: vi(ic.0, 1000 + self.sid as u32),
+                                windows: vec![],
+                            };
+                            self.later(side, input);
+                        }
+                    } else {
+                        self.later(n, Input::ConnectFailed { ic, attempt });
+                    }
+                }
+                Action::Send { ic, session, msg } => {
+                    if !self.cut[ic.0 as usize] {
+                        self.later(1 - n, Input::Message { ic, session, msg });
+                    }
+                }
+                Action::CloseSession { ic, session } => {
+                    if !self.cut[ic.0 as usize] {
+                        self.later(1 - n, Input::SessionClosed { ic, session });
+                    }
+                }
+                Action::CreateClientVis {
+                    client,
+                    ic,
+                    generation,
+                    count,
+                } => {
+                    let vis = (0..count)
+                        .map(|_| {
+                            self.next_qpn += 1;
+                            vi(ic.0, self.next_qpn)
+                        })
+                        .collect();
+                    let windows = vec![MemoryWindow {
+                        addr: 0x1000,
+                        len: 4096,
+                        rkey: 9,
+                    }];
+                    self.later(
+                        n,
+                        Input::ClientVisCreated {
+                            client,
+                            generation,
+                            vis,
+                            windows,
+                        },
+                    );
+                }
+                Action::Tell { client, event } => self.told[n].push((client, event)),
+                Action::LinkRefused { ic, error } => self.refused[n].push((ic, error)),
+                Action::Step { at, step } => self.steps[n].push((at, step)),
+                Action::SlamConnect { .. }
+                | Action::SlamConnectControl { .. }
+                | Action::ReleaseClientVis { .. }
+                | Action::ArmTimer { .. } => {}
+            }
+        }
+    }
+
+    fn input(&mut self, n: usize, input: Input) {
+        self.m[n].handle(self.now, input);
+        self.drain(n);
+    }
+
+    /// Runs until `until`, delivering messages and firing timers in time order.
+    fn run_until(&mut self, until: Time) {
+        loop {
+            let next_msg = self.queue.front().map(|q| q.0);
+            let next_timer = [0, 1]
+                .into_iter()
+                .filter_map(|n| self.m[n].next_deadline().map(|d| (d, n)))
+                .min();
+            match (next_msg, next_timer) {
+                (Some(t), timer) if t <= until && timer.is_none_or(|(d, _)| t <= d) => {
+                    let (t, to, input) = self.queue.pop_front().expect("peeked");
+                    self.now = self.now.max(t);
+                    self.input(to, input);
+                }
+                (_, Some((d, n))) if d <= until => {
+                    self.now = self.now.max(d);
+                    self.input(n, Input::Timer);
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn register(&mut self, n: usize, id: u32, class: BandwidthClass) {
+        let spec = ClientSpec {
+            id: ClientId(id),
+            name: format!("client-{id}"),
+            class,
+            vi_count: 2,
+            pinned: None,
+        };
+        self.input(n, Input::Client(ClientRequest::Register(spec)));
+    }
+
+    fn events_of(&self, n: usize, id: u32) -> Vec<&ClientEvent> {
+        self.told[n]
+            .iter()
+            .filter(|(c, e)| c.0 == id && !matches!(e, ClientEvent::PartnerInfo(_)))
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    fn ready_on(&self, n: usize, id: u32) -> Option<InterconnectId> {
+        match self.m[n].client_status(ClientId(id)) {
+            Some(ClientStatus::Ready { ic, .. }) => Some(ic),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn fig4_bring_up_runs_410_to_445_in_order_and_both_clients_go() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    for n in 0..2 {
+        assert!(matches!(p.events_of(n, 1)[..], [ClientEvent::Ready { .. }]));
+    }
+    let order: Vec<&'static str> = p.steps[0]
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Step::InitialSession410 { .. } => Some("410"),
+            Step::PeerInfoExchanged415 { .. } => Some("415"),
+            Step::CreateVis420 { .. } => Some("420"),
+            Step::SendBatch425 { .. } => Some("425"),
+            Step::PartnerInfo430 { .. } => Some("430"),
+            Step::SlamConnect435 { .. } => Some("435"),
+            Step::SendReady440 { .. } => Some("440"),
+            Step::ClientsGo445 { .. } => Some("445"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        ["410", "415", "420", "425", "430", "435", "440", "445"]
+    );
+    // Bring-up on an ideal network takes a handful of one-way trips, well under a millisecond.
+    let go = p.steps[0]
+        .iter()
+        .find(|(_, s)| matches!(s, Step::ClientsGo445 { .. }))
+        .map(|(t, _)| *t)
+        .expect("went");
+    assert!(go < Time(MS), "ready at {go}");
+}
+
+#[test]
+fn all_clients_go_to_the_partner_in_one_batch() {
+    let mut p = Pair::standard(1);
+    for id in 1..=5 {
+        p.register(0, id, BandwidthClass::Low);
+        p.register(1, id, BandwidthClass::Low);
+    }
+    p.run_for(Duration::from_millis(5));
+    let batches: Vec<usize> = p.steps[0]
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Step::SendBatch425 { clients, .. } => Some(*clients),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches, [5]);
+    assert!((1..=5).all(|id| p.ready_on(0, id).is_some() && p.ready_on(1, id).is_some()));
+}
+
+#[test]
+fn a_node_starting_long_after_its_partner_still_brings_everything_up() {
+    let mut p = Pair::new_with(Pair::config(1, 2, 2), Pair::config(2, 1, 2), false);
+    p.register(0, 1, BandwidthClass::Low);
+    // The follower is not running yet: the placer keeps retrying with a bounded back-off.
+    p.run_for(Duration::from_secs(3));
+    assert!(p.m[0]
+        .link_status()
+        .iter()
+        .all(|l| matches!(l, LinkStatus::Backoff | LinkStatus::Connecting)));
+    assert_eq!(
+        p.m[0].client_status(ClientId(1)),
+        Some(ClientStatus::WaitingForPartner)
+    );
+    // The follower starts (a new process) three seconds later.
+    p.m[1] = Manager::new(Pair::config(2, 1, 2), p.now, [9; 32]);
+    p.drain(1);
+    p.register(1, 1, BandwidthClass::Low);
+    let start = p.now;
+    p.run_for(Duration::from_millis(150));
+    assert_eq!(p.m[0].link_status(), [LinkStatus::Up, LinkStatus::Up]);
+    assert!(p.ready_on(0, 1).is_some() && p.ready_on(1, 1).is_some());
+    let up = p.steps[0]
+        .iter()
+        .find(|(t, s)| *t >= start && matches!(s, Step::PeerInfoExchanged415 { .. }))
+        .expect("link came up")
+        .0;
+    assert!(
+        up.saturating_since(start) <= Duration::from_millis(101),
+        "back-off is bounded by backoff_max"
+    );
+}
+
+#[test]
+fn a_client_registered_on_one_side_only_waits_and_is_never_told_ready() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(0, 2, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(50));
+    assert_eq!(
+        p.m[0].client_status(ClientId(2)),
+        Some(ClientStatus::WaitingForPartnerClient)
+    );
+    assert!(p.events_of(0, 2).is_empty());
+    // It joins later through the same path, without disturbing client 1.
+    p.register(1, 2, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    assert!(p.ready_on(0, 2).is_some() && p.ready_on(1, 2).is_some());
+    assert_eq!(p.events_of(0, 1).len(), 1, "client 1 saw only its Ready");
+}
+
+#[test]
+fn unregistering_releases_both_sides_and_tells_the_partner_client() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    p.input(1, Input::Client(ClientRequest::Unregister(ClientId(1))));
+    p.run_for(Duration::from_millis(5));
+    assert_eq!(p.events_of(0, 1).last(), Some(&&ClientEvent::PartnerClosed));
+    assert_eq!(
+        p.m[0].client_status(ClientId(1)),
+        Some(ClientStatus::WaitingForPartnerClient)
+    );
+}
+
+fn refused_with(p: &Pair, n: usize) -> Vec<HandshakeError> {
+    p.refused[n].iter().map(|(_, e)| e.clone()).collect()
+}
+
+#[test]
+fn a_foreign_cluster_is_refused_on_both_sides_with_a_typed_error() {
+    let mut b = Pair::config(2, 1, 1);
+    b.cluster = ClusterId(8);
+    let mut p = Pair::new(Pair::config(1, 2, 1), b);
+    p.run_for(Duration::from_millis(2));
+    assert!(refused_with(&p, 0).contains(&HandshakeError::ForeignCluster(ClusterId(8))));
+    assert!(refused_with(&p, 1).contains(&HandshakeError::ForeignCluster(ClusterId(7))));
+    assert_eq!(p.m[0].partner_status(), PartnerStatus::Unknown);
+}
+
+#[test]
+fn a_wrong_secret_fails_authentication_on_both_sides_and_nothing_goes_up() {
+    let mut b = Pair::config(2, 1, 1);
+    b.secret = b"guess".to_vec();
+    let mut p = Pair::new(Pair::config(1, 2, 1), b);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(300));
+    for n in 0..2 {
+        let errs = refused_with(&p, n);
+        assert!(!errs.is_empty(), "node {n} reports the refusal");
+        assert!(errs.iter().all(|e| matches!(
+            e,
+            HandshakeError::AuthenticationFailed
+                | HandshakeError::RefusedByPartner {
+                    code: ErrorCode::AuthenticationFailed,
+                    ..
+                }
+        )));
+        assert!(p.events_of(n, 1).is_empty());
+        assert_ne!(p.m[n].link_status(), [LinkStatus::Up]);
+    }
+}
+
+#[test]
+fn incompatible_versions_are_refused_and_overlapping_ranges_pick_the_highest_common() {
+    let mut a = Pair::config(1, 2, 1);
+    a.min_version = 3;
+    a.max_version = 4;
+    let mut p = Pair::new(a.clone(), Pair::config(2, 1, 1));
+    p.run_for(Duration::from_millis(2));
+    assert!(refused_with(&p, 0).iter().any(|e| matches!(
+        e,
+        HandshakeError::IncompatibleVersion { partner_max: 1, .. }
+    )));
+    assert!(refused_with(&p, 1).iter().any(|e| matches!(
+        e,
+        HandshakeError::IncompatibleVersion { .. }
+            | HandshakeError::RefusedByPartner {
+                code: ErrorCode::IncompatibleVersion,
+                ..
+            }
+    )));
+
+    let mut b = Pair::config(2, 1, 1);
+    a.min_version = 1;
+    a.max_version = 3;
+    b.min_version = 1;
+    b.max_version = 2;
+    let mut p = Pair::new(a, b);
+    p.run_for(Duration::from_millis(2));
+    assert!(p.steps[0]
+        .iter()
+        .any(|(_, s)| matches!(s, Step::PeerInfoExchanged415 { version: 2, .. })));
+}
+
+#[test]
+fn garbage_on_one_interconnect_is_refused_while_the_other_keeps_serving() {
+    let mut p = Pair::standard(2);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let on = p.ready_on(0, 1).expect("ready");
+    let other = InterconnectId(1 - on.0);
+    let garbage = Message::decode(b"GET / HTTP/1.1\r\n\r\n").unwrap_err();
+    p.input(
+        1,
+        Input::Malformed {
+            ic: other,
+            session: SessionId(other.0 as u64),
+            error: garbage,
+        },
+    );
+    p.run_for(Duration::from_micros(100));
+    assert!(matches!(
+        refused_with(&p, 1)[..],
+        [HandshakeError::Malformed(DecodeError::BadMagic(_))]
+    ));
+    assert!(refused_with(&p, 0).iter().any(|e| matches!(
+        e,
+        HandshakeError::RefusedByPartner {
+            code: ErrorCode::Malformed,
+            ..
+        }
+    )));
+    assert_eq!(p.ready_on(0, 1), Some(on), "the client was not disturbed");
+    assert_eq!(p.m[0].partner_status(), PartnerStatus::Up);
+}
+
+#[test]
+fn silence_on_the_only_interconnect_stops_clients_then_suspects_then_declares_the_partner_down() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let cut_at = p.now;
+    p.cut[0] = true;
+    p.run_for(Duration::from_millis(40));
+    assert_eq!(
+        p.events_of(0, 1)[1..],
+        [
+            &ClientEvent::Stop {
+                ic: InterconnectId(0)
+            },
+            &ClientEvent::PartnerSuspect
+        ]
+    );
+    let detected = p.steps[0]
+        .iter()
+        .find(|(_, s)| matches!(s, Step::StopClients520 { .. }))
+        .expect("detected")
+        .0;
+    assert!(
+        detected.saturating_since(cut_at) <= Duration::from_millis(31),
+        "silent loss is detected within heartbeat_misses periods"
+    );
+    p.run_for(Duration::from_millis(500));
+    assert_eq!(p.events_of(0, 1).last(), Some(&&ClientEvent::PartnerDown));
+    assert_eq!(p.m[0].partner_status(), PartnerStatus::Down);
+}
+
+#[test]
+fn losing_one_of_two_interconnects_fails_over_without_suspecting_the_partner() {
+    let mut p = Pair::standard(2);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let on = p.ready_on(0, 1).expect("ready");
+    let other = InterconnectId(1 - on.0);
+    p.cut[on.0 as usize] = true;
+    p.input(0, Input::PortState { ic: on, up: false });
+    p.input(1, Input::PortState { ic: on, up: false });
+    p.run_for(Duration::from_millis(5));
+    for n in 0..2 {
+        assert_eq!(
+            p.events_of(n, 1)[1..],
+            [
+                &ClientEvent::Stop { ic: on },
+                &ClientEvent::Resumed {
+                    ic: other,
+                    generation: match p.m[n].client_status(ClientId(1)) {
+                        Some(ClientStatus::Ready { generation, .. }) => generation,
+                        s => panic!("not ready: {s:?}"),
+                    }
+                }
+            ]
+        );
+        assert_eq!(p.m[n].partner_status(), PartnerStatus::Up);
+    }
+    // The port comes back: after the hold-down, the client fails back to its home.
+    p.cut[on.0 as usize] = false;
+    p.input(0, Input::PortState { ic: on, up: true });
+    p.input(1, Input::PortState { ic: on, up: true });
+    p.run_for(Duration::from_millis(300));
+    assert_eq!(
+        p.ready_on(0, 1),
+        Some(other),
+        "no failback before the hold-down"
+    );
+    p.run_for(Duration::from_millis(300));
+    assert_eq!(p.ready_on(0, 1), Some(on));
+    assert_eq!(p.ready_on(1, 1), Some(on));
+}
+
+#[test]
+fn fig8_the_mirror_gets_its_own_interconnect() {
+    let mut p = Pair::standard(2);
+    for (id, class) in [
+        (1, BandwidthClass::Low),
+        (2, BandwidthClass::Low),
+        (3, BandwidthClass::High),
+    ] {
+        p.register(0, id, class);
+        p.register(1, id, class);
+    }
+    p.run_for(Duration::from_millis(5));
+    assert_eq!(p.ready_on(0, 3), Some(InterconnectId(1)));
+    assert_eq!(p.ready_on(0, 1), Some(InterconnectId(0)));
+    assert_eq!(p.ready_on(0, 2), Some(InterconnectId(0)));
+    assert_eq!(p.ready_on(1, 3), Some(InterconnectId(1)));
+}
+
+#[test]
+fn a_partner_restart_is_told_as_partner_down_and_its_clients_are_readmitted() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    // Node B restarts: a new manager with a new incarnation; the old session just vanishes.
+    p.queue.clear();
+    p.m[1] = Manager::new(Pair::config(2, 1, 1), p.now, [3; 32]);
+    p.drain(1);
+    p.input(
+        0,
+        Input::SessionClosed {
+            ic: InterconnectId(0),
+            session: SessionId(0),
+        },
+    );
+    p.run_for(Duration::from_millis(150));
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let ev = p.events_of(0, 1);
+    assert!(ev.contains(&&ClientEvent::PartnerDown) || ev.contains(&&ClientEvent::PartnerSuspect));
+    assert!(matches!(
+        ev.last(),
+        Some(ClientEvent::Ready { .. } | ClientEvent::Resumed { .. })
+    ));
+    assert!(p.ready_on(0, 1).is_some() && p.ready_on(1, 1).is_some());
+}

@@ -1,0 +1,18 @@
+//! ccm-bench: benchmarks of ccm's verbs layer next to perftest, in the same guest boot.
+//!
+//! * [`verbs_bench`]: RC ping-pong latency (SEND/RECV like `ib_send_lat`, RDMA WRITE like
+//!   `ib_write_lat`) and a windowed RDMA WRITE / SEND stream (like `ib_write_bw`), both sides of
+//!   the connection in one process (one thread per side, each with its own device, QP and CQs).
+//! * [`perftest`]: running perftest's server and client and parsing what they print.
+//! * [`stats`]: HdrHistogram summaries and `.hgrm` percentile distributions.
+//! * [`report`]: the per-run records printed as a table or as one JSON object per run.
+//!
+//! Latency is one-way = RTT / 2, measured as perftest does: a cycle-counter timestamp at every
+//! post of the initiating side, one sample per consecutive pair of posts.
+#![deny(unsafe_code)]
+
+pub mod clock;
+pub mod perftest;
+pub mod report;
+pub mod stats;
+pub mod verbs_bench;

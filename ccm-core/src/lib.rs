@@ -5,6 +5,7 @@
 //! * [`manager`]: the manager state machine: the patent's Fig. 4 bring-up and Fig. 5 operation,
 //!   the link monitor, failover and failback. Events and time in, [`manager::Action`]s out.
 //! * [`mirror`]: NVRAM mirroring bookkeeping: the log format, the writer, the partner's in-order apply.
+//! * [`node`]: the real driver: the manager on RDMA devices and TCP initial sessions, the client API.
 //! * [`placement`]: pure placement decisions (Fig. 8 static balancing, Fig. 9 failover target).
 //! * [`sim`]: a deterministic simulator of two nodes and N interconnects with seeded faults that
 //!   drives the same state machine and checks invariants after every step.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod manager;
 pub mod mirror;
+pub mod node;
 pub mod placement;
 pub mod sim;
 pub mod wire;

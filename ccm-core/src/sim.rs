@@ -1128,11 +1128,14 @@ impl Sim {
                 self.set_health(ic);
                 match kind {
                     0 => {
+                        // A dead device's port stays down until the device comes back.
                         for n in 0..2 {
-                            self.port_event(n, ic, true);
+                            if !self.ics[ic as usize].dead[n] {
+                                self.port_event(n, ic, true);
+                            }
                         }
                     }
-                    2 => {
+                    2 if !self.ics[ic as usize].down => {
                         let at = self.now + Duration::from_micros(100);
                         let life = self.nodes[node].life;
                         self.at(

@@ -188,3 +188,36 @@ proptest! {
         let _ = Message::decode(&bytes);
     }
 }
+
+mod hostile_partner {
+    use super::message;
+    use ccm_core::manager::{Action, Config, Input, Manager, SessionId};
+    use ccm_core::wire::*;
+    use ccm_core::Time;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any sequence of well-formed but arbitrary messages on a session never panics the manager,
+        /// and it never slam connects or tells a client anything for a partner that never authenticated.
+        #[test]
+        fn arbitrary_messages_on_a_session_never_panic_nor_go_up(msgs in prop::collection::vec(message(), 0..12)) {
+            let cfg = Config::new(NodeId(2), NodeId(1), ClusterId(7), b"s".to_vec(), 2);
+            let mut m = Manager::new(cfg, Time::ZERO, [0; 32]);
+            let ic = InterconnectId(0);
+            let session = SessionId(1);
+            let control_vi = ViAddress { interconnect: ic, qpn: 1, gid: [0; 16], psn: 1, mtu: Mtu::M1024 };
+            m.handle(Time(1), Input::SessionEstablished { ic, session, control_vi, windows: vec![] });
+            let mut t = 1;
+            for msg in msgs {
+                t += 1_000;
+                m.handle(Time(t), Input::Message { ic, session, msg });
+                m.handle(Time(t), Input::Timer);
+            }
+            while let Some(a) = m.poll_action() {
+                prop_assert!(!matches!(a, Action::SlamConnectControl { .. } | Action::Tell { .. } | Action::SlamConnect { .. }), "{:?}", a);
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! An RC message channel: one queue pair with its own completion queue and a ring of receive slots
+//! posted before the connection goes to RTR. The manager's control VI is one; every client VI is one.
+//!
+//! Slam connect (step 435): with the partner's VI address exchanged beforehand, the queue pair goes
+//! RESET -> INIT -> RTR -> RTS directly; there is no connect request or response on the wire.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ccm_verbs::{
+    AccessFlags, Completion, CompletionQueue, Context, Endpoint, Gid, GidEntry, InitAttr, MemoryRegion,
+    Mtu as VerbsMtu, ProtectionDomain, QpCaps, QueuePair, RtrAttr, RtsAttr, SendOp, SendWr,
+};
+
+use crate::wire::{InterconnectId, Mtu, ViAddress};
+
+/// The device side of one interconnect: what a channel is created on.
+#[derive(Clone, Debug)]
+pub struct IcDevice {
+    /// The interconnect.
+    pub id: InterconnectId,
+    /// The device context.
+    pub ctx: Context,
+    /// The port.
+    pub port: u8,
+    /// The RoCE v2 GID of the interconnect's local address.
+    pub gid: GidEntry,
+}
+
+impl IcDevice {
+    /// Open `device` (or, if `None`, the device whose GID table holds `local_ip`) and select the
+    /// RoCE v2 GID of `local_ip`. Works with the port down; the GID must exist.
+    pub fn open(
+        id: InterconnectId,
+        device: Option<&str>,
+        port: u8,
+        local_ip: IpAddr,
+    ) -> Result<IcDevice, ccm_verbs::Error> {
+        let ctx = match device {
+            Some(name) => Context::open(name)?,
+            None => {
+                let mut found = None;
+                for d in ccm_verbs::devices()? {
+                    let ctx = Context::open(&d.name)?;
+                    if ctx.gid_by_ip(port, local_ip).is_ok() {
+                        found = Some(ctx);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| ccm_verbs::Error::GidNotFound(format!("no device has a RoCE v2 GID for {local_ip}")))?
+            }
+        };
+        let gid = ctx.gid_by_ip(port, local_ip)?;
+        Ok(IcDevice { id, ctx, port, gid })
+    }
+}
+
+/// RC timing of a channel (see docs/decisions: derived from the failover budget, never "retry forever").
+#[derive(Clone, Copy, Debug)]
+pub struct RcTiming {
+    /// Local ACK timeout code (4.096 us x 2^code).
+    pub timeout: u8,
+    /// Transport retries before RETRY_EXC_ERR.
+    pub retry_cnt: u8,
+    /// RNR retries (7 = forever is never used).
+    pub rnr_retry: u8,
+    /// Minimum RNR NAK timer code.
+    pub min_rnr_timer: u8,
+}
+
+impl RcTiming {
+    /// Control VIs: a dead path is noticed by RC itself in a few tens of milliseconds on rxe (timeout
+    /// code 8 is about 1 ms, rounded up to the kernel's timer tick), so a lost heartbeat never waits for
+    /// perftest's 67 ms x 7 retries.
+    pub const CONTROL: RcTiming = RcTiming { timeout: 8, retry_cnt: 6, rnr_retry: 6, min_rnr_timer: 1 };
+}
+
+fn to_verbs_mtu(m: Mtu) -> VerbsMtu {
+    match m {
+        Mtu::M256 => VerbsMtu::Mtu256,
+        Mtu::M512 => VerbsMtu::Mtu512,
+        Mtu::M1024 => VerbsMtu::Mtu1024,
+        Mtu::M2048 => VerbsMtu::Mtu2048,
+        Mtu::M4096 => VerbsMtu::Mtu4096,
+    }
+}
+
+fn from_verbs_mtu(m: VerbsMtu) -> Mtu {
+    match m {
+        VerbsMtu::Mtu256 => Mtu::M256,
+        VerbsMtu::Mtu512 => Mtu::M512,
+        VerbsMtu::Mtu1024 => Mtu::M1024,
+        VerbsMtu::Mtu2048 => Mtu::M2048,
+        VerbsMtu::Mtu4096 => Mtu::M4096,
+    }
+}
+
+/// Work request ids at or above this are sends; below are receive slot indices.
+pub const SEND_WR_BASE: u64 = 1 << 32;
+
+/// A message channel over one RC queue pair.
+pub struct RcChannel {
+    dev: IcDevice,
+    qp: QueuePair,
+    cq: CompletionQueue,
+    rx: MemoryRegion<Vec<u8>>,
+    slots: u32,
+    slot_size: u32,
+    psn: u32,
+    mtu: Mtu,
+    remote: Option<ViAddress>,
+    sends: AtomicU64,
+}
+
+impl std::fmt::Debug for RcChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RcChannel").field("qpn", &self.qp.qpn()).field("remote", &self.remote).finish()
+    }
+}
+
+impl RcChannel {
+    /// A channel on `dev` in protection domain `pd`, with `slots` receive slots of `slot_size` bytes and
+    /// room for `send_depth` outstanding sends. Nothing is posted until [`slam_connect`](Self::slam_connect).
+    pub fn create(
+        dev: &IcDevice,
+        pd: &ProtectionDomain,
+        slots: u32,
+        slot_size: u32,
+        send_depth: u32,
+    ) -> Result<RcChannel, ccm_verbs::Error> {
+        let cq = CompletionQueue::new(&dev.ctx, slots + send_depth + 8, None)?;
+        let caps = QpCaps {
+            max_send_wr: send_depth,
+            max_recv_wr: slots,
+            max_send_sge: 2,
+            max_recv_sge: 1,
+            max_inline_data: 64,
+        };
+        let qp = QueuePair::new_rc(pd, &cq, &cq, caps)?;
+        let rx = MemoryRegion::register(pd, vec![0u8; (slots * slot_size) as usize], AccessFlags::LOCAL_WRITE)?;
+        let mtu = from_verbs_mtu(dev.ctx.active_mtu(dev.port).unwrap_or(VerbsMtu::Mtu1024));
+        Ok(RcChannel {
+            dev: dev.clone(),
+            qp,
+            cq,
+            rx,
+            slots,
+            slot_size,
+            psn: ccm_verbs::random_psn(),
+            mtu,
+            remote: None,
+            sends: AtomicU64::new(0),
+        })
+    }
+
+    /// This VI's address, for the partner.
+    pub fn address(&self) -> ViAddress {
+        ViAddress { interconnect: self.dev.id, qpn: self.qp.qpn(), gid: self.dev.gid.gid.0, psn: self.psn, mtu: self.mtu }
+    }
+
+    /// The queue pair (clients post RDMA on it directly).
+    pub fn qp(&self) -> &QueuePair {
+        &self.qp
+    }
+
+    /// The interconnect.
+    pub fn interconnect(&self) -> InterconnectId {
+        self.dev.id
+    }
+
+    /// Slam connect to `remote`: receives posted, then RESET -> INIT -> RTR -> RTS. Idempotent for the
+    /// same remote; a different remote is refused.
+    pub fn slam_connect(&mut self, remote: &ViAddress, timing: RcTiming, access: AccessFlags) -> Result<Mtu, ccm_verbs::Error> {
+        if let Some(r) = &self.remote {
+            if r == remote {
+                return Ok(self.mtu);
+            }
+            return Err(ccm_verbs::Error::InvalidArgument("VI already connected to another remote VI"));
+        }
+        self.qp.to_init(&InitAttr { port: self.dev.port, access, ..InitAttr::default() })?;
+        for slot in 0..self.slots {
+            self.post_slot(slot)?;
+        }
+        let endpoint = Endpoint { gid: Gid(remote.gid), qpn: remote.qpn, psn: remote.psn, mtu: to_verbs_mtu(remote.mtu) };
+        let rtr = RtrAttr {
+            port: self.dev.port,
+            sgid_index: self.dev.gid.index as u8,
+            path_mtu: None,
+            min_rnr_timer: timing.min_rnr_timer,
+            ..RtrAttr::default()
+        };
+        let mtu = self.qp.to_rtr(&endpoint, &rtr)?;
+        self.qp.to_rts(
+            self.psn,
+            &RtsAttr { timeout: timing.timeout, retry_cnt: timing.retry_cnt, rnr_retry: timing.rnr_retry, ..RtsAttr::default() },
+        )?;
+        self.remote = Some(*remote);
+        self.mtu = from_verbs_mtu(mtu);
+        Ok(self.mtu)
+    }
+
+    fn post_slot(&self, slot: u32) -> Result<(), ccm_verbs::Error> {
+        let sge = self.rx.slice((slot * self.slot_size) as usize, self.slot_size as usize)?;
+        self.qp.post_recv_one(slot as u64, &[sge])
+    }
+
+    /// Send `bytes` inline (at most 64), signalled.
+    pub fn send_inline(&self, bytes: &[u8]) -> Result<(), ccm_verbs::Error> {
+        let n = self.sends.fetch_add(1, Ordering::Relaxed);
+        self.qp.post_send_one(&SendWr::inline(SEND_WR_BASE + n, SendOp::Send, bytes))
+    }
+
+    /// Poll completions (no allocation).
+    pub fn poll(&self, out: &mut [Completion]) -> Result<usize, ccm_verbs::Error> {
+        self.cq.poll(out)
+    }
+
+    /// The bytes a receive completion delivered into its slot.
+    pub fn received(&self, c: &Completion) -> &[u8] {
+        let slot = c.wr_id() as usize;
+        let start = slot * self.slot_size as usize;
+        let len = (c.byte_len() as usize).min(self.slot_size as usize);
+        &self.rx.as_slice()[start..start + len]
+    }
+
+    /// Give a receive slot back to the queue pair.
+    pub fn repost(&self, c: &Completion) -> Result<(), ccm_verbs::Error> {
+        self.post_slot(c.wr_id() as u32)
+    }
+
+    /// Put the queue pair in the error state: every outstanding work request completes flushed.
+    pub fn fail(&self) {
+        let _ = self.qp.to_error();
+    }
+}

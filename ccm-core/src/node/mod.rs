@@ -1,0 +1,930 @@
+//! The real driver: runs the sans-IO [`Manager`] on RDMA devices, TCP initial sessions and a clock.
+//!
+//! One thread (`ccm-node`) owns the manager, every device object and every session. It waits in
+//! `poll(2)` on the sessions' sockets, the devices' async-event fds and a wake-up pipe that client
+//! threads write to, with a timeout of at most one millisecond while any control VI exists (their
+//! completion queues are polled each turn) and otherwise the manager's next deadline.
+//!
+//! | manager action | what the driver does |
+//! | --- | --- |
+//! | `Listen` / `Connect` (410) | TCP listener on the interconnect's IP / a bounded connect to the partner's |
+//! | `Send` | heartbeats over the control VI once it is confirmed, everything else over the TCP session |
+//! | `SlamConnectControl` (415) | control VI RESET -> INIT -> RTR -> RTS, then a probe; unconfirmed after the heartbeat timeout = VI error |
+//! | `CreateClientVis` (420) | a protection domain per client and device, its memory registered, its VIs created |
+//! | `SlamConnect` (435) | the client's VIs slam connected |
+//! | `Tell` (445, 520, ...) | a [`ClientNotice`] on the client's channel; `Ready` carries the connected VIs |
+//! | `ReleaseClientVis` (525) | the VIs go to the error state (outstanding work flushes) and are dropped |
+//!
+//! Interconnect events fed back: port state (polled every 2 ms), async events (PORT_ERR, PORT_ACTIVE,
+//! DEVICE_FATAL), a device that disappeared (rxe never raises DEVICE_FATAL: its sysfs entry is polled),
+//! control VI completion errors, and client-reported VI errors.
+
+pub mod channel;
+pub mod config;
+pub mod session;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ccm_verbs::{AccessFlags, AsyncEvents, Completion, MemoryRegion, PortState, ProtectionDomain, SharedMemory};
+use crossbeam_channel::{Receiver, Sender};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use thiserror::Error;
+
+use crate::manager::{Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, Input, Manager, SessionId, ViRef};
+use crate::wire::{ClientEntry, ClientId, Generation, Heartbeat, InterconnectId, MemoryWindow, Message};
+use crate::Time;
+use channel::{IcDevice, RcChannel, RcTiming, SEND_WR_BASE};
+use config::{InterconnectConfig, NodeConfig};
+use session::{ReadOutcome, TcpSession};
+use status::{EventRecord, NodeStatus};
+
+/// Why the node could not start or stopped.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The configuration or secret is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The node thread is gone.
+    #[error("the node has stopped")]
+    Stopped,
+    /// A client registration that cannot be carried out.
+    #[error("client {0}: {1}")]
+    Client(u32, String),
+}
+
+/// Memory a client registers: the driver registers it on every device the client's VIs use.
+#[derive(Clone, Debug)]
+pub struct ClientMemory {
+    /// The memory (shared with the client, which reads and writes it).
+    pub memory: Arc<SharedMemory>,
+    /// Whether the partner may RDMA WRITE into it (it is then advertised as a window).
+    pub remote_write: bool,
+}
+
+/// A client's region as registered on one device.
+pub type ClientRegion = Arc<MemoryRegion<Arc<SharedMemory>>>;
+
+/// What the node tells a client (the manager's [`ClientEvent`]s, with the objects the client needs).
+#[derive(Debug)]
+pub enum ClientNotice {
+    /// 445: both ends are slam connected on `ic`: start posting (`resumed` after a stop).
+    Ready {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The binding generation.
+        generation: Generation,
+        /// Whether this follows a stop (failover, failback, re-initialization).
+        resumed: bool,
+        /// The connected VIs, in pairing order.
+        vis: Vec<Arc<RcChannel>>,
+        /// The client's memory as registered on this interconnect's device (same order as registered).
+        regions: Vec<ClientRegion>,
+        /// The partner client's VIs and windows.
+        partner: ClientEntry,
+    },
+    /// 520: stop posting on `ic`; the VIs are being released.
+    Stop {
+        /// The interconnect.
+        ic: InterconnectId,
+    },
+    /// Every interconnect is silent; the partner may be down.
+    PartnerSuspect,
+    /// The partner is down or restarted: its clients are gone.
+    PartnerDown,
+    /// The partner's peer client unregistered.
+    PartnerClosed,
+}
+
+enum Request {
+    Register { spec: ClientSpec, memory: Vec<ClientMemory>, tx: Sender<ClientNotice> },
+    Unregister(ClientId),
+    ViError { client: ClientId, ic: InterconnectId, generation: Generation },
+    Shutdown,
+}
+
+/// A handle on a running node, cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: Sender<Request>,
+    wake: Arc<OwnedFd>,
+    status: Arc<Mutex<NodeStatus>>,
+}
+
+impl NodeHandle {
+    fn request(&self, r: Request) -> Result<(), NodeError> {
+        self.tx.send(r).map_err(|_| NodeError::Stopped)?;
+        let _ = nix::unistd::write(self.wake.as_fd(), &[1u8]);
+        Ok(())
+    }
+
+    /// Register a client (510): its VIs are created, exchanged and slam connected through the same path
+    /// as at bring-up, while the other clients keep running. Events arrive on the returned handle.
+    pub fn register(&self, spec: ClientSpec, memory: Vec<ClientMemory>) -> Result<ClientHandle, NodeError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let id = spec.id;
+        self.request(Request::Register { spec, memory, tx })?;
+        Ok(ClientHandle { id, events: rx, node: self.clone() })
+    }
+
+    /// A snapshot of the node's state (what `ccm status` shows).
+    pub fn status(&self) -> NodeStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stop the node (its sessions close; the partner sees the links go).
+    pub fn shutdown(&self) {
+        let _ = self.request(Request::Shutdown);
+    }
+}
+
+/// A registered client: its events, and what it may tell the node.
+pub struct ClientHandle {
+    id: ClientId,
+    /// Notices from the node, in order.
+    pub events: Receiver<ClientNotice>,
+    node: NodeHandle,
+}
+
+impl ClientHandle {
+    /// The client's id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// A VI of this client failed (an error completion): the node fails the binding and re-places it.
+    pub fn report_vi_error(&self, ic: InterconnectId, generation: Generation) {
+        let _ = self.node.request(Request::ViError { client: self.id, ic, generation });
+    }
+
+    /// Unregister: VIs and memory are released on both nodes.
+    pub fn unregister(self) {
+        let _ = self.node.request(Request::Unregister(self.id));
+    }
+}
+
+/// A running node.
+pub struct Node {
+    handle: NodeHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Open the interconnects and start the manager. Returns as soon as the event loop runs: the
+    /// initial sessions come up in the background (the first heartbeat is logged with its time).
+    pub fn start(cfg: NodeConfig, started: Instant) -> Result<Node, NodeError> {
+        let secret = cfg.read_secret()?;
+        let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io { what: "pipe".into(), source: e.into() })?;
+        nix::fcntl::fcntl(pipe_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| NodeError::Io { what: "fcntl".into(), source: e.into() })?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let status = Arc::new(Mutex::new(NodeStatus::default()));
+        let handle = NodeHandle { tx, wake: Arc::new(pipe_w), status: status.clone() };
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes());
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = f.read_exact(&mut seed);
+        }
+        let manager = Manager::new(cfg.manager_config(secret), Time(started.elapsed().as_nanos() as u64), seed);
+        let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status);
+        let thread = std::thread::Builder::new()
+            .name("ccm-node".into())
+            .spawn(move || driver.run())
+            .map_err(|e| NodeError::Io { what: "spawn".into(), source: e })?;
+        Ok(Node { handle, thread: Some(thread) })
+    }
+
+    /// The node's handle.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Wait for the node thread to end (after [`NodeHandle::shutdown`]).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Ic {
+    cfg: InterconnectConfig,
+    dev: Option<IcDevice>,
+    pd: Option<ProtectionDomain>,
+    events: Option<AsyncEvents>,
+    port_up: bool,
+    listen: bool,
+    listener: Option<TcpListener>,
+    last_probe: Instant,
+}
+
+struct Sess {
+    ic: InterconnectId,
+    tcp: TcpSession,
+    control: RcChannel,
+    connected: bool,
+    confirmed: bool,
+    confirm_deadline: Option<Time>,
+}
+
+struct Binding {
+    ic: InterconnectId,
+    pending: Vec<RcChannel>,
+    vis: Vec<Arc<RcChannel>>,
+    regions: Vec<ClientRegion>,
+}
+
+struct ClientSlot {
+    spec: ClientSpec,
+    memory: Vec<ClientMemory>,
+    tx: Sender<ClientNotice>,
+    partner: Option<ClientEntry>,
+    pds: BTreeMap<InterconnectId, ProtectionDomain>,
+    bindings: BTreeMap<Generation, Binding>,
+    resumed: bool,
+}
+
+struct Driver {
+    cfg: NodeConfig,
+    manager: Manager,
+    started: Instant,
+    requests: Receiver<Request>,
+    wake: OwnedFd,
+    status: Arc<Mutex<NodeStatus>>,
+    ics: Vec<Ic>,
+    sessions: BTreeMap<SessionId, Sess>,
+    next_session: u64,
+    clients: BTreeMap<ClientId, ClientSlot>,
+    timer: Option<Time>,
+    wc: Vec<Completion>,
+    inbox: Vec<Message>,
+    events: Vec<EventRecord>,
+    last_port_poll: Instant,
+    last_status: Instant,
+    first_heartbeat_logged: bool,
+    stop: bool,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Driver {
+    fn new(
+        cfg: NodeConfig,
+        manager: Manager,
+        started: Instant,
+        requests: Receiver<Request>,
+        wake: OwnedFd,
+        status: Arc<Mutex<NodeStatus>>,
+    ) -> Driver {
+        let ics = cfg
+            .interconnects
+            .iter()
+            .map(|c| Ic {
+                cfg: c.clone(),
+                dev: None,
+                pd: None,
+                events: None,
+                port_up: false,
+                listen: false,
+                listener: None,
+                last_probe: started,
+            })
+            .collect();
+        Driver {
+            cfg,
+            manager,
+            started,
+            requests,
+            wake,
+            status,
+            ics,
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            clients: BTreeMap::new(),
+            timer: None,
+            wc: vec![Completion::default(); 32],
+            inbox: Vec::with_capacity(16),
+            events: Vec::new(),
+            last_port_poll: started,
+            last_status: started,
+            first_heartbeat_logged: false,
+            stop: false,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time(self.started.elapsed().as_nanos() as u64)
+    }
+
+    fn record(&mut self, what: String) {
+        tracing::info!(target: "ccm::node", at_ms = ms(self.started.elapsed()), "{what}");
+        self.events.push(EventRecord { at_ms: ms(self.started.elapsed()), what });
+        if self.events.len() > 64 {
+            self.events.remove(0);
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        self.manager.handle(now, input);
+        self.run_actions();
+    }
+
+    fn run(&mut self) {
+        let t0 = self.started.elapsed();
+        for i in 0..self.ics.len() {
+            self.open_device(i);
+        }
+        self.record(format!("devices opened in {:.2} ms", ms(self.started.elapsed() - t0)));
+        for i in 0..self.ics.len() {
+            let up = self.ics[i].port_up;
+            self.input(Input::PortState { ic: InterconnectId(i as u8), up });
+        }
+        while !self.stop {
+            self.turn();
+        }
+        self.sessions.clear();
+        self.clients.clear();
+        self.publish_status();
+    }
+
+    fn open_device(&mut self, i: usize) {
+        let c = &self.ics[i].cfg;
+        match IcDevice::open(c.id, c.device.as_deref(), c.port, c.local_ip) {
+            Ok(dev) => {
+                let pd = ProtectionDomain::new(&dev.ctx).ok();
+                let events = AsyncEvents::new(&dev.ctx).ok();
+                let up = dev.ctx.query_port(dev.port).map(|p| p.state == PortState::Active).unwrap_or(false);
+                let ic = &mut self.ics[i];
+                ic.dev = Some(dev);
+                ic.pd = pd;
+                ic.events = events;
+                ic.port_up = up;
+            }
+            Err(e) => {
+                let what = format!("interconnect {i}: device {:?} / {} unusable: {e}", c.device, c.local_ip);
+                self.ics[i].port_up = false;
+                self.record(what);
+            }
+        }
+    }
+
+    fn turn(&mut self) {
+        // Wait for sockets, async events, client requests, or the next deadline.
+        let now = self.now();
+        let mut timeout = Duration::from_millis(50);
+        if let Some(t) = self.timer {
+            timeout = timeout.min(t.saturating_since(now));
+        }
+        if !self.sessions.is_empty() {
+            timeout = timeout.min(Duration::from_millis(1));
+        }
+        self.wait(timeout);
+        self.drain_requests();
+        self.poll_sessions();
+        self.poll_control_vis();
+        self.poll_async_events();
+        if self.last_port_poll.elapsed() >= Duration::from_millis(2) {
+            self.last_port_poll = Instant::now();
+            self.poll_ports();
+        }
+        let now = self.now();
+        if self.timer.is_some_and(|t| t <= now) {
+            self.timer = None;
+            self.input(Input::Timer);
+        }
+        self.check_confirmations();
+        if self.last_status.elapsed() >= Duration::from_millis(50) {
+            self.last_status = Instant::now();
+            self.publish_status();
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        let mut fds: Vec<PollFd> = Vec::with_capacity(8);
+        // SAFETY-free: the borrowed fds live as long as `self`, which outlives `fds` in this scope.
+        let wake: BorrowedFd<'_> = self.wake.as_fd();
+        fds.push(PollFd::new(wake, PollFlags::POLLIN));
+        for ic in &self.ics {
+            if let Some(l) = &ic.listener {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        for s in self.sessions.values() {
+            let mut f = PollFlags::POLLIN;
+            if s.tcp.wants_write() {
+                f |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(s.tcp.fd(), f));
+        }
+        let ms = timeout.as_millis().min(1000) as u16;
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        let mut buf = [0u8; 64];
+        while let Ok(n) = nix::unistd::read(self.wake.as_raw_fd(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn drain_requests(&mut self) {
+        while let Ok(r) = self.requests.try_recv() {
+            match r {
+                Request::Register { spec, memory, tx } => {
+                    let id = spec.id;
+                    self.clients.insert(
+                        id,
+                        ClientSlot {
+                            spec: spec.clone(),
+                            memory,
+                            tx,
+                            partner: None,
+                            pds: BTreeMap::new(),
+                            bindings: BTreeMap::new(),
+                            resumed: false,
+                        },
+                    );
+                    self.record(format!("client {} ({}) registered", id.0, spec.name));
+                    self.input(Input::Client(ClientRequest::Register(spec)));
+                }
+                Request::Unregister(id) => {
+                    self.input(Input::Client(ClientRequest::Unregister(id)));
+                    self.clients.remove(&id);
+                }
+                Request::ViError { client, ic, generation } => {
+                    self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+                }
+                Request::Shutdown => self.stop = true,
+            }
+        }
+    }
+
+    fn run_actions(&mut self) {
+        while let Some(a) = self.manager.poll_action() {
+            self.act(a);
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::Listen { ic } => {
+                self.ics[ic.0 as usize].listen = true;
+                self.bind_listener(ic.0 as usize);
+            }
+            Action::Connect { ic, attempt } => self.connect(ic, attempt),
+            Action::CloseSession { session, .. } => {
+                if let Some(s) = self.sessions.remove(&session) {
+                    let mut s = s;
+                    let _ = s.tcp.flush();
+                    s.control.fail();
+                }
+            }
+            Action::Send { session, msg, .. } => self.send(session, msg),
+            Action::SlamConnectControl { ic, session, remote, .. } => {
+                let deadline = self.now() + self.manager.config().heartbeat_timeout() * 3;
+                let Some(s) = self.sessions.get_mut(&session) else { return };
+                let access = AccessFlags::LOCAL_WRITE;
+                match s.control.slam_connect(&remote, RcTiming::CONTROL, access) {
+                    Ok(_) => {
+                        s.connected = true;
+                        s.confirm_deadline = Some(deadline);
+                        let probe = Message::Heartbeat(Heartbeat { seq: 0, time_ns: 0 }).to_bytes();
+                        if s.control.send_inline(&probe).is_err() {
+                            self.input(Input::ViError { ic, vi: ViRef::Control });
+                        }
+                    }
+                    Err(e) => {
+                        self.record(format!("interconnect {}: control VI slam connect failed: {e}", ic.0));
+                        self.input(Input::ViError { ic, vi: ViRef::Control });
+                    }
+                }
+            }
+            Action::CreateClientVis { client, ic, generation, count } => self.create_client_vis(client, ic, generation, count),
+            Action::SlamConnect { client, ic, generation, remote, .. } => self.slam_client(client, ic, generation, remote),
+            Action::ReleaseClientVis { client, generation, .. } => {
+                if let Some(c) = self.clients.get_mut(&client) {
+                    if let Some(b) = c.bindings.remove(&generation) {
+                        for vi in &b.vis {
+                            vi.fail();
+                        }
+                    }
+                }
+            }
+            Action::Tell { client, event } => self.tell(client, event),
+            Action::LinkRefused { ic, error } => self.record(format!("interconnect {}: refused: {error}", ic.0)),
+            Action::ArmTimer { deadline } => self.timer = Some(deadline),
+            Action::Step { step, .. } => {
+                let text = format!("{step:?}");
+                self.record(text);
+            }
+        }
+    }
+
+    fn bind_listener(&mut self, i: usize) {
+        let ic = &mut self.ics[i];
+        if ic.listener.is_some() {
+            return;
+        }
+        match TcpListener::bind(SocketAddr::new(ic.cfg.local_ip, ic.cfg.tcp_port)) {
+            Ok(l) => {
+                let _ = l.set_nonblocking(true);
+                ic.listener = Some(l);
+            }
+            Err(e) => {
+                let what = format!("interconnect {i}: cannot listen on {}:{}: {e}", ic.cfg.local_ip, ic.cfg.tcp_port);
+                self.record(what);
+            }
+        }
+    }
+
+    /// A new session on `ic` with its control VI created (410).
+    fn open_session(&mut self, ic: InterconnectId, stream: TcpStream) -> Option<SessionId> {
+        let i = ic.0 as usize;
+        let (Some(dev), Some(pd)) = (&self.ics[i].dev, &self.ics[i].pd) else { return None };
+        let control = match RcChannel::create(dev, pd, 32, 256, 128) {
+            Ok(c) => c,
+            Err(e) => {
+                let what = format!("interconnect {i}: control VI: {e}");
+                self.record(what);
+                return None;
+            }
+        };
+        let tcp = TcpSession::new(stream).ok()?;
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let address = control.address();
+        self.sessions.insert(id, Sess { ic, tcp, control, connected: false, confirmed: false, confirm_deadline: None });
+        self.input(Input::SessionEstablished { ic, session: id, control_vi: address, windows: Vec::new() });
+        Some(id)
+    }
+
+    fn connect(&mut self, ic: InterconnectId, attempt: u64) {
+        let c = &self.ics[ic.0 as usize].cfg;
+        let addr = SocketAddr::new(c.partner_ip, c.tcp_port);
+        let timeout = self.manager.config().connect_timeout;
+        let opened = match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => self.open_session(ic, stream).is_some(),
+            Err(_) => false,
+        };
+        if !opened {
+            self.input(Input::ConnectFailed { ic, attempt });
+        }
+    }
+
+    fn send(&mut self, session: SessionId, msg: Message) {
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let ic = s.ic;
+        let heartbeat = matches!(msg, Message::Heartbeat(_));
+        let result = if heartbeat && s.confirmed {
+            let bytes = msg.to_bytes();
+            s.control.send_inline(&bytes).map_err(|e| e.to_string())
+        } else {
+            s.tcp.send(&msg).map_err(|e| e.to_string())
+        };
+        let confirmed = s.confirmed;
+        if heartbeat && !self.first_heartbeat_logged && confirmed {
+            self.first_heartbeat_logged = true;
+            self.record(format!("first heartbeat sent over the control VI of interconnect {}", ic.0));
+        }
+        if let Err(e) = result {
+            self.record(format!("interconnect {}: send failed: {e}", ic.0));
+            if heartbeat && confirmed {
+                self.input(Input::ViError { ic, vi: ViRef::Control });
+            } else {
+                self.input(Input::SessionClosed { ic, session });
+            }
+        }
+    }
+
+    fn poll_sessions(&mut self) {
+        // Accept the partner's sessions.
+        for i in 0..self.ics.len() {
+            let accepted = match &self.ics[i].listener {
+                Some(l) => match l.accept() {
+                    Ok((s, _)) => Some(s),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                    Err(_) => None,
+                },
+                None => {
+                    if self.ics[i].listen {
+                        self.bind_listener(i);
+                    }
+                    None
+                }
+            };
+            if let Some(stream) = accepted {
+                let _ = stream.set_nonblocking(false);
+                if self.open_session(InterconnectId(i as u8), stream).is_none() {
+                    let what = format!("interconnect {i}: session refused: device not usable");
+                    self.record(what);
+                }
+            }
+        }
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let ic = s.ic;
+            let _ = s.tcp.flush();
+            let mut inbox = std::mem::take(&mut self.inbox);
+            let outcome = s.tcp.read(&mut inbox);
+            for msg in inbox.drain(..) {
+                self.input(Input::Message { ic, session: id, msg });
+            }
+            self.inbox = inbox;
+            match outcome {
+                ReadOutcome::Open => {}
+                ReadOutcome::Closed => self.input(Input::SessionClosed { ic, session: id }),
+                ReadOutcome::Malformed(error) => {
+                    self.record(format!("interconnect {}: malformed bytes on the initial session: {error}", ic.0));
+                    self.input(Input::Malformed { ic, session: id, error });
+                }
+            }
+        }
+    }
+
+    fn poll_control_vis(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let ic = s.ic;
+            let n = match s.control.poll(&mut self.wc) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.input(Input::ViError { ic, vi: ViRef::Control });
+                    continue;
+                }
+            };
+            for k in 0..n {
+                let c = self.wc[k];
+                let Some(s) = self.sessions.get_mut(&id) else { break };
+                if !c.is_success() {
+                    if s.connected {
+                        let what = format!("interconnect {}: control VI completion {:?}", ic.0, c.status());
+                        s.connected = false;
+                        self.record(what);
+                        self.input(Input::ViError { ic, vi: ViRef::Control });
+                    }
+                    continue;
+                }
+                if c.wr_id() >= SEND_WR_BASE {
+                    continue;
+                }
+                let decoded = Message::decode_exact(s.control.received(&c));
+                let _ = s.control.repost(&c);
+                if !s.confirmed {
+                    s.confirmed = true;
+                    s.confirm_deadline = None;
+                }
+                match decoded {
+                    Ok(msg) => self.input(Input::Message { ic, session: id, msg }),
+                    Err(error) => self.input(Input::Malformed { ic, session: id, error }),
+                }
+            }
+        }
+    }
+
+    fn check_confirmations(&mut self) {
+        let now = self.now();
+        let late: Vec<(SessionId, InterconnectId)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.confirm_deadline.is_some_and(|d| d <= now))
+            .map(|(id, s)| (*id, s.ic))
+            .collect();
+        for (id, ic) in late {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.confirm_deadline = None;
+            }
+            self.record(format!("interconnect {}: nothing arrived on the control VI: RDMA path dead", ic.0));
+            self.input(Input::ViError { ic, vi: ViRef::Control });
+        }
+    }
+
+    fn poll_async_events(&mut self) {
+        for i in 0..self.ics.len() {
+            let mut got = Vec::new();
+            if let Some(ev) = &self.ics[i].events {
+                while let Ok(Some(e)) = ev.try_next() {
+                    got.push(e);
+                }
+            }
+            for e in got {
+                let ic = InterconnectId(i as u8);
+                let mapped = match e {
+                    ccm_verbs::AsyncEvent::PortActive { .. } => Some(AsyncEvent::PortActive),
+                    ccm_verbs::AsyncEvent::PortErr { .. } => Some(AsyncEvent::PortError),
+                    ccm_verbs::AsyncEvent::DeviceFatal => Some(AsyncEvent::DeviceFatal),
+                    _ => None,
+                };
+                self.record(format!("interconnect {i}: async event {e:?}"));
+                if let Some(event) = mapped {
+                    self.ics[i].port_up = event == AsyncEvent::PortActive;
+                    self.input(Input::AsyncEvent { ic, event });
+                }
+            }
+        }
+    }
+
+    fn poll_ports(&mut self) {
+        for i in 0..self.ics.len() {
+            let ic = InterconnectId(i as u8);
+            let removed = self.ics[i].dev.as_ref().map(|d| d.ctx.is_removed());
+            match removed {
+                Some(true) => {
+                    // The device went away (rxe: deleted). Drop every object on it so the deletion can
+                    // finish, and reopen it when it is back.
+                    self.record(format!("interconnect {i}: device removed"));
+                    self.input(Input::AsyncEvent { ic, event: AsyncEvent::DeviceFatal });
+                    let doomed: Vec<SessionId> =
+                        self.sessions.iter().filter(|(_, s)| s.ic == ic).map(|(id, _)| *id).collect();
+                    for id in doomed {
+                        self.input(Input::SessionClosed { ic, session: id });
+                        self.sessions.remove(&id);
+                    }
+                    for c in self.clients.values_mut() {
+                        c.pds.remove(&ic);
+                        c.bindings.retain(|_, b| b.ic != ic);
+                    }
+                    let dev = &mut self.ics[i];
+                    dev.listener = None;
+                    dev.events = None;
+                    dev.pd = None;
+                    dev.dev = None;
+                    dev.port_up = false;
+                    dev.last_probe = Instant::now();
+                }
+                Some(false) => {
+                    let dev = self.ics[i].dev.as_ref().expect("device present");
+                    let up = dev.ctx.query_port(dev.port).map(|p| p.state == PortState::Active).unwrap_or(false);
+                    if up != self.ics[i].port_up {
+                        self.ics[i].port_up = up;
+                        self.record(format!("interconnect {i}: port {}", if up { "ACTIVE" } else { "DOWN" }));
+                        self.input(Input::PortState { ic, up });
+                    }
+                }
+                None => {
+                    if self.ics[i].last_probe.elapsed() >= Duration::from_millis(100) {
+                        self.ics[i].last_probe = Instant::now();
+                        self.open_device(i);
+                        if self.ics[i].dev.is_some() {
+                            let up = self.ics[i].port_up;
+                            self.record(format!("interconnect {i}: device back"));
+                            if self.ics[i].listen {
+                                self.bind_listener(i);
+                            }
+                            self.input(Input::PortState { ic, up });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn create_client_vis(&mut self, client: ClientId, ic: InterconnectId, generation: Generation, count: u8) {
+        let i = ic.0 as usize;
+        let Some(dev) = self.ics[i].dev.clone() else {
+            self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+            return;
+        };
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        let result = (|| -> Result<(Vec<RcChannel>, Vec<ClientRegion>, Vec<MemoryWindow>), ccm_verbs::Error> {
+            let pd = match c.pds.get(&ic) {
+                Some(pd) => pd.clone(),
+                None => {
+                    let pd = ProtectionDomain::new(&dev.ctx)?;
+                    c.pds.insert(ic, pd.clone());
+                    pd
+                }
+            };
+            let mut regions = Vec::new();
+            let mut windows = Vec::new();
+            for m in &c.memory {
+                let access =
+                    if m.remote_write { AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE } else { AccessFlags::LOCAL_WRITE };
+                let mr = Arc::new(MemoryRegion::register(&pd, m.memory.clone(), access)?);
+                if m.remote_write {
+                    windows.push(MemoryWindow { addr: mr.addr(), len: mr.len() as u64, rkey: mr.rkey() });
+                }
+                regions.push(mr);
+            }
+            let mut vis = Vec::new();
+            for _ in 0..count {
+                vis.push(RcChannel::create(&dev, &pd, 64, 64, 256)?);
+            }
+            Ok((vis, regions, windows))
+        })();
+        match result {
+            Ok((vis, regions, windows)) => {
+                let addrs = vis.iter().map(|v| v.address()).collect();
+                c.bindings.insert(generation, Binding { ic, pending: vis, vis: Vec::new(), regions });
+                self.input(Input::ClientVisCreated { client, generation, vis: addrs, windows });
+            }
+            Err(e) => {
+                self.record(format!("client {}: creating VIs on interconnect {}: {e}", client.0, ic.0));
+                self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+            }
+        }
+    }
+
+    fn slam_client(&mut self, client: ClientId, ic: InterconnectId, generation: Generation, remote: Vec<crate::wire::ViAddress>) {
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        let Some(b) = c.bindings.get_mut(&generation) else { return };
+        let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
+        let mut failed = None;
+        for (vi, r) in b.pending.iter_mut().zip(&remote) {
+            if let Err(e) = vi.slam_connect(r, RcTiming::CONTROL, access) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            self.record(format!("client {}: slam connect on interconnect {}: {e}", client.0, ic.0));
+            self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+            return;
+        }
+        b.vis = b.pending.drain(..).map(Arc::new).collect();
+    }
+
+    fn tell(&mut self, client: ClientId, event: ClientEvent) {
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        let notice = match event {
+            ClientEvent::PartnerInfo(entry) => {
+                c.partner = Some(entry);
+                return;
+            }
+            ClientEvent::Ready { ic, generation } | ClientEvent::Resumed { ic, generation } => {
+                let Some(b) = c.bindings.get(&generation) else { return };
+                let Some(partner) = c.partner.clone().filter(|p| p.generation == generation) else { return };
+                let resumed = c.resumed;
+                c.resumed = true;
+                ClientNotice::Ready { ic, generation, resumed, vis: b.vis.clone(), regions: b.regions.clone(), partner }
+            }
+            ClientEvent::Stop { ic } => ClientNotice::Stop { ic },
+            ClientEvent::PartnerSuspect => ClientNotice::PartnerSuspect,
+            ClientEvent::PartnerDown => {
+                c.resumed = false;
+                ClientNotice::PartnerDown
+            }
+            ClientEvent::PartnerClosed => ClientNotice::PartnerClosed,
+        };
+        let _ = c.tx.send(notice);
+    }
+
+    fn publish_status(&mut self) {
+        let links = self.manager.link_status();
+        let now_ms = ms(self.started.elapsed());
+        let mut st = NodeStatus {
+            node: self.cfg.node.0,
+            partner: self.cfg.partner.0,
+            uptime_ms: now_ms,
+            partner_state: format!("{:?}", self.manager.partner_status()),
+            interconnects: Vec::new(),
+            clients: Vec::new(),
+            events: self.events.clone(),
+        };
+        for (i, ic) in self.ics.iter().enumerate() {
+            let placed: Vec<String> = self
+                .clients
+                .values()
+                .filter(|c| c.bindings.values().any(|b| b.ic.0 as usize == i && !b.vis.is_empty()))
+                .map(|c| c.spec.name.clone())
+                .collect();
+            st.interconnects.push(status::InterconnectStatus {
+                id: i as u8,
+                device: ic.dev.as_ref().map(|d| d.ctx.name().to_string()).unwrap_or_else(|| "-".into()),
+                local_ip: ic.cfg.local_ip.to_string(),
+                port_up: ic.port_up,
+                state: links.get(i).map(|l| format!("{l:?}")).unwrap_or_default(),
+                clients: placed,
+            });
+        }
+        for (id, c) in &self.clients {
+            st.clients.push(status::ClientStatusLine {
+                id: id.0,
+                name: c.spec.name.clone(),
+                class: format!("{:?}", c.spec.class),
+                state: self.manager.client_status(*id).map(|s| format!("{s:?}")).unwrap_or_else(|| "-".into()),
+                vis: c.bindings.values().map(|b| b.vis.len()).sum(),
+            });
+        }
+        if let Ok(mut s) = self.status.lock() {
+            *s = st;
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //! QPs can therefore live side by side in one struct and move across threads (all are
 //! `Send + Sync`; libibverbs verbs are thread safe). Memory regions own the memory they
 //! register (`Vec<u8>`, `Box<[u8]>`, `memmap2::MmapMut`) and free it only after
-//! deregistration.
+//! deregistration; [`SharedMemory`] (behind an `Arc`) is registered on several protection
+//! domains at once and accessed only through copies, since devices write it concurrently.
 //!
 //! # Data path without allocation
 //! [`QueuePair::post_send`] and [`QueuePair::post_recv`] take slices of work requests that
@@ -34,17 +35,19 @@ pub mod event;
 pub mod lab;
 pub mod mr;
 pub mod qp;
+pub mod shared;
 pub mod types;
 
 pub use cq::{Completion, CompletionChannel, CompletionQueue, CqEvent};
 pub use device::{devices, random_psn, Context, DeviceAttr, DeviceInfo, ProtectionDomain};
 pub use error::{Error, Result};
 pub use event::{AsyncEvent, AsyncEvents};
-pub use mr::{MemoryRegion, RegionMemory, Sge};
+pub use mr::{ExclusiveMemory, MemoryRegion, RegionMemory, Sge};
 pub use qp::{
     InitAttr, Payload, QpAttr, QpCaps, QueuePair, RecvWr, RtrAttr, RtsAttr, SendOp, SendWr,
     POST_CHUNK,
 };
+pub use shared::SharedMemory;
 pub use types::*;
 
 /// The raw bindings, for what this crate does not wrap.
@@ -63,6 +66,8 @@ mod tests {
         send_sync::<MemoryRegion<Vec<u8>>>();
         send_sync::<MemoryRegion<Box<[u8]>>>();
         send_sync::<MemoryRegion<memmap2::MmapMut>>();
+        send_sync::<std::sync::Arc<SharedMemory>>();
+        send_sync::<MemoryRegion<std::sync::Arc<SharedMemory>>>();
         send_sync::<CompletionChannel>();
         send_sync::<CompletionQueue>();
         send_sync::<QueuePair>();

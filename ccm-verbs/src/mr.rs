@@ -22,6 +22,20 @@ pub unsafe trait RegionMemory: Send {
     }
 }
 
+/// Memory that the owning [`MemoryRegion`] can lend as `&[u8]` / `&mut [u8]`
+/// ([`as_slice`](MemoryRegion::as_slice), [`as_mut_slice`](MemoryRegion::as_mut_slice)).
+///
+/// Not implemented for [`Arc<SharedMemory>`](crate::SharedMemory): that memory is reachable
+/// through other handles (and other regions) at the same time, so a slice view would alias
+/// their writes; it is read and written through [`SharedMemory::read`](crate::SharedMemory::read)
+/// and [`SharedMemory::write`](crate::SharedMemory::write) instead.
+///
+/// # Safety
+/// While the region owns the value, the memory must be reachable only through the region
+/// (no other handle, clone or region reads or writes it from Rust), so that a `&[u8]` borrowed
+/// from `&self` and a `&mut [u8]` borrowed from `&mut self` do not alias other Rust accesses.
+pub unsafe trait ExclusiveMemory: RegionMemory {}
+
 // SAFETY: a Vec's heap buffer does not move when the Vec moves; the region never grows it.
 unsafe impl RegionMemory for Vec<u8> {
     fn as_mut_ptr(&mut self) -> *mut u8 {
@@ -51,6 +65,14 @@ unsafe impl RegionMemory for memmap2::MmapMut {
         <[u8]>::len(self)
     }
 }
+
+// SAFETY: the region owns the Vec, the only handle to its heap buffer.
+unsafe impl ExclusiveMemory for Vec<u8> {}
+// SAFETY: the region owns the box, the only handle to its buffer.
+unsafe impl ExclusiveMemory for Box<[u8]> {}
+// SAFETY: the region owns the MmapMut, the only handle to the mapping in this process (other
+// processes mapping the same file are outside Rust's view, as with `MmapMut` itself).
+unsafe impl ExclusiveMemory for memmap2::MmapMut {}
 
 /// A scatter/gather entry: a byte range of a registered memory region, with its lkey.
 ///
@@ -87,8 +109,10 @@ impl Sge {
     }
 }
 
-/// A registered memory region that owns its memory `M` (a `Vec<u8>`, `Box<[u8]>` or
-/// `memmap2::MmapMut`) and keeps its protection domain alive.
+/// A registered memory region that owns its memory `M` (a `Vec<u8>`, `Box<[u8]>`,
+/// `memmap2::MmapMut`, or a clone of an `Arc<`[`SharedMemory`](crate::SharedMemory)`>`, which
+/// can be registered on several protection domains at once) and keeps its protection domain
+/// alive.
 ///
 /// Dropping the region deregisters it first, then frees the memory;
 /// [`into_inner`](Self::into_inner) gives the memory back. If deregistration fails the memory is leaked rather
@@ -96,7 +120,9 @@ impl Sge {
 ///
 /// The device writes this memory (RECV, READ responses, remote WRITEs if granted) while work
 /// requests are outstanding: read it through [`as_slice`](Self::as_slice) only after the
-/// completion of the request that filled it.
+/// completion of the request that filled it. The slice views exist only for
+/// [`ExclusiveMemory`]; shared memory is accessed through [`SharedMemory`](crate::SharedMemory)'s
+/// copies.
 pub struct MemoryRegion<M: RegionMemory> {
     mr: *mut sys::ibv_mr,
     mem: Option<M>,
@@ -196,19 +222,6 @@ impl<M: RegionMemory> MemoryRegion<M> {
         })
     }
 
-    /// The memory, read-only. Bytes under an outstanding work request or a granted remote
-    /// write may change; read after the completion.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` is the live memory owned by `mem`.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    /// The memory, writable (fill send buffers before posting).
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` excludes other Rust borrows.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-
     /// Deregisters and returns the memory.
     pub fn into_inner(mut self) -> Result<M> {
         // SAFETY: `mr` is live and deregistered exactly once (nulled below).
@@ -223,6 +236,24 @@ impl<M: RegionMemory> MemoryRegion<M> {
         self.mem
             .take()
             .ok_or(Error::InvalidArgument("memory already taken"))
+    }
+}
+
+/// Slice views, only for memory the region owns exclusively (not for
+/// [`SharedMemory`](crate::SharedMemory), which is read and written through copies).
+impl<M: ExclusiveMemory> MemoryRegion<M> {
+    /// The memory, read-only. Bytes under an outstanding work request or a granted remote
+    /// write may change; read after the completion.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is the live memory owned by `mem`, reachable from Rust only
+        // through this region (`M: ExclusiveMemory`), so no `&mut` view aliases it.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The memory, writable (fill send buffers before posting).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` excludes other Rust borrows.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 

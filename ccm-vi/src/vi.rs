@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Most scatter/gather segments per descriptor.
 pub const MAX_SEGMENTS: usize = 4;
 /// Send-queue entries reserved for credit updates (RDMA writes to the peer's mailbox).
-pub const CTRL_SLOTS: u32 = 2;
+pub const CTRL_SLOTS: u32 = 4;
 
 static NEXT_VI: AtomicU64 = AtomicU64::new(1);
 
@@ -320,6 +320,12 @@ impl ViShared {
         let mut b = [0u8; 8];
         self.mailbox_mem.read(0, &mut b)?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// True if a credit update is due but every control slot waits for its completion.
+    fn update_blocked(&self) -> bool {
+        let c = self.lock();
+        c.sm.state() == ViState::Connected && c.credits.update_due() && c.ctrl_out >= CTRL_SLOTS
     }
 
     fn clear_mailbox(&self) -> Result<()> {
@@ -820,6 +826,17 @@ impl Vi {
         c.recvs_on_qp += 1;
         c.credits.on_repost();
         sh.maybe_send_update(&mut c);
+        drop(c);
+        self.pump()
+    }
+
+    /// If a credit update waits for a control slot, reaps the send CQ (whose credit-update
+    /// completions free the slots and send the update). Called by the receive-side calls, so
+    /// an owner that only receives still returns credits.
+    fn pump(&self) -> Result<()> {
+        if self.shared.update_blocked() {
+            self.send_cq.process()?;
+        }
         Ok(())
     }
 
@@ -938,11 +955,15 @@ impl Vi {
     }
     /// `VipRecvDone` (queue with a private CQ).
     pub fn recv_done(&self) -> Result<Option<ViCompletion>> {
-        self.private(WorkQueue::Recv)?.done()
+        let cq = self.private(WorkQueue::Recv)?;
+        self.pump()?;
+        cq.done()
     }
     /// `VipRecvWait`: spin-then-block, bounded.
     pub fn recv_wait(&self, timeout: Duration) -> Result<Option<ViCompletion>> {
-        self.private(WorkQueue::Recv)?.wait(timeout)
+        let cq = self.private(WorkQueue::Recv)?;
+        self.pump()?;
+        cq.wait(timeout)
     }
 
     /// `VipDisconnect`: Connected -> (descriptors flushed) -> Idle. Same as [`reset`](Self::reset).

@@ -126,8 +126,11 @@ pub struct Side {
     pub qp: QueuePair,
     /// The GID used.
     pub gid: GidEntry,
-    /// Buffer: bytes `0..size` are sent from, bytes `rx_off..rx_off+size` are received into.
+    /// Buffer: bytes `tx_off..tx_off+size` are sent from, bytes `rx_off..rx_off+size` are
+    /// received into; both start on a page boundary, as perftest's buffers do.
     pub mr: MemoryRegion<Vec<u8>>,
+    /// Offset of the send half of `mr`.
+    pub tx_off: usize,
     /// Offset of the receive half of `mr`.
     pub rx_off: usize,
     /// Where this side's RDMA WRITEs land at the peer.
@@ -159,13 +162,15 @@ impl Side {
                 max_inline_data: q.inline,
             },
         )?;
-        // Send and receive halves, each cache-line aligned.
-        let rx_off = q.size.max(1).div_ceil(64) * 64;
+        // Send and receive halves, each starting on a page boundary.
+        let half = q.size.max(1).div_ceil(PAGE) * PAGE;
         let mr = MemoryRegion::register(
             &pd,
-            vec![0u8; 2 * rx_off],
+            vec![0u8; 2 * half + PAGE],
             AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE,
         )?;
+        let tx_off = (PAGE - (mr.addr() as usize % PAGE)) % PAGE;
+        let rx_off = tx_off + half;
         Ok(Side {
             ctx,
             pd,
@@ -174,6 +179,7 @@ impl Side {
             qp,
             gid,
             mr,
+            tx_off,
             rx_off,
             peer_rx: RemoteAddr { addr: 0, rkey: 0 },
             size: q.size,
@@ -253,6 +259,9 @@ pub enum Length {
 
 /// Cap of latency samples kept in duration mode (preallocated before the run).
 pub const MAX_DURATION_SAMPLES: usize = 2_000_000;
+
+/// Page size the buffers are aligned to.
+const PAGE: usize = 4096;
 
 /// Spins between checks of the abort flag.
 const ABORT_CHECK_SPINS: u32 = 1 << 12;
@@ -355,7 +364,10 @@ fn post(side: &Side, op: Op, wr_id: u64, signaled: bool, sge: &[Sge; 1]) -> Resu
         SendWr::inline(
             wr_id,
             sop,
-            side.mr.as_slice().get(..side.size).unwrap_or(&[]),
+            side.mr
+                .as_slice()
+                .get(side.tx_off..side.tx_off + side.size)
+                .unwrap_or(&[]),
         )
     } else {
         SendWr::new(wr_id, sop, sge)
@@ -426,8 +438,9 @@ fn pingpong(
         Length::Duration(d) => (u64::MAX, Some(Instant::now() + d)),
     };
     let responder_gives_up = |c: &Control| !initiator && c.stop.load(Ordering::Relaxed);
-    let sge = [side.mr.slice(0, side.size.max(1))?];
+    let sge = [side.mr.slice(side.tx_off, side.size.max(1))?];
     let last = side.rx_off + side.size.max(1) - 1;
+    let tx_last = side.tx_off + side.size.max(1) - 1;
     let mut wc = [Completion::default(); 1];
     let mut scnt: u64 = 0;
     let mut rcnt: u64 = 0;
@@ -456,7 +469,7 @@ fn pingpong(
         }
         scnt += 1;
         if op == Op::Write {
-            side.mr.as_mut_slice()[side.size.max(1) - 1] = scnt as u8;
+            side.mr.as_mut_slice()[tx_last] = scnt as u8;
         }
         post(side, op, scnt, true, &sge)?;
         match poll_one(&side.send_cq, &mut wc, ctl, aborted)? {
@@ -603,7 +616,7 @@ fn stream(
     };
     let cq_mod = bw_cq_mod(side.size, tx_depth) as u64;
     let depth = tx_depth as u64;
-    let sge = [side.mr.slice(0, side.size.max(1))?];
+    let sge = [side.mr.slice(side.tx_off, side.size.max(1))?];
     let mut wc = [Completion::default(); 16];
     let mut end = iters;
     let mut scnt: u64 = 0;

@@ -41,9 +41,17 @@
 //! must also enable RDMA write/read ([`ViAttributes`]).
 //!
 //! # Flow control
-//! See [`credit`]: receive credits piggybacked in immediate data (24 bits stay for the owner),
-//! so a sender never sends into a missing receive descriptor; timers in [`defaults`] and
+//! See [`credit`]: receive credits returned by an inline RDMA WRITE into the sender VI's
+//! credit mailbox (no receive consumed, the owner's 32-bit immediate data untouched), so a
+//! sender never sends into a missing receive descriptor ([`Error::NoCredits`] locally instead).
+//! Transport timers in [`defaults`], derived from a failure-detection budget; see
 //! `docs/decisions/0002-vi-defaults.md`.
+//!
+//! # Reaping
+//! Credit updates are signalled writes on the send queue: an owner that never reaps its send
+//! completions eventually stops returning credits. The VI's receive calls ([`Vi::post_recv`],
+//! [`Vi::recv_done`], [`Vi::recv_wait`]) reap the send CQ when an update waits for a slot;
+//! owners of shared CQs poll both.
 //!
 //! # No allocation on the data path
 //! Posting copies segments into stack arrays and descriptor bookkeeping into slots allocated

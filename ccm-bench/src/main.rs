@@ -102,7 +102,7 @@ struct Common {
     /// Send messages of at most this many bytes inline (perftest uses 0 on rxe).
     #[arg(short = 'I', long, default_value_t = 0)]
     inline: u32,
-    /// Repetitions of every run (compare: ours and perftest alternate).
+    /// Repetitions of every run (compare: ours first in odd repetitions, perftest first in even ones).
     #[arg(long, default_value_t = 1)]
     reps: u32,
     /// TCP port of perftest's exchange (compare mode; each run uses the next one).
@@ -423,12 +423,24 @@ fn run(cli: Cli) -> AnyResult<()> {
                 for &op in &p.ops {
                     for &size in &p.sizes {
                         if bw {
-                            let ours = ours_bandwidth(&p, op, size, rep)?;
-                            let peer = peer_bandwidth(&p, op, size, rep, &mut port)?;
+                            // Alternate which side runs first, so neither always gets
+                            // the quieter (or noisier) slot.
+                            let (ours, peer) = if rep % 2 == 1 {
+                                let o = ours_bandwidth(&p, op, size, rep)?;
+                                (o, peer_bandwidth(&p, op, size, rep, &mut port)?)
+                            } else {
+                                let q = peer_bandwidth(&p, op, size, rep, &mut port)?;
+                                (ours_bandwidth(&p, op, size, rep)?, q)
+                            };
                             emit_bandwidth(c.json, &ours.with_peer(peer))?;
                         } else {
-                            let ours = ours_latency(&p, op, size, rep)?;
-                            let peer = peer_latency(&p, op, size, rep, &mut port)?;
+                            let (ours, peer) = if rep % 2 == 1 {
+                                let o = ours_latency(&p, op, size, rep)?;
+                                (o, peer_latency(&p, op, size, rep, &mut port)?)
+                            } else {
+                                let q = peer_latency(&p, op, size, rep, &mut port)?;
+                                (ours_latency(&p, op, size, rep)?, q)
+                            };
                             emit_latency(c.json, &ours.with_peer(peer))?;
                         }
                     }

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod clients;
 pub mod manager;
 pub mod mirror;
 pub mod node;

@@ -29,15 +29,30 @@ pub struct CounterStats {
 
 /// Run a counter client until its handle's channel closes. Sends every `period`.
 pub fn run(handle: ClientHandle, period: Duration, stats: Arc<CounterStats>) {
-    let mut vi: Option<(Arc<RcChannel>, crate::wire::InterconnectId, crate::wire::Generation)> = None;
+    let mut vi: Option<(
+        Arc<RcChannel>,
+        crate::wire::InterconnectId,
+        crate::wire::Generation,
+    )> = None;
     let mut seq = 0u64;
     let mut wc = [Completion::default(); 16];
     let mut next_send = Instant::now();
     let mut last_rx: Option<Instant> = None;
     loop {
-        let wait = if vi.is_some() { next_send.saturating_duration_since(Instant::now()).min(Duration::from_millis(1)) } else { Duration::from_millis(50) };
+        let wait = if vi.is_some() {
+            next_send
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(1))
+        } else {
+            Duration::from_millis(50)
+        };
         match handle.events.recv_timeout(wait) {
-            Ok(ClientNotice::Ready { ic, generation, vis, .. }) => {
+            Ok(ClientNotice::Ready {
+                ic,
+                generation,
+                vis,
+                ..
+            }) => {
                 vi = vis.into_iter().next().map(|v| (v, ic, generation));
             }
             Ok(ClientNotice::Stop { .. }) => {
@@ -49,7 +64,9 @@ pub fn run(handle: ClientHandle, period: Duration, stats: Arc<CounterStats>) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let Some((v, ic, generation)) = &vi else { continue };
+        let Some((v, ic, generation)) = &vi else {
+            continue;
+        };
         let mut failed = false;
         if Instant::now() >= next_send {
             next_send += period;
@@ -80,7 +97,9 @@ pub fn run(handle: ClientHandle, period: Duration, stats: Arc<CounterStats>) {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 if let Some(prev) = last_rx {
-                    stats.max_gap_us.fetch_max((now - prev).as_micros() as u64, Ordering::Relaxed);
+                    stats
+                        .max_gap_us
+                        .fetch_max((now - prev).as_micros() as u64, Ordering::Relaxed);
                 }
                 last_rx = Some(now);
             }

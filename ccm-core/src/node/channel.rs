@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ccm_verbs::{
-    AccessFlags, Completion, CompletionQueue, Context, Endpoint, Gid, GidEntry, InitAttr, MemoryRegion,
-    Mtu as VerbsMtu, ProtectionDomain, QpCaps, QueuePair, RtrAttr, RtsAttr, SendOp, SendWr,
+    AccessFlags, Completion, CompletionQueue, Context, Endpoint, Gid, GidEntry, InitAttr,
+    MemoryRegion, Mtu as VerbsMtu, ProtectionDomain, QpCaps, QueuePair, RtrAttr, RtsAttr, SendOp,
+    SendWr,
 };
 
 use crate::wire::{InterconnectId, Mtu, ViAddress};
@@ -47,7 +48,11 @@ impl IcDevice {
                         break;
                     }
                 }
-                found.ok_or_else(|| ccm_verbs::Error::GidNotFound(format!("no device has a RoCE v2 GID for {local_ip}")))?
+                found.ok_or_else(|| {
+                    ccm_verbs::Error::GidNotFound(format!(
+                        "no device has a RoCE v2 GID for {local_ip}"
+                    ))
+                })?
             }
         };
         let gid = ctx.gid_by_ip(port, local_ip)?;
@@ -72,7 +77,12 @@ impl RcTiming {
     /// Control VIs: a dead path is noticed by RC itself in a few tens of milliseconds on rxe (timeout
     /// code 8 is about 1 ms, rounded up to the kernel's timer tick), so a lost heartbeat never waits for
     /// perftest's 67 ms x 7 retries.
-    pub const CONTROL: RcTiming = RcTiming { timeout: 8, retry_cnt: 6, rnr_retry: 6, min_rnr_timer: 1 };
+    pub const CONTROL: RcTiming = RcTiming {
+        timeout: 8,
+        retry_cnt: 6,
+        rnr_retry: 6,
+        min_rnr_timer: 1,
+    };
 }
 
 fn to_verbs_mtu(m: Mtu) -> VerbsMtu {
@@ -114,7 +124,10 @@ pub struct RcChannel {
 
 impl std::fmt::Debug for RcChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RcChannel").field("qpn", &self.qp.qpn()).field("remote", &self.remote).finish()
+        f.debug_struct("RcChannel")
+            .field("qpn", &self.qp.qpn())
+            .field("remote", &self.remote)
+            .finish()
     }
 }
 
@@ -137,7 +150,11 @@ impl RcChannel {
             max_inline_data: 64,
         };
         let qp = QueuePair::new_rc(pd, &cq, &cq, caps)?;
-        let rx = MemoryRegion::register(pd, vec![0u8; (slots * slot_size) as usize], AccessFlags::LOCAL_WRITE)?;
+        let rx = MemoryRegion::register(
+            pd,
+            vec![0u8; (slots * slot_size) as usize],
+            AccessFlags::LOCAL_WRITE,
+        )?;
         let mtu = from_verbs_mtu(dev.ctx.active_mtu(dev.port).unwrap_or(VerbsMtu::Mtu1024));
         Ok(RcChannel {
             dev: dev.clone(),
@@ -155,7 +172,13 @@ impl RcChannel {
 
     /// This VI's address, for the partner.
     pub fn address(&self) -> ViAddress {
-        ViAddress { interconnect: self.dev.id, qpn: self.qp.qpn(), gid: self.dev.gid.gid.0, psn: self.psn, mtu: self.mtu }
+        ViAddress {
+            interconnect: self.dev.id,
+            qpn: self.qp.qpn(),
+            gid: self.dev.gid.gid.0,
+            psn: self.psn,
+            mtu: self.mtu,
+        }
     }
 
     /// The queue pair (clients post RDMA on it directly).
@@ -170,18 +193,34 @@ impl RcChannel {
 
     /// Slam connect to `remote`: receives posted, then RESET -> INIT -> RTR -> RTS. Idempotent for the
     /// same remote; a different remote is refused.
-    pub fn slam_connect(&mut self, remote: &ViAddress, timing: RcTiming, access: AccessFlags) -> Result<Mtu, ccm_verbs::Error> {
+    pub fn slam_connect(
+        &mut self,
+        remote: &ViAddress,
+        timing: RcTiming,
+        access: AccessFlags,
+    ) -> Result<Mtu, ccm_verbs::Error> {
         if let Some(r) = &self.remote {
             if r == remote {
                 return Ok(self.mtu);
             }
-            return Err(ccm_verbs::Error::InvalidArgument("VI already connected to another remote VI"));
+            return Err(ccm_verbs::Error::InvalidArgument(
+                "VI already connected to another remote VI",
+            ));
         }
-        self.qp.to_init(&InitAttr { port: self.dev.port, access, ..InitAttr::default() })?;
+        self.qp.to_init(&InitAttr {
+            port: self.dev.port,
+            access,
+            ..InitAttr::default()
+        })?;
         for slot in 0..self.slots {
             self.post_slot(slot)?;
         }
-        let endpoint = Endpoint { gid: Gid(remote.gid), qpn: remote.qpn, psn: remote.psn, mtu: to_verbs_mtu(remote.mtu) };
+        let endpoint = Endpoint {
+            gid: Gid(remote.gid),
+            qpn: remote.qpn,
+            psn: remote.psn,
+            mtu: to_verbs_mtu(remote.mtu),
+        };
         let rtr = RtrAttr {
             port: self.dev.port,
             sgid_index: self.dev.gid.index as u8,
@@ -192,7 +231,12 @@ impl RcChannel {
         let mtu = self.qp.to_rtr(&endpoint, &rtr)?;
         self.qp.to_rts(
             self.psn,
-            &RtsAttr { timeout: timing.timeout, retry_cnt: timing.retry_cnt, rnr_retry: timing.rnr_retry, ..RtsAttr::default() },
+            &RtsAttr {
+                timeout: timing.timeout,
+                retry_cnt: timing.retry_cnt,
+                rnr_retry: timing.rnr_retry,
+                ..RtsAttr::default()
+            },
         )?;
         self.remote = Some(*remote);
         self.mtu = from_verbs_mtu(mtu);
@@ -200,14 +244,17 @@ impl RcChannel {
     }
 
     fn post_slot(&self, slot: u32) -> Result<(), ccm_verbs::Error> {
-        let sge = self.rx.slice((slot * self.slot_size) as usize, self.slot_size as usize)?;
+        let sge = self
+            .rx
+            .slice((slot * self.slot_size) as usize, self.slot_size as usize)?;
         self.qp.post_recv_one(slot as u64, &[sge])
     }
 
     /// Send `bytes` inline (at most 64), signalled.
     pub fn send_inline(&self, bytes: &[u8]) -> Result<(), ccm_verbs::Error> {
         let n = self.sends.fetch_add(1, Ordering::Relaxed);
-        self.qp.post_send_one(&SendWr::inline(SEND_WR_BASE + n, SendOp::Send, bytes))
+        self.qp
+            .post_send_one(&SendWr::inline(SEND_WR_BASE + n, SendOp::Send, bytes))
     }
 
     /// Poll completions (no allocation).

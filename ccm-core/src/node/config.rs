@@ -65,7 +65,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), problem: problem.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +94,8 @@ struct RawTiming {
     heartbeat_misses: Option<u32>,
     partner_down_ms: Option<u64>,
     failback_hold_down_ms: Option<u64>,
+    connect_ms: Option<u64>,
+    handshake_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +179,10 @@ pub struct Timing {
     pub partner_down: Duration,
     /// Health required before clients fail back.
     pub failback_hold_down: Duration,
+    /// Bound on one connect of the initial session.
+    pub connect: Duration,
+    /// Bound on the whole peer-info exchange.
+    pub handshake: Duration,
 }
 
 /// A validated node configuration.
@@ -205,44 +214,83 @@ pub const MIN_SECRET_LEN: usize = 16;
 impl NodeConfig {
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.to_owned(), message },
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parse and validate configuration text.
     pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: PathBuf::from("<config>"), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
         if raw.node == raw.partner {
-            return Err(invalid("partner", format!("must differ from node ({})", raw.node)));
+            return Err(invalid(
+                "partner",
+                format!("must differ from node ({})", raw.node),
+            ));
         }
         if raw.interconnect.is_empty() {
-            return Err(invalid("interconnect", "at least one [[interconnect]] is needed"));
+            return Err(invalid(
+                "interconnect",
+                "at least one [[interconnect]] is needed",
+            ));
         }
         if raw.interconnect.len() > 8 {
-            return Err(invalid("interconnect", format!("{} configured, at most 8", raw.interconnect.len())));
+            return Err(invalid(
+                "interconnect",
+                format!("{} configured, at most 8", raw.interconnect.len()),
+            ));
         }
         let d = crate::manager::Config::new(NodeId(0), NodeId(1), ClusterId(0), Vec::new(), 1);
         let ms = |v: Option<u64>, field: &str, default: Duration, min: u64, max: u64| match v {
             None => Ok(default),
             Some(v) if (min..=max).contains(&v) => Ok(Duration::from_millis(v)),
-            Some(v) => Err(invalid(format!("timing.{field}"), format!("{v} ms is outside {min}..={max} ms"))),
+            Some(v) => Err(invalid(
+                format!("timing.{field}"),
+                format!("{v} ms is outside {min}..={max} ms"),
+            )),
         };
-        let heartbeat = ms(raw.timing.heartbeat_ms, "heartbeat_ms", d.heartbeat_period, 1, 10_000)?;
+        let heartbeat = ms(
+            raw.timing.heartbeat_ms,
+            "heartbeat_ms",
+            d.heartbeat_period,
+            1,
+            10_000,
+        )?;
         let heartbeat_misses = match raw.timing.heartbeat_misses {
             None => d.heartbeat_misses,
             Some(m @ 2..=100) => m,
-            Some(m) => return Err(invalid("timing.heartbeat_misses", format!("{m} is outside 2..=100"))),
+            Some(m) => {
+                return Err(invalid(
+                    "timing.heartbeat_misses",
+                    format!("{m} is outside 2..=100"),
+                ))
+            }
         };
-        let partner_down = ms(raw.timing.partner_down_ms, "partner_down_ms", d.partner_down_after, 10, 600_000)?;
+        let partner_down = ms(
+            raw.timing.partner_down_ms,
+            "partner_down_ms",
+            d.partner_down_after,
+            10,
+            600_000,
+        )?;
         if partner_down <= heartbeat * heartbeat_misses {
             return Err(invalid(
                 "timing.partner_down_ms",
-                format!("must be longer than heartbeat_ms x heartbeat_misses ({:?})", heartbeat * heartbeat_misses),
+                format!(
+                    "must be longer than heartbeat_ms x heartbeat_misses ({:?})",
+                    heartbeat * heartbeat_misses
+                ),
             ));
         }
         let timing = Timing {
@@ -256,6 +304,20 @@ impl NodeConfig {
                 0,
                 3_600_000,
             )?,
+            connect: ms(
+                raw.timing.connect_ms,
+                "connect_ms",
+                d.connect_timeout,
+                1,
+                60_000,
+            )?,
+            handshake: ms(
+                raw.timing.handshake_ms,
+                "handshake_ms",
+                d.handshake_timeout,
+                1,
+                60_000,
+            )?,
         };
         let mut interconnects = Vec::new();
         for (i, ic) in raw.interconnect.into_iter().enumerate() {
@@ -264,19 +326,31 @@ impl NodeConfig {
                 return Err(invalid(field("partner_ip"), "must differ from local_ip"));
             }
             if ic.local_ip.is_ipv4() != ic.partner_ip.is_ipv4() {
-                return Err(invalid(field("partner_ip"), "local_ip and partner_ip must be the same IP family"));
+                return Err(invalid(
+                    field("partner_ip"),
+                    "local_ip and partner_ip must be the same IP family",
+                ));
             }
             if let Some(dev) = &ic.device {
                 if dev.is_empty() || dev.len() > 64 || dev.contains('/') {
-                    return Err(invalid(field("device"), format!("{dev:?} is not a device name")));
+                    return Err(invalid(
+                        field("device"),
+                        format!("{dev:?} is not a device name"),
+                    ));
                 }
             }
             let port = ic.port.unwrap_or(1);
             if port == 0 {
                 return Err(invalid(field("port"), "ports are numbered from 1"));
             }
-            if interconnects.iter().any(|o: &InterconnectConfig| o.local_ip == ic.local_ip) {
-                return Err(invalid(field("local_ip"), format!("{} is used by another interconnect", ic.local_ip)));
+            if interconnects
+                .iter()
+                .any(|o: &InterconnectConfig| o.local_ip == ic.local_ip)
+            {
+                return Err(invalid(
+                    field("local_ip"),
+                    format!("{} is used by another interconnect", ic.local_ip),
+                ));
             }
             interconnects.push(InterconnectConfig {
                 id: InterconnectId(i as u8),
@@ -291,43 +365,77 @@ impl NodeConfig {
         for (i, c) in raw.client.into_iter().enumerate() {
             let field = |f: &str| format!("client[{i}].{f}");
             if c.name.is_empty() || c.name.len() > crate::wire::MAX_NAME_LEN {
-                return Err(invalid(field("name"), format!("must be 1..={} bytes", crate::wire::MAX_NAME_LEN)));
+                return Err(invalid(
+                    field("name"),
+                    format!("must be 1..={} bytes", crate::wire::MAX_NAME_LEN),
+                ));
             }
             if clients.iter().any(|o| o.id.0 == c.id) {
-                return Err(invalid(field("id"), format!("{} is used by another client", c.id)));
+                return Err(invalid(
+                    field("id"),
+                    format!("{} is used by another client", c.id),
+                ));
             }
             let kind = match c.kind.as_str() {
                 "monitor" => ClientKind::Monitor,
                 "counter" => ClientKind::Counter,
                 "mirror" => {
-                    let path = c.mirror_path.ok_or_else(|| invalid(field("mirror_path"), "a mirror needs its NVRAM log path"))?;
+                    let path = c.mirror_path.ok_or_else(|| {
+                        invalid(field("mirror_path"), "a mirror needs its NVRAM log path")
+                    })?;
                     let bytes = c.mirror_bytes.unwrap_or(4 << 20);
                     if !(64 << 10..=1 << 30).contains(&bytes) || bytes % 4096 != 0 {
-                        return Err(invalid(field("mirror_bytes"), format!("{bytes} must be a multiple of 4096 in 64 KiB..=1 GiB")));
+                        return Err(invalid(
+                            field("mirror_bytes"),
+                            format!("{bytes} must be a multiple of 4096 in 64 KiB..=1 GiB"),
+                        ));
                     }
                     ClientKind::Mirror { path, bytes }
                 }
-                other => return Err(invalid(field("kind"), format!("{other:?} is not one of monitor, mirror, counter"))),
+                other => {
+                    return Err(invalid(
+                        field("kind"),
+                        format!("{other:?} is not one of monitor, mirror, counter"),
+                    ))
+                }
             };
             let class = match c.class.as_deref() {
                 None if matches!(kind, ClientKind::Mirror { .. }) => BandwidthClass::High,
                 None | Some("low") => BandwidthClass::Low,
                 Some("high") => BandwidthClass::High,
-                Some(other) => return Err(invalid(field("class"), format!("{other:?} is not low or high"))),
+                Some(other) => {
+                    return Err(invalid(
+                        field("class"),
+                        format!("{other:?} is not low or high"),
+                    ))
+                }
             };
             let pin = match c.pin {
                 Some(p) if (p as usize) < interconnects.len() => Some(InterconnectId(p)),
-                Some(p) => return Err(invalid(field("pin"), format!("interconnect {p} is not configured"))),
+                Some(p) => {
+                    return Err(invalid(
+                        field("pin"),
+                        format!("interconnect {p} is not configured"),
+                    ))
+                }
                 None => None,
             };
-            clients.push(ClientConfig { name: c.name, id: ClientId(c.id), kind, class, pin });
+            clients.push(ClientConfig {
+                name: c.name,
+                id: ClientId(c.id),
+                kind,
+                class,
+                pin,
+            });
         }
         Ok(NodeConfig {
             node: NodeId(raw.node),
             partner: NodeId(raw.partner),
             cluster: ClusterId(raw.cluster),
             secret_file: raw.secret_file,
-            status_socket: raw.status_socket.unwrap_or_else(|| PathBuf::from(format!("/run/ccm-node-{}.sock", raw.node))),
+            status_socket: raw
+                .status_socket
+                .unwrap_or_else(|| PathBuf::from(format!("/run/ccm-node-{}.sock", raw.node))),
             timing,
             interconnects,
             clients,
@@ -336,24 +444,40 @@ impl NodeConfig {
 
     /// Read the cluster secret (at least [`MIN_SECRET_LEN`] bytes, trailing newline removed).
     pub fn read_secret(&self) -> Result<Vec<u8>, ConfigError> {
-        let mut s = std::fs::read(&self.secret_file)
-            .map_err(|source| ConfigError::Read { path: self.secret_file.clone(), source })?;
+        let mut s = std::fs::read(&self.secret_file).map_err(|source| ConfigError::Read {
+            path: self.secret_file.clone(),
+            source,
+        })?;
         while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             s.pop();
         }
         if s.len() < MIN_SECRET_LEN {
-            return Err(invalid("secret_file", format!("the secret has {} bytes, at least {MIN_SECRET_LEN} are needed", s.len())));
+            return Err(invalid(
+                "secret_file",
+                format!(
+                    "the secret has {} bytes, at least {MIN_SECRET_LEN} are needed",
+                    s.len()
+                ),
+            ));
         }
         Ok(s)
     }
 
     /// The manager configuration for this node.
     pub fn manager_config(&self, secret: Vec<u8>) -> crate::manager::Config {
-        let mut c = crate::manager::Config::new(self.node, self.partner, self.cluster, secret, self.interconnects.len() as u8);
+        let mut c = crate::manager::Config::new(
+            self.node,
+            self.partner,
+            self.cluster,
+            secret,
+            self.interconnects.len() as u8,
+        );
         c.heartbeat_period = self.timing.heartbeat;
         c.heartbeat_misses = self.timing.heartbeat_misses;
         c.partner_down_after = self.timing.partner_down;
         c.failback_hold_down = self.timing.failback_hold_down;
+        c.connect_timeout = self.timing.connect;
+        c.handshake_timeout = self.timing.handshake;
         c
     }
 }
@@ -393,7 +517,11 @@ mod tests {
         assert_eq!(c.interconnects[0].tcp_port, DEFAULT_TCP_PORT);
         assert_eq!(c.interconnects[1].device, None);
         assert_eq!(c.interconnects[1].tcp_port, 18600);
-        assert_eq!(c.clients[1].class, BandwidthClass::High, "a mirror is high bandwidth by default");
+        assert_eq!(
+            c.clients[1].class,
+            BandwidthClass::High,
+            "a mirror is high bandwidth by default"
+        );
         assert_eq!(c.timing.heartbeat, Duration::from_millis(10));
     }
 
@@ -404,15 +532,35 @@ mod tests {
     #[test]
     fn every_bad_field_is_named() {
         assert!(error_of(&GOOD.replace("partner = 2", "partner = 1")).starts_with("partner:"));
-        assert!(error_of(&GOOD.replace("\"10.0.0.2\"", "\"10.0.0.1\"")).starts_with("interconnect[0].partner_ip"));
+        assert!(error_of(&GOOD.replace("\"10.0.0.2\"", "\"10.0.0.1\""))
+            .starts_with("interconnect[0].partner_ip"));
         assert!(error_of(&GOOD.replace("\"10.0.0.2\"", "\"fe80::1\"")).contains("same IP family"));
-        assert!(error_of(&GOOD.replace("kind = \"monitor\"", "kind = \"telepathy\"")).starts_with("client[0].kind"));
+        assert!(
+            error_of(&GOOD.replace("kind = \"monitor\"", "kind = \"telepathy\""))
+                .starts_with("client[0].kind")
+        );
         assert!(error_of(&GOOD.replace("id = 2", "id = 1")).starts_with("client[1].id"));
-        assert!(error_of(&GOOD.replace("cluster = 7", "cluster = 7\n[timing]\nheartbeat_misses = 1")).starts_with("timing.heartbeat_misses"));
-        assert!(error_of(&GOOD.replace("cluster = 7", "cluster = 7\n[timing]\npartner_down_ms = 20")).starts_with("timing.partner_down_ms"));
-        assert!(error_of(&GOOD.replace("mirror_path = \"/dev/shm/nvram\"", "")).starts_with("client[1].mirror_path"));
-        assert!(error_of(&GOOD.replace("cluster = 7", "cluster = 7\ncolour = 3")).contains("colour"));
-        assert!(error_of(&GOOD.replace("local_ip = \"10.0.0.1\"", "local_ip = \"ten\"")).contains("local_ip") || error_of(&GOOD.replace("local_ip = \"10.0.0.1\"", "local_ip = \"ten\"")).contains("invalid"));
+        assert!(error_of(&GOOD.replace(
+            "secret_file = \"/tmp/s\"",
+            "secret_file = \"/tmp/s\"\n[timing]\nheartbeat_misses = 1"
+        ))
+        .starts_with("timing.heartbeat_misses"));
+        assert!(error_of(&GOOD.replace(
+            "secret_file = \"/tmp/s\"",
+            "secret_file = \"/tmp/s\"\n[timing]\npartner_down_ms = 20"
+        ))
+        .starts_with("timing.partner_down_ms"));
+        assert!(
+            error_of(&GOOD.replace("mirror_path = \"/dev/shm/nvram\"", ""))
+                .starts_with("client[1].mirror_path")
+        );
+        assert!(
+            error_of(&GOOD.replace("cluster = 7", "cluster = 7\ncolour = 3")).contains("colour")
+        );
+        assert!(
+            error_of(&GOOD.replace("local_ip = \"10.0.0.1\"", "local_ip = \"ten\""))
+                .contains("local_ip")
+        );
     }
 
     #[test]
@@ -420,7 +568,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ccm-secret-{}", std::process::id()));
         std::fs::write(&dir, "short\n").unwrap();
         let c = NodeConfig::parse(&GOOD.replace("/tmp/s", dir.to_str().unwrap())).unwrap();
-        assert!(c.read_secret().unwrap_err().to_string().contains("at least 16"));
+        assert!(c
+            .read_secret()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
         std::fs::write(&dir, "0123456789abcdef0123\n").unwrap();
         assert_eq!(c.read_secret().unwrap().len(), 20);
         let _ = std::fs::remove_file(dir);

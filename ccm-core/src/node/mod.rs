@@ -32,13 +32,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ccm_verbs::{AccessFlags, AsyncEvents, Completion, MemoryRegion, PortState, ProtectionDomain, SharedMemory};
+use ccm_verbs::{
+    AccessFlags, AsyncEvents, Completion, MemoryRegion, PortState, ProtectionDomain, SharedMemory,
+};
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 
-use crate::manager::{Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, Input, Manager, SessionId, ViRef};
-use crate::wire::{ClientEntry, ClientId, Generation, Heartbeat, InterconnectId, MemoryWindow, Message};
+use crate::manager::{
+    Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, Input, Manager, SessionId, ViRef,
+};
+use crate::wire::{
+    ClientEntry, ClientId, Generation, Heartbeat, InterconnectId, MemoryWindow, Message,
+};
 use crate::Time;
 use channel::{IcDevice, RcChannel, RcTiming, SEND_WR_BASE};
 use config::{InterconnectConfig, NodeConfig};
@@ -111,9 +117,17 @@ pub enum ClientNotice {
 }
 
 enum Request {
-    Register { spec: ClientSpec, memory: Vec<ClientMemory>, tx: Sender<ClientNotice> },
+    Register {
+        spec: ClientSpec,
+        memory: Vec<ClientMemory>,
+        tx: Sender<ClientNotice>,
+    },
     Unregister(ClientId),
-    ViError { client: ClientId, ic: InterconnectId, generation: Generation },
+    ViError {
+        client: ClientId,
+        ic: InterconnectId,
+        generation: Generation,
+    },
     Shutdown,
 }
 
@@ -134,11 +148,19 @@ impl NodeHandle {
 
     /// Register a client (510): its VIs are created, exchanged and slam connected through the same path
     /// as at bring-up, while the other clients keep running. Events arrive on the returned handle.
-    pub fn register(&self, spec: ClientSpec, memory: Vec<ClientMemory>) -> Result<ClientHandle, NodeError> {
+    pub fn register(
+        &self,
+        spec: ClientSpec,
+        memory: Vec<ClientMemory>,
+    ) -> Result<ClientHandle, NodeError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = spec.id;
         self.request(Request::Register { spec, memory, tx })?;
-        Ok(ClientHandle { id, events: rx, node: self.clone() })
+        Ok(ClientHandle {
+            id,
+            events: rx,
+            node: self.clone(),
+        })
     }
 
     /// A snapshot of the node's state (what `ccm status` shows).
@@ -168,7 +190,11 @@ impl ClientHandle {
 
     /// A VI of this client failed (an error completion): the node fails the binding and re-places it.
     pub fn report_vi_error(&self, ic: InterconnectId, generation: Generation) {
-        let _ = self.node.request(Request::ViError { client: self.id, ic, generation });
+        let _ = self.node.request(Request::ViError {
+            client: self.id,
+            ic,
+            generation,
+        });
     }
 
     /// Unregister: VIs and memory are released on both nodes.
@@ -188,24 +214,49 @@ impl Node {
     /// initial sessions come up in the background (the first heartbeat is logged with its time).
     pub fn start(cfg: NodeConfig, started: Instant) -> Result<Node, NodeError> {
         let secret = cfg.read_secret()?;
-        let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io { what: "pipe".into(), source: e.into() })?;
-        nix::fcntl::fcntl(pipe_r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-            .map_err(|e| NodeError::Io { what: "fcntl".into(), source: e.into() })?;
+        let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io {
+            what: "pipe".into(),
+            source: e.into(),
+        })?;
+        nix::fcntl::fcntl(
+            pipe_r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| NodeError::Io {
+            what: "fcntl".into(),
+            source: e.into(),
+        })?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let status = Arc::new(Mutex::new(NodeStatus::default()));
-        let handle = NodeHandle { tx, wake: Arc::new(pipe_w), status: status.clone() };
+        let handle = NodeHandle {
+            tx,
+            wake: Arc::new(pipe_w),
+            status: status.clone(),
+        };
         let mut seed = [0u8; 32];
-        seed[..8].copy_from_slice(&(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes());
+        seed[..8].copy_from_slice(
+            &(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes(),
+        );
         if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
             let _ = f.read_exact(&mut seed);
         }
-        let manager = Manager::new(cfg.manager_config(secret), Time(started.elapsed().as_nanos() as u64), seed);
+        let manager = Manager::new(
+            cfg.manager_config(secret),
+            Time(started.elapsed().as_nanos() as u64),
+            seed,
+        );
         let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status);
         let thread = std::thread::Builder::new()
             .name("ccm-node".into())
             .spawn(move || driver.run())
-            .map_err(|e| NodeError::Io { what: "spawn".into(), source: e })?;
-        Ok(Node { handle, thread: Some(thread) })
+            .map_err(|e| NodeError::Io {
+                what: "spawn".into(),
+                source: e,
+            })?;
+        Ok(Node {
+            handle,
+            thread: Some(thread),
+        })
     }
 
     /// The node's handle.
@@ -334,7 +385,10 @@ impl Driver {
 
     fn record(&mut self, what: String) {
         tracing::info!(target: "ccm::node", at_ms = ms(self.started.elapsed()), "{what}");
-        self.events.push(EventRecord { at_ms: ms(self.started.elapsed()), what });
+        self.events.push(EventRecord {
+            at_ms: ms(self.started.elapsed()),
+            what,
+        });
         if self.events.len() > 64 {
             self.events.remove(0);
         }
@@ -351,10 +405,16 @@ impl Driver {
         for i in 0..self.ics.len() {
             self.open_device(i);
         }
-        self.record(format!("devices opened in {:.2} ms", ms(self.started.elapsed() - t0)));
+        self.record(format!(
+            "devices opened in {:.2} ms",
+            ms(self.started.elapsed() - t0)
+        ));
         for i in 0..self.ics.len() {
             let up = self.ics[i].port_up;
-            self.input(Input::PortState { ic: InterconnectId(i as u8), up });
+            self.input(Input::PortState {
+                ic: InterconnectId(i as u8),
+                up,
+            });
         }
         while !self.stop {
             self.turn();
@@ -370,7 +430,11 @@ impl Driver {
             Ok(dev) => {
                 let pd = ProtectionDomain::new(&dev.ctx).ok();
                 let events = AsyncEvents::new(&dev.ctx).ok();
-                let up = dev.ctx.query_port(dev.port).map(|p| p.state == PortState::Active).unwrap_or(false);
+                let up = dev
+                    .ctx
+                    .query_port(dev.port)
+                    .map(|p| p.state == PortState::Active)
+                    .unwrap_or(false);
                 let ic = &mut self.ics[i];
                 ic.dev = Some(dev);
                 ic.pd = pd;
@@ -378,7 +442,10 @@ impl Driver {
                 ic.port_up = up;
             }
             Err(e) => {
-                let what = format!("interconnect {i}: device {:?} / {} unusable: {e}", c.device, c.local_ip);
+                let what = format!(
+                    "interconnect {i}: device {:?} / {} unusable: {e}",
+                    c.device, c.local_ip
+                );
                 self.ics[i].port_up = false;
                 self.record(what);
             }
@@ -467,8 +534,15 @@ impl Driver {
                     self.input(Input::Client(ClientRequest::Unregister(id)));
                     self.clients.remove(&id);
                 }
-                Request::ViError { client, ic, generation } => {
-                    self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+                Request::ViError {
+                    client,
+                    ic,
+                    generation,
+                } => {
+                    self.input(Input::ViError {
+                        ic,
+                        vi: ViRef::Client(client, generation),
+                    });
                 }
                 Request::Shutdown => self.stop = true,
             }
@@ -496,9 +570,16 @@ impl Driver {
                 }
             }
             Action::Send { session, msg, .. } => self.send(session, msg),
-            Action::SlamConnectControl { ic, session, remote, .. } => {
+            Action::SlamConnectControl {
+                ic,
+                session,
+                remote,
+                ..
+            } => {
                 let deadline = self.now() + self.manager.config().heartbeat_timeout() * 3;
-                let Some(s) = self.sessions.get_mut(&session) else { return };
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    return;
+                };
                 let access = AccessFlags::LOCAL_WRITE;
                 match s.control.slam_connect(&remote, RcTiming::CONTROL, access) {
                     Ok(_) => {
@@ -506,18 +587,40 @@ impl Driver {
                         s.confirm_deadline = Some(deadline);
                         let probe = Message::Heartbeat(Heartbeat { seq: 0, time_ns: 0 }).to_bytes();
                         if s.control.send_inline(&probe).is_err() {
-                            self.input(Input::ViError { ic, vi: ViRef::Control });
+                            self.input(Input::ViError {
+                                ic,
+                                vi: ViRef::Control,
+                            });
                         }
                     }
                     Err(e) => {
-                        self.record(format!("interconnect {}: control VI slam connect failed: {e}", ic.0));
-                        self.input(Input::ViError { ic, vi: ViRef::Control });
+                        self.record(format!(
+                            "interconnect {}: control VI slam connect failed: {e}",
+                            ic.0
+                        ));
+                        self.input(Input::ViError {
+                            ic,
+                            vi: ViRef::Control,
+                        });
                     }
                 }
             }
-            Action::CreateClientVis { client, ic, generation, count } => self.create_client_vis(client, ic, generation, count),
-            Action::SlamConnect { client, ic, generation, remote, .. } => self.slam_client(client, ic, generation, remote),
-            Action::ReleaseClientVis { client, generation, .. } => {
+            Action::CreateClientVis {
+                client,
+                ic,
+                generation,
+                count,
+            } => self.create_client_vis(client, ic, generation, count),
+            Action::SlamConnect {
+                client,
+                ic,
+                generation,
+                remote,
+                ..
+            } => self.slam_client(client, ic, generation, remote),
+            Action::ReleaseClientVis {
+                client, generation, ..
+            } => {
                 if let Some(c) = self.clients.get_mut(&client) {
                     if let Some(b) = c.bindings.remove(&generation) {
                         for vi in &b.vis {
@@ -527,7 +630,9 @@ impl Driver {
                 }
             }
             Action::Tell { client, event } => self.tell(client, event),
-            Action::LinkRefused { ic, error } => self.record(format!("interconnect {}: refused: {error}", ic.0)),
+            Action::LinkRefused { ic, error } => {
+                self.record(format!("interconnect {}: refused: {error}", ic.0))
+            }
             Action::ArmTimer { deadline } => self.timer = Some(deadline),
             Action::Step { step, .. } => {
                 let text = format!("{step:?}");
@@ -547,7 +652,10 @@ impl Driver {
                 ic.listener = Some(l);
             }
             Err(e) => {
-                let what = format!("interconnect {i}: cannot listen on {}:{}: {e}", ic.cfg.local_ip, ic.cfg.tcp_port);
+                let what = format!(
+                    "interconnect {i}: cannot listen on {}:{}: {e}",
+                    ic.cfg.local_ip, ic.cfg.tcp_port
+                );
                 self.record(what);
             }
         }
@@ -556,7 +664,9 @@ impl Driver {
     /// A new session on `ic` with its control VI created (410).
     fn open_session(&mut self, ic: InterconnectId, stream: TcpStream) -> Option<SessionId> {
         let i = ic.0 as usize;
-        let (Some(dev), Some(pd)) = (&self.ics[i].dev, &self.ics[i].pd) else { return None };
+        let (Some(dev), Some(pd)) = (&self.ics[i].dev, &self.ics[i].pd) else {
+            return None;
+        };
         let control = match RcChannel::create(dev, pd, 32, 256, 128) {
             Ok(c) => c,
             Err(e) => {
@@ -569,8 +679,23 @@ impl Driver {
         let id = SessionId(self.next_session);
         self.next_session += 1;
         let address = control.address();
-        self.sessions.insert(id, Sess { ic, tcp, control, connected: false, confirmed: false, confirm_deadline: None });
-        self.input(Input::SessionEstablished { ic, session: id, control_vi: address, windows: Vec::new() });
+        self.sessions.insert(
+            id,
+            Sess {
+                ic,
+                tcp,
+                control,
+                connected: false,
+                confirmed: false,
+                confirm_deadline: None,
+            },
+        );
+        self.input(Input::SessionEstablished {
+            ic,
+            session: id,
+            control_vi: address,
+            windows: Vec::new(),
+        });
         Some(id)
     }
 
@@ -588,7 +713,9 @@ impl Driver {
     }
 
     fn send(&mut self, session: SessionId, msg: Message) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         let ic = s.ic;
         let heartbeat = matches!(msg, Message::Heartbeat(_));
         let result = if heartbeat && s.confirmed {
@@ -600,12 +727,18 @@ impl Driver {
         let confirmed = s.confirmed;
         if heartbeat && !self.first_heartbeat_logged && confirmed {
             self.first_heartbeat_logged = true;
-            self.record(format!("first heartbeat sent over the control VI of interconnect {}", ic.0));
+            self.record(format!(
+                "first heartbeat sent over the control VI of interconnect {}",
+                ic.0
+            ));
         }
         if let Err(e) = result {
             self.record(format!("interconnect {}: send failed: {e}", ic.0));
             if heartbeat && confirmed {
-                self.input(Input::ViError { ic, vi: ViRef::Control });
+                self.input(Input::ViError {
+                    ic,
+                    vi: ViRef::Control,
+                });
             } else {
                 self.input(Input::SessionClosed { ic, session });
             }
@@ -638,21 +771,34 @@ impl Driver {
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
-            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             let ic = s.ic;
             let _ = s.tcp.flush();
             let mut inbox = std::mem::take(&mut self.inbox);
             let outcome = s.tcp.read(&mut inbox);
             for msg in inbox.drain(..) {
-                self.input(Input::Message { ic, session: id, msg });
+                self.input(Input::Message {
+                    ic,
+                    session: id,
+                    msg,
+                });
             }
             self.inbox = inbox;
             match outcome {
                 ReadOutcome::Open => {}
                 ReadOutcome::Closed => self.input(Input::SessionClosed { ic, session: id }),
                 ReadOutcome::Malformed(error) => {
-                    self.record(format!("interconnect {}: malformed bytes on the initial session: {error}", ic.0));
-                    self.input(Input::Malformed { ic, session: id, error });
+                    self.record(format!(
+                        "interconnect {}: malformed bytes on the initial session: {error}",
+                        ic.0
+                    ));
+                    self.input(Input::Malformed {
+                        ic,
+                        session: id,
+                        error,
+                    });
                 }
             }
         }
@@ -661,24 +807,38 @@ impl Driver {
     fn poll_control_vis(&mut self) {
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
-            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             let ic = s.ic;
             let n = match s.control.poll(&mut self.wc) {
                 Ok(n) => n,
                 Err(_) => {
-                    self.input(Input::ViError { ic, vi: ViRef::Control });
+                    self.input(Input::ViError {
+                        ic,
+                        vi: ViRef::Control,
+                    });
                     continue;
                 }
             };
             for k in 0..n {
                 let c = self.wc[k];
-                let Some(s) = self.sessions.get_mut(&id) else { break };
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    break;
+                };
                 if !c.is_success() {
                     if s.connected {
-                        let what = format!("interconnect {}: control VI completion {:?}", ic.0, c.status());
+                        let what = format!(
+                            "interconnect {}: control VI completion {:?}",
+                            ic.0,
+                            c.status()
+                        );
                         s.connected = false;
                         self.record(what);
-                        self.input(Input::ViError { ic, vi: ViRef::Control });
+                        self.input(Input::ViError {
+                            ic,
+                            vi: ViRef::Control,
+                        });
                     }
                     continue;
                 }
@@ -692,8 +852,16 @@ impl Driver {
                     s.confirm_deadline = None;
                 }
                 match decoded {
-                    Ok(msg) => self.input(Input::Message { ic, session: id, msg }),
-                    Err(error) => self.input(Input::Malformed { ic, session: id, error }),
+                    Ok(msg) => self.input(Input::Message {
+                        ic,
+                        session: id,
+                        msg,
+                    }),
+                    Err(error) => self.input(Input::Malformed {
+                        ic,
+                        session: id,
+                        error,
+                    }),
                 }
             }
         }
@@ -711,8 +879,14 @@ impl Driver {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.confirm_deadline = None;
             }
-            self.record(format!("interconnect {}: nothing arrived on the control VI: RDMA path dead", ic.0));
-            self.input(Input::ViError { ic, vi: ViRef::Control });
+            self.record(format!(
+                "interconnect {}: nothing arrived on the control VI: RDMA path dead",
+                ic.0
+            ));
+            self.input(Input::ViError {
+                ic,
+                vi: ViRef::Control,
+            });
         }
     }
 
@@ -750,9 +924,16 @@ impl Driver {
                     // The device went away (rxe: deleted). Drop every object on it so the deletion can
                     // finish, and reopen it when it is back.
                     self.record(format!("interconnect {i}: device removed"));
-                    self.input(Input::AsyncEvent { ic, event: AsyncEvent::DeviceFatal });
-                    let doomed: Vec<SessionId> =
-                        self.sessions.iter().filter(|(_, s)| s.ic == ic).map(|(id, _)| *id).collect();
+                    self.input(Input::AsyncEvent {
+                        ic,
+                        event: AsyncEvent::DeviceFatal,
+                    });
+                    let doomed: Vec<SessionId> = self
+                        .sessions
+                        .iter()
+                        .filter(|(_, s)| s.ic == ic)
+                        .map(|(id, _)| *id)
+                        .collect();
                     for id in doomed {
                         self.input(Input::SessionClosed { ic, session: id });
                         self.sessions.remove(&id);
@@ -771,10 +952,17 @@ impl Driver {
                 }
                 Some(false) => {
                     let dev = self.ics[i].dev.as_ref().expect("device present");
-                    let up = dev.ctx.query_port(dev.port).map(|p| p.state == PortState::Active).unwrap_or(false);
+                    let up = dev
+                        .ctx
+                        .query_port(dev.port)
+                        .map(|p| p.state == PortState::Active)
+                        .unwrap_or(false);
                     if up != self.ics[i].port_up {
                         self.ics[i].port_up = up;
-                        self.record(format!("interconnect {i}: port {}", if up { "ACTIVE" } else { "DOWN" }));
+                        self.record(format!(
+                            "interconnect {i}: port {}",
+                            if up { "ACTIVE" } else { "DOWN" }
+                        ));
                         self.input(Input::PortState { ic, up });
                     }
                 }
@@ -796,13 +984,24 @@ impl Driver {
         }
     }
 
-    fn create_client_vis(&mut self, client: ClientId, ic: InterconnectId, generation: Generation, count: u8) {
+    fn create_client_vis(
+        &mut self,
+        client: ClientId,
+        ic: InterconnectId,
+        generation: Generation,
+        count: u8,
+    ) {
         let i = ic.0 as usize;
         let Some(dev) = self.ics[i].dev.clone() else {
-            self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+            self.input(Input::ViError {
+                ic,
+                vi: ViRef::Client(client, generation),
+            });
             return;
         };
-        let Some(c) = self.clients.get_mut(&client) else { return };
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
         let result = (|| -> Result<(Vec<RcChannel>, Vec<ClientRegion>, Vec<MemoryWindow>), ccm_verbs::Error> {
             let pd = match c.pds.get(&ic) {
                 Some(pd) => pd.clone(),
@@ -832,19 +1031,48 @@ impl Driver {
         match result {
             Ok((vis, regions, windows)) => {
                 let addrs = vis.iter().map(|v| v.address()).collect();
-                c.bindings.insert(generation, Binding { ic, pending: vis, vis: Vec::new(), regions });
-                self.input(Input::ClientVisCreated { client, generation, vis: addrs, windows });
+                c.bindings.insert(
+                    generation,
+                    Binding {
+                        ic,
+                        pending: vis,
+                        vis: Vec::new(),
+                        regions,
+                    },
+                );
+                self.input(Input::ClientVisCreated {
+                    client,
+                    generation,
+                    vis: addrs,
+                    windows,
+                });
             }
             Err(e) => {
-                self.record(format!("client {}: creating VIs on interconnect {}: {e}", client.0, ic.0));
-                self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+                self.record(format!(
+                    "client {}: creating VIs on interconnect {}: {e}",
+                    client.0, ic.0
+                ));
+                self.input(Input::ViError {
+                    ic,
+                    vi: ViRef::Client(client, generation),
+                });
             }
         }
     }
 
-    fn slam_client(&mut self, client: ClientId, ic: InterconnectId, generation: Generation, remote: Vec<crate::wire::ViAddress>) {
-        let Some(c) = self.clients.get_mut(&client) else { return };
-        let Some(b) = c.bindings.get_mut(&generation) else { return };
+    fn slam_client(
+        &mut self,
+        client: ClientId,
+        ic: InterconnectId,
+        generation: Generation,
+        remote: Vec<crate::wire::ViAddress>,
+    ) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        let Some(b) = c.bindings.get_mut(&generation) else {
+            return;
+        };
         let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
         let mut failed = None;
         for (vi, r) in b.pending.iter_mut().zip(&remote) {
@@ -854,26 +1082,45 @@ impl Driver {
             }
         }
         if let Some(e) = failed {
-            self.record(format!("client {}: slam connect on interconnect {}: {e}", client.0, ic.0));
-            self.input(Input::ViError { ic, vi: ViRef::Client(client, generation) });
+            self.record(format!(
+                "client {}: slam connect on interconnect {}: {e}",
+                client.0, ic.0
+            ));
+            self.input(Input::ViError {
+                ic,
+                vi: ViRef::Client(client, generation),
+            });
             return;
         }
         b.vis = b.pending.drain(..).map(Arc::new).collect();
     }
 
     fn tell(&mut self, client: ClientId, event: ClientEvent) {
-        let Some(c) = self.clients.get_mut(&client) else { return };
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
         let notice = match event {
             ClientEvent::PartnerInfo(entry) => {
                 c.partner = Some(entry);
                 return;
             }
             ClientEvent::Ready { ic, generation } | ClientEvent::Resumed { ic, generation } => {
-                let Some(b) = c.bindings.get(&generation) else { return };
-                let Some(partner) = c.partner.clone().filter(|p| p.generation == generation) else { return };
+                let Some(b) = c.bindings.get(&generation) else {
+                    return;
+                };
+                let Some(partner) = c.partner.clone().filter(|p| p.generation == generation) else {
+                    return;
+                };
                 let resumed = c.resumed;
                 c.resumed = true;
-                ClientNotice::Ready { ic, generation, resumed, vis: b.vis.clone(), regions: b.regions.clone(), partner }
+                ClientNotice::Ready {
+                    ic,
+                    generation,
+                    resumed,
+                    vis: b.vis.clone(),
+                    regions: b.regions.clone(),
+                    partner,
+                }
             }
             ClientEvent::Stop { ic } => ClientNotice::Stop { ic },
             ClientEvent::PartnerSuspect => ClientNotice::PartnerSuspect,
@@ -902,12 +1149,20 @@ impl Driver {
             let placed: Vec<String> = self
                 .clients
                 .values()
-                .filter(|c| c.bindings.values().any(|b| b.ic.0 as usize == i && !b.vis.is_empty()))
+                .filter(|c| {
+                    c.bindings
+                        .values()
+                        .any(|b| b.ic.0 as usize == i && !b.vis.is_empty())
+                })
                 .map(|c| c.spec.name.clone())
                 .collect();
             st.interconnects.push(status::InterconnectStatus {
                 id: i as u8,
-                device: ic.dev.as_ref().map(|d| d.ctx.name().to_string()).unwrap_or_else(|| "-".into()),
+                device: ic
+                    .dev
+                    .as_ref()
+                    .map(|d| d.ctx.name().to_string())
+                    .unwrap_or_else(|| "-".into()),
                 local_ip: ic.cfg.local_ip.to_string(),
                 port_up: ic.port_up,
                 state: links.get(i).map(|l| format!("{l:?}")).unwrap_or_default(),
@@ -919,7 +1174,11 @@ impl Driver {
                 id: id.0,
                 name: c.spec.name.clone(),
                 class: format!("{:?}", c.spec.class),
-                state: self.manager.client_status(*id).map(|s| format!("{s:?}")).unwrap_or_else(|| "-".into()),
+                state: self
+                    .manager
+                    .client_status(*id)
+                    .map(|s| format!("{s:?}"))
+                    .unwrap_or_else(|| "-".into()),
                 vis: c.bindings.values().map(|b| b.vis.len()).sum(),
             });
         }

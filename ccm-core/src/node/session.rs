@@ -39,7 +39,12 @@ impl TcpSession {
     pub fn new(stream: TcpStream) -> std::io::Result<TcpSession> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
-        Ok(TcpSession { stream, rx: Vec::with_capacity(4096), tx: Vec::with_capacity(4096), tx_sent: 0 })
+        Ok(TcpSession {
+            stream,
+            rx: Vec::with_capacity(4096),
+            tx: Vec::with_capacity(4096),
+            tx_sent: 0,
+        })
     }
 
     /// The socket, for polling.
@@ -135,7 +140,10 @@ mod tests {
         let t = Instant::now();
         loop {
             let r = s.read(out);
-            if !matches!(r, ReadOutcome::Open) || out.len() >= want || t.elapsed() > Duration::from_secs(5) {
+            if !matches!(r, ReadOutcome::Open)
+                || out.len() >= want
+                || t.elapsed() > Duration::from_secs(5)
+            {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -162,7 +170,10 @@ mod tests {
         let (mut s, mut c) = pair();
         c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let mut out = vec![];
-        assert!(matches!(read_until(&mut s, &mut out, 1), ReadOutcome::Malformed(_)));
+        assert!(matches!(
+            read_until(&mut s, &mut out, 1),
+            ReadOutcome::Malformed(_)
+        ));
     }
 
     #[test]
@@ -170,6 +181,9 @@ mod tests {
         let (mut s, c) = pair();
         drop(c);
         let mut out = vec![];
-        assert!(matches!(read_until(&mut s, &mut out, 1), ReadOutcome::Closed));
+        assert!(matches!(
+            read_until(&mut s, &mut out, 1),
+            ReadOutcome::Closed
+        ));
     }
 }

@@ -89,7 +89,10 @@ impl NodeStatus {
         }
         s += "\nCLIENT  NAME                CLASS  VIS  STATE\n";
         for c in &self.clients {
-            s += &format!("{:<7} {:<19} {:<6} {:<4} {}\n", c.id, c.name, c.class, c.vis, c.state);
+            s += &format!(
+                "{:<7} {:<19} {:<6} {:<4} {}\n",
+                c.id, c.name, c.class, c.vis, c.state
+            );
         }
         s += "\nRECENT EVENTS\n";
         for e in self.events.iter().rev().take(12).rev() {
@@ -100,18 +103,24 @@ impl NodeStatus {
 }
 
 /// Serve snapshots on `path` (one JSON document per connection) until the process exits.
-pub fn serve(path: &Path, node: NodeHandle, extra: impl Fn() -> serde_json::Value + Send + 'static) -> std::io::Result<PathBuf> {
+pub fn serve(
+    path: &Path,
+    node: NodeHandle,
+    extra: impl Fn() -> serde_json::Value + Send + 'static,
+) -> std::io::Result<PathBuf> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     let owned = path.to_owned();
-    std::thread::Builder::new().name("ccm-status".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut v = serde_json::to_value(node.status()).unwrap_or_default();
-            v["clients_detail"] = extra();
-            let mut stream = stream;
-            let _ = stream.write_all(v.to_string().as_bytes());
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("ccm-status".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut v = serde_json::to_value(node.status()).unwrap_or_default();
+                v["clients_detail"] = extra();
+                let mut stream = stream;
+                let _ = stream.write_all(v.to_string().as_bytes());
+            }
+        })?;
     Ok(owned)
 }
 

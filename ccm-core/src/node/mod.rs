@@ -73,6 +73,9 @@ pub enum NodeError {
     Client(u32, String),
 }
 
+/// The heartbeat sequence number of the driver's own control VI probe (never given to the manager).
+const PROBE_SEQ: u64 = u64::MAX;
+
 /// Memory a client registers: the driver registers it on every device the client's VIs use.
 #[derive(Clone, Debug)]
 pub struct ClientMemory {
@@ -290,6 +293,8 @@ struct Sess {
     connected: bool,
     confirmed: bool,
     confirm_deadline: Option<Time>,
+    /// The partner's PeerInfo and what followed it on TCP, held until the control VI is confirmed.
+    held: Vec<Message>,
 }
 
 struct Binding {
@@ -576,33 +581,21 @@ impl Driver {
                 remote,
                 ..
             } => {
-                let deadline = self.now() + self.manager.config().heartbeat_timeout() * 3;
+                // Normally done already when the partner's PeerInfo arrived (`session_message`): then
+                // this is the same remote again, a no-op.
                 let Some(s) = self.sessions.get_mut(&session) else {
                     return;
                 };
                 let access = AccessFlags::LOCAL_WRITE;
-                match s.control.slam_connect(&remote, RcTiming::CONTROL, access) {
-                    Ok(_) => {
-                        s.connected = true;
-                        s.confirm_deadline = Some(deadline);
-                        let probe = Message::Heartbeat(Heartbeat { seq: 0, time_ns: 0 }).to_bytes();
-                        if s.control.send_inline(&probe).is_err() {
-                            self.input(Input::ViError {
-                                ic,
-                                vi: ViRef::Control,
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        self.record(format!(
-                            "interconnect {}: control VI slam connect failed: {e}",
-                            ic.0
-                        ));
-                        self.input(Input::ViError {
-                            ic,
-                            vi: ViRef::Control,
-                        });
-                    }
+                if let Err(e) = s.control.slam_connect(&remote, RcTiming::CONTROL, access) {
+                    self.record(format!(
+                        "interconnect {}: control VI slam connect failed: {e}",
+                        ic.0
+                    ));
+                    self.input(Input::ViError {
+                        ic,
+                        vi: ViRef::Control,
+                    });
                 }
             }
             Action::CreateClientVis {
@@ -688,6 +681,7 @@ impl Driver {
                 connected: false,
                 confirmed: false,
                 confirm_deadline: None,
+                held: Vec::new(),
             },
         );
         self.input(Input::SessionEstablished {
@@ -779,11 +773,7 @@ impl Driver {
             let mut inbox = std::mem::take(&mut self.inbox);
             let outcome = s.tcp.read(&mut inbox);
             for msg in inbox.drain(..) {
-                self.input(Input::Message {
-                    ic,
-                    session: id,
-                    msg,
-                });
+                self.session_message(id, msg);
             }
             self.inbox = inbox;
             match outcome {
@@ -800,6 +790,74 @@ impl Driver {
                         error,
                     });
                 }
+            }
+        }
+    }
+
+    /// A message from the initial session. The partner's PeerInfo (415) names its control VI: slam
+    /// connect ours to it, probe it, and hold the PeerInfo (and whatever follows it) back from the
+    /// manager until something arrives over the control VI. So an interconnect is only ever *up* for
+    /// the manager when its RDMA path carries traffic both ways, and heartbeats always travel on that
+    /// path (in the lab the TCP session runs over loopback and would hide a dead link).
+    fn session_message(&mut self, id: SessionId, msg: Message) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let ic = s.ic;
+        if !s.held.is_empty() {
+            s.held.push(msg);
+            return;
+        }
+        let remote = match &msg {
+            Message::PeerInfo(info) if !s.confirmed => info.control_vi,
+            _ => {
+                self.input(Input::Message {
+                    ic,
+                    session: id,
+                    msg,
+                });
+                return;
+            }
+        };
+        let timeout =
+            (self.manager.config().heartbeat_timeout() * 3).max(Duration::from_millis(100));
+        let deadline = self.now() + timeout;
+        let s = self.sessions.get_mut(&id).expect("session");
+        match s
+            .control
+            .slam_connect(&remote, RcTiming::CONTROL, AccessFlags::LOCAL_WRITE)
+        {
+            Ok(_) => {
+                s.connected = true;
+                s.confirm_deadline = Some(deadline);
+                s.held.push(msg);
+                let probe = Message::Heartbeat(Heartbeat {
+                    seq: PROBE_SEQ,
+                    time_ns: 0,
+                })
+                .to_bytes();
+                if let Err(e) = s.control.send_inline(&probe) {
+                    self.record(format!("interconnect {}: control VI probe: {e}", ic.0));
+                    self.input(Input::ViError {
+                        ic,
+                        vi: ViRef::Control,
+                    });
+                }
+            }
+            Err(e) => {
+                self.record(format!(
+                    "interconnect {}: control VI slam connect failed: {e}",
+                    ic.0
+                ));
+                self.input(Input::Message {
+                    ic,
+                    session: id,
+                    msg,
+                });
+                self.input(Input::ViError {
+                    ic,
+                    vi: ViRef::Control,
+                });
             }
         }
     }
@@ -850,8 +908,22 @@ impl Driver {
                 if !s.confirmed {
                     s.confirmed = true;
                     s.confirm_deadline = None;
+                    let held = std::mem::take(&mut s.held);
+                    let at = ms(self.started.elapsed());
+                    self.record(format!(
+                        "interconnect {}: control VI confirmed (RDMA path up) at {at:.2} ms",
+                        ic.0
+                    ));
+                    for msg in held {
+                        self.input(Input::Message {
+                            ic,
+                            session: id,
+                            msg,
+                        });
+                    }
                 }
                 match decoded {
+                    Ok(Message::Heartbeat(h)) if h.seq == PROBE_SEQ => {}
                     Ok(msg) => self.input(Input::Message {
                         ic,
                         session: id,
@@ -883,10 +955,10 @@ impl Driver {
                 "interconnect {}: nothing arrived on the control VI: RDMA path dead",
                 ic.0
             ));
-            self.input(Input::ViError {
-                ic,
-                vi: ViRef::Control,
-            });
+            if let Some(s) = self.sessions.remove(&id) {
+                s.control.fail();
+            }
+            self.input(Input::SessionClosed { ic, session: id });
         }
     }
 

@@ -30,7 +30,24 @@
 //! forgotten and everything after `durable` is sent again on the new link (`link_reset`). Ring space is reused only
 //! once the partner reported it applied ([`MirrorWriter::applied`]): a full ring is back-pressure
 //! ([`MirrorError::RingFull`]), never an overwrite.
+//!
+//! **Ring memory.** Both sides reach their ring through [`RingBytes`]: positioned copies in and out, never a
+//! slice view. It is implemented for `[u8]`/`Vec<u8>` (tests, simulations) and for
+//! [`ccm_verbs::SharedMemory`], the mapping a device writes into while the process reads it, where no Rust
+//! reference to the bytes may exist. [`MirrorWriter::append`] copies the header and payload into the ring;
+//! [`MirrorReader::scan`] copies each header and payload out into a scratch buffer the reader owns (sized
+//! to the largest entry at creation), so a scan allocates nothing and validates exactly the bytes it hands to
+//! `apply`, whatever a device writes meanwhile.
+//!
+//! **Restart of the partner.** A mirror ring in a file (or `/dev/shm`) survives the partner's process. The
+//! reader's position cannot be rediscovered from the ring alone once it has wrapped (older laps and torn
+//! in-flight writes look alike), so the reader persists a small [`Checkpoint`] (applied position, LSN and
+//! digest) before it reports progress; [`MirrorReader::recover`] resumes from it and applies what arrived
+//! after it. The position it reports is then never behind what it reported before the restart.
 
+use std::sync::Arc;
+
+use ccm_verbs::SharedMemory;
 use thiserror::Error;
 
 /// Size of an entry header.
@@ -146,14 +163,145 @@ fn entry_crc(header16: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn write_header(ring: &mut [u8], offset: usize, magic: u32, len: u32, lsn: u64, payload: &[u8]) {
-    let hdr = &mut ring[offset..offset + ENTRY_HEADER];
+/// The bytes of a ring, reached only through positioned copies (no slice of the ring is ever lent out, so a
+/// device may write shared memory while it is read). Offsets and lengths are within
+/// [`capacity`](Self::capacity); the mirror code checks them, and an implementation may panic otherwise,
+/// as slice indexing does.
+pub trait RingBytes {
+    /// Size of the ring in bytes.
+    fn capacity(&self) -> u64;
+    /// Copy `data` into the ring at `offset`.
+    fn write_at(&mut self, offset: u64, data: &[u8]);
+    /// Copy `buf.len()` bytes of the ring at `offset` into `buf`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]);
+}
+
+impl RingBytes for [u8] {
+    fn capacity(&self) -> u64 {
+        self.len() as u64
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) {
+        let o = offset as usize;
+        self[o..o + data.len()].copy_from_slice(data);
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) {
+        let o = offset as usize;
+        buf.copy_from_slice(&self[o..o + buf.len()]);
+    }
+}
+
+impl RingBytes for Vec<u8> {
+    fn capacity(&self) -> u64 {
+        self.len() as u64
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) {
+        self.as_mut_slice().write_at(offset, data)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) {
+        self.as_slice().read_at(offset, buf)
+    }
+}
+
+/// Shared memory (a file mapping registered with devices): copies through [`SharedMemory::read`] /
+/// [`SharedMemory::write`], which only fail out of bounds.
+impl RingBytes for SharedMemory {
+    fn capacity(&self) -> u64 {
+        self.len() as u64
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) {
+        self.write(offset as usize, data)
+            .expect("ring write within the mapping (checked by the mirror)");
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) {
+        self.read(offset as usize, buf)
+            .expect("ring read within the mapping (checked by the mirror)");
+    }
+}
+
+/// The usual handle on shared memory (the same `Arc` is registered with the devices); writes go through
+/// `&self` copies, so sharing the `Arc` is fine.
+impl RingBytes for Arc<SharedMemory> {
+    fn capacity(&self) -> u64 {
+        self.len() as u64
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) {
+        self.write(offset as usize, data)
+            .expect("ring write within the mapping (checked by the mirror)");
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) {
+        self.read(offset as usize, buf)
+            .expect("ring read within the mapping (checked by the mirror)");
+    }
+}
+
+fn encode_header(magic: u32, len: u32, lsn: u64, payload: &[u8]) -> [u8; ENTRY_HEADER] {
+    let mut hdr = [0u8; ENTRY_HEADER];
     hdr[0..4].copy_from_slice(&magic.to_le_bytes());
     hdr[4..8].copy_from_slice(&len.to_le_bytes());
     hdr[8..16].copy_from_slice(&lsn.to_le_bytes());
     let crc = entry_crc(&hdr[0..16], payload);
     hdr[16..20].copy_from_slice(&crc.to_le_bytes());
-    hdr[20..32].fill(0);
+    hdr
+}
+
+/// What [`read_entry`] found at an offset of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingEntry {
+    /// A whole entry whose checksum matches: its payload is the first `len` bytes of the buffer given.
+    Entry {
+        /// Its LSN.
+        lsn: Lsn,
+        /// Payload length.
+        len: usize,
+    },
+    /// A pad filling the ring's tail, before the entry `lsn`.
+    Pad {
+        /// LSN of the entry after the pad.
+        lsn: Lsn,
+    },
+}
+
+impl RingEntry {
+    /// The LSN the slot carries.
+    pub fn lsn(&self) -> Lsn {
+        match self {
+            RingEntry::Entry { lsn, .. } | RingEntry::Pad { lsn } => *lsn,
+        }
+    }
+}
+
+/// Read and validate the entry at `offset` of `ring` (an [`ENTRY_ALIGN`]-aligned offset), copying its payload
+/// into `payload` (which must hold the largest entry expected). `None` if the slot holds no whole, valid entry
+/// (never written, torn, or its payload would not fit `payload` or the ring). Used by the reader and by
+/// checkers that walk a ring after a run.
+pub fn read_entry<R: RingBytes + ?Sized>(
+    ring: &R,
+    offset: u64,
+    payload: &mut [u8],
+) -> Option<RingEntry> {
+    let capacity = ring.capacity();
+    if offset % ENTRY_ALIGN as u64 != 0 || offset + ENTRY_HEADER as u64 > capacity {
+        return None;
+    }
+    let mut hdr = [0u8; ENTRY_HEADER];
+    ring.read_at(offset, &mut hdr);
+    let magic = u32::from_le_bytes(hdr[0..4].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(hdr[4..8].try_into().expect("4 bytes")) as usize;
+    let lsn = Lsn(u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes")));
+    let crc = u32::from_le_bytes(hdr[16..20].try_into().expect("4 bytes"));
+    match magic {
+        MAGIC_PAD => (len as u64 == capacity - offset && entry_crc(&hdr[0..16], &[]) == crc)
+            .then_some(RingEntry::Pad { lsn }),
+        MAGIC_ENTRY => {
+            if len > payload.len() || offset + (ENTRY_HEADER + len) as u64 > capacity {
+                return None;
+            }
+            let body = &mut payload[..len];
+            ring.read_at(offset + ENTRY_HEADER as u64, body);
+            (entry_crc(&hdr[0..16], body) == crc).then_some(RingEntry::Entry { lsn, len })
+        }
+        _ => None,
+    }
 }
 
 /// Running checksum of a sequence of entries: equal on both sides when they hold the same entries in order.
@@ -258,13 +406,23 @@ impl MirrorWriter {
         self.in_flight_len
     }
 
+    /// LSN of the last entry handed out in a batch (after a [`link_reset`](Self::link_reset), the durable LSN:
+    /// the next batch starts with the entry after it).
+    pub fn sent_lsn(&self) -> Lsn {
+        self.sent_lsn
+    }
+
     /// Encode `payload` as the next entry of the local ring. No allocation; the bytes are copied once, into
     /// the log itself (that copy is the write to NVRAM).
-    pub fn append(&mut self, ring: &mut [u8], payload: &[u8]) -> Result<Lsn, MirrorError> {
-        if ring.len() as u64 != self.capacity {
+    pub fn append<R: RingBytes + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        payload: &[u8],
+    ) -> Result<Lsn, MirrorError> {
+        if ring.capacity() != self.capacity {
             return Err(MirrorError::RingSize {
                 expected: self.capacity,
-                got: ring.len(),
+                got: ring.capacity() as usize,
             });
         }
         if payload.len() > self.max_entry() {
@@ -289,11 +447,14 @@ impl MirrorWriter {
         }
         let lsn = self.next_lsn;
         if pad > 0 {
-            write_header(ring, offset as usize, MAGIC_PAD, pad as u32, lsn, &[]);
+            ring.write_at(offset, &encode_header(MAGIC_PAD, pad as u32, lsn, &[]));
         }
-        let at = ((self.head + pad) % self.capacity) as usize;
-        ring[at + ENTRY_HEADER..at + ENTRY_HEADER + payload.len()].copy_from_slice(payload);
-        write_header(ring, at, MAGIC_ENTRY, payload.len() as u32, lsn, payload);
+        let at = (self.head + pad) % self.capacity;
+        ring.write_at(at + ENTRY_HEADER as u64, payload);
+        ring.write_at(
+            at,
+            &encode_header(MAGIC_ENTRY, payload.len() as u32, lsn, payload),
+        );
         self.head += needed;
         self.next_lsn += 1;
         self.digest = self.digest.add(Lsn(lsn), payload);
@@ -356,7 +517,9 @@ impl MirrorWriter {
             Some(b) if b.id == id => {
                 self.in_flight_first = (self.in_flight_first + 1) % MAX_BATCHES_IN_FLIGHT;
                 self.in_flight_len -= 1;
-                self.durable = b.end_pos;
+                // The partner's report of what it applied may have come first (its SEND can be polled
+                // before our WRITE's completion): durable never moves back.
+                self.durable = self.durable.max(b.end_pos);
                 self.durable_lsn = self.durable_lsn.max(b.last_lsn);
                 Ok(self.durable_lsn)
             }
@@ -395,6 +558,7 @@ impl MirrorWriter {
         // Bytes up to `durable` are in the partner's memory (an RC completion or its own report says so);
         // everything after is written again, at the same offsets, with the same bytes.
         self.sent = self.durable;
+        self.sent_lsn = self.durable_lsn;
         self.notifications_sent = 0;
         self.credits_granted = credits;
         Ok(())
@@ -419,13 +583,69 @@ impl MirrorWriter {
     }
 }
 
+/// Where a reader stands: persisted by the partner before it reports progress, so a restart resumes there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// Ring position after the last applied entry.
+    pub pos: u64,
+    /// Last LSN applied.
+    pub lsn: Lsn,
+    /// Digest of every entry applied.
+    pub digest: Digest,
+}
+
+const MAGIC_CHECKPOINT: u32 = u32::from_le_bytes(*b"CCMC");
+
+impl Checkpoint {
+    /// Encoded size.
+    pub const ENCODED_LEN: usize = 32;
+
+    /// `{magic u32, digest u32, pos u64, lsn u64, crc u32 (of the first 24 bytes), reserved u32}`.
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        b[0..4].copy_from_slice(&MAGIC_CHECKPOINT.to_le_bytes());
+        b[4..8].copy_from_slice(&self.digest.0.to_le_bytes());
+        b[8..16].copy_from_slice(&self.pos.to_le_bytes());
+        b[16..24].copy_from_slice(&self.lsn.0.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..24]);
+        b[24..28].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// The checkpoint in `b`, if it is whole (magic and checksum match).
+    pub fn decode(b: &[u8; Self::ENCODED_LEN]) -> Option<Checkpoint> {
+        let magic = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(b[24..28].try_into().expect("4 bytes"));
+        if magic != MAGIC_CHECKPOINT || crc32fast::hash(&b[0..24]) != crc {
+            return None;
+        }
+        Some(Checkpoint {
+            digest: Digest(u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"))),
+            pos: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            lsn: Lsn(u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"))),
+        })
+    }
+}
+
 /// The partner's side of a mirror: applies entries from the mirror ring, in order, exactly once.
-#[derive(Debug, Default)]
 pub struct MirrorReader {
     capacity: u64,
     applied_lsn: Lsn,
     applied_pos: u64,
     digest: Digest,
+    /// Each payload is copied here before it is validated and applied (sized to the largest entry).
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for MirrorReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorReader")
+            .field("capacity", &self.capacity)
+            .field("applied_lsn", &self.applied_lsn)
+            .field("applied_pos", &self.applied_pos)
+            .field("digest", &self.digest)
+            .finish()
+    }
 }
 
 /// What one [`MirrorReader::scan`] applied.
@@ -440,18 +660,33 @@ pub struct Scan {
 }
 
 impl MirrorReader {
-    /// A reader of a mirror ring of `capacity` bytes, starting empty.
+    /// A reader of a mirror ring of `capacity` bytes, starting empty. Allocates its scratch buffer (a quarter
+    /// of the ring: the largest entry) once, here.
     pub fn new(capacity: u64) -> Result<MirrorReader, MirrorError> {
+        MirrorReader::resume(capacity, Checkpoint::default())
+    }
+
+    /// A reader continuing from `from` (nothing read from the ring yet).
+    pub fn resume(capacity: u64, from: Checkpoint) -> Result<MirrorReader, MirrorError> {
         check_capacity(capacity)?;
         Ok(MirrorReader {
             capacity,
-            ..MirrorReader::default()
+            applied_lsn: from.lsn,
+            applied_pos: from.pos,
+            digest: from.digest,
+            scratch: vec![0u8; (capacity / 4) as usize - ENTRY_HEADER],
         })
     }
 
-    /// A reader resuming a ring that survived a restart: it re-validates the entries already there.
-    pub fn recover(capacity: u64, ring: &[u8]) -> Result<(MirrorReader, Scan), MirrorError> {
-        let mut r = MirrorReader::new(capacity)?;
+    /// A reader resuming a ring that survived a restart of its process: it continues from the last
+    /// [`Checkpoint`] it persisted ([`Checkpoint::default`] if it never persisted one, which is only right
+    /// for a ring that never wrapped), re-validates and applies the entries that arrived after it.
+    pub fn recover<R: RingBytes + ?Sized>(
+        capacity: u64,
+        ring: &R,
+        from: Checkpoint,
+    ) -> Result<(MirrorReader, Scan), MirrorError> {
+        let mut r = MirrorReader::resume(capacity, from)?;
         let scan = r.scan(ring, |_, _| {})?;
         Ok((r, scan))
     }
@@ -471,54 +706,46 @@ impl MirrorReader {
         self.digest
     }
 
+    /// What to persist so that [`recover`](Self::recover) resumes here.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            pos: self.applied_pos,
+            lsn: self.applied_lsn,
+            digest: self.digest,
+        }
+    }
+
     /// Apply every complete entry that follows the last applied one, calling `apply(lsn, payload)` for each,
     /// in LSN order, each exactly once. Stops at the first slot that does not hold the next LSN with a valid
-    /// checksum (not yet written, an older lap, or a write still in flight).
-    pub fn scan(
+    /// checksum (not yet written, an older lap, or a write still in flight). Allocates nothing: each payload
+    /// is copied into the reader's scratch buffer, validated there, and `apply` sees that copy.
+    pub fn scan<R: RingBytes + ?Sized>(
         &mut self,
-        ring: &[u8],
+        ring: &R,
         mut apply: impl FnMut(Lsn, &[u8]),
     ) -> Result<Scan, MirrorError> {
-        if ring.len() as u64 != self.capacity {
+        if ring.capacity() != self.capacity {
             return Err(MirrorError::RingSize {
                 expected: self.capacity,
-                got: ring.len(),
+                got: ring.capacity() as usize,
             });
         }
         let mut entries = 0;
         loop {
-            let offset = (self.applied_pos % self.capacity) as usize;
-            let hdr = &ring[offset..offset + ENTRY_HEADER];
-            let magic = u32::from_le_bytes(hdr[0..4].try_into().expect("4 bytes"));
-            let len = u32::from_le_bytes(hdr[4..8].try_into().expect("4 bytes")) as usize;
-            let lsn = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
-            let crc = u32::from_le_bytes(hdr[16..20].try_into().expect("4 bytes"));
-            if lsn != self.applied_lsn.0 + 1 {
-                break;
-            }
-            match magic {
-                MAGIC_PAD => {
-                    let tail = self.capacity as usize - offset;
-                    if len != tail || entry_crc(&hdr[0..16], &[]) != crc {
-                        break;
-                    }
-                    self.applied_pos += tail as u64;
-                }
-                MAGIC_ENTRY => {
-                    if offset + ENTRY_HEADER + len > ring.len() {
-                        break;
-                    }
-                    let payload = &ring[offset + ENTRY_HEADER..offset + ENTRY_HEADER + len];
-                    if entry_crc(&hdr[0..16], payload) != crc {
-                        break;
-                    }
-                    apply(Lsn(lsn), payload);
-                    self.applied_lsn = Lsn(lsn);
+            let offset = self.applied_pos % self.capacity;
+            let found = read_entry(ring, offset, &mut self.scratch);
+            match found {
+                Some(e) if e.lsn().0 != self.applied_lsn.0 + 1 => break,
+                Some(RingEntry::Pad { .. }) => self.applied_pos += self.capacity - offset,
+                Some(RingEntry::Entry { lsn, len }) => {
+                    let payload = &self.scratch[..len];
+                    apply(lsn, payload);
+                    self.applied_lsn = lsn;
                     self.applied_pos += align_up((ENTRY_HEADER + len) as u64);
-                    self.digest = self.digest.add(Lsn(lsn), payload);
+                    self.digest = self.digest.add(lsn, payload);
                     entries += 1;
                 }
-                _ => break,
+                None => break,
             }
         }
         Ok(Scan {
@@ -756,5 +983,176 @@ mod tests {
             }
             assert_eq!(r.digest(), w.digest(), "seed {seed}: checksums agree");
         }
+    }
+
+    /// The same protocol over shared memory (what the client maps and registers): the writer encodes into one
+    /// mapping, "RDMA" copies byte ranges to another, the reader scans it through copies.
+    #[test]
+    fn shared_memory_rings_carry_entries_across_laps() {
+        let cap = 8192u64;
+        let mut local = SharedMemory::anonymous(cap as usize).unwrap();
+        let mirror = SharedMemory::anonymous(cap as usize).unwrap();
+        let mut w = MirrorWriter::new(cap, 1_000).unwrap();
+        let mut r = MirrorReader::new(cap).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut seen: Vec<(Lsn, Vec<u8>)> = vec![];
+        let mut want: Vec<Vec<u8>> = vec![];
+        let mut buf = vec![0u8; cap as usize];
+        for _ in 0..500 {
+            let p: Vec<u8> = (0..rng.gen_range(0..900)).map(|_| rng.gen()).collect();
+            match w.append(&mut local, &p) {
+                Ok(_) => want.push(p),
+                Err(MirrorError::RingFull { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+            if let Some(b) = w.next_batch() {
+                for seg in b.segments() {
+                    let chunk = &mut buf[..seg.len as usize];
+                    local.read(seg.offset as usize, chunk).unwrap();
+                    mirror.write(seg.offset as usize, chunk).unwrap();
+                }
+                w.batch_completed(b.id).unwrap();
+                let s = r.scan(&*mirror, |l, p| seen.push((l, p.to_vec()))).unwrap();
+                w.applied(s.applied_pos, s.applied_lsn, 1_000).unwrap();
+            }
+        }
+        assert!(w.last_lsn().0 > 100, "several laps of an 8 KiB ring");
+        assert_eq!(seen.len(), want.len());
+        for (i, ((l, got), want)) in seen.iter().zip(&want).enumerate() {
+            assert_eq!(l.0, i as u64 + 1);
+            assert_eq!(got, want);
+        }
+        assert_eq!(r.digest(), w.digest());
+        // A ring of the wrong size is refused on both sides.
+        let small = SharedMemory::anonymous(4096).unwrap();
+        assert_eq!(
+            r.scan(&*small, |_, _| {}).unwrap_err(),
+            MirrorError::RingSize {
+                expected: cap,
+                got: 4096
+            }
+        );
+        assert!(w.append(&mut small.clone(), b"x").is_err());
+    }
+
+    /// The partner's ack can be polled before the RC completion of the batch it acknowledges: `durable` must
+    /// not move back, or a later reset would resend more than a ring's worth from a reused offset.
+    #[test]
+    fn an_ack_before_the_completion_never_moves_durable_back() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 8).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        w.append(&mut local, &[1u8; 200]).unwrap();
+        let b0 = w.next_batch().unwrap();
+        w.append(&mut local, &[2u8; 200]).unwrap();
+        let b1 = w.next_batch().unwrap();
+        copy(&b0, &local, &mut mirror);
+        copy(&b1, &local, &mut mirror);
+        let s = r.scan(&mirror, |_, _| {}).unwrap();
+        assert_eq!(s.applied_lsn, Lsn(2));
+        // The ack (both entries) arrives first, then the completions.
+        w.applied(s.applied_pos, s.applied_lsn, 10).unwrap();
+        w.batch_completed(b0.id).unwrap();
+        w.batch_completed(b1.id).unwrap();
+        // Fill the ring again: the space the partner released is reused.
+        let mut n = 0;
+        while w.append(&mut local, &[3u8; 200]).is_ok() {
+            n += 1;
+        }
+        assert!(n >= (CAP / 256) - 1);
+        w.link_reset(s.applied_pos, s.applied_lsn, 4).unwrap();
+        assert_eq!(w.sent_lsn(), Lsn(2));
+        let b = w.next_batch().unwrap();
+        let total: u64 = b.segments().iter().map(|s| s.len).sum();
+        assert!(total <= CAP, "a batch never spans more than the ring");
+        assert_eq!(b.segments()[0].offset, s.applied_pos % CAP);
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_torn_ones_are_refused() {
+        let c = Checkpoint {
+            pos: 123_456,
+            lsn: Lsn(789),
+            digest: Digest(0xdead_beef),
+        };
+        let b = c.encode();
+        assert_eq!(Checkpoint::decode(&b), Some(c));
+        for i in 0..28 {
+            let mut t = b;
+            t[i] ^= 0x40;
+            assert_eq!(Checkpoint::decode(&t), None, "byte {i} flipped");
+        }
+        assert_eq!(Checkpoint::decode(&[0u8; 32]), None);
+    }
+
+    /// A restarted partner resumes from its checkpoint even after the ring wrapped (where a scan from the
+    /// beginning finds nothing), applying only what arrived after the checkpoint, once.
+    #[test]
+    fn a_restarted_reader_resumes_from_its_checkpoint_after_wraps() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 1_000).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        let mut saved = Checkpoint::default();
+        for i in 0..100u32 {
+            w.append(&mut local, &i.to_le_bytes().repeat(30)).unwrap();
+            let b = w.next_batch().unwrap();
+            copy(&b, &local, &mut mirror);
+            w.batch_completed(b.id).unwrap();
+            let s = r.scan(&mirror, |_, _| {}).unwrap();
+            w.applied(s.applied_pos, s.applied_lsn, 1_000).unwrap();
+            saved = r.checkpoint();
+        }
+        assert!(saved.pos > 2 * CAP, "wrapped");
+        // Two more entries reach the mirror while the partner is down.
+        for i in 100..102u32 {
+            w.append(&mut local, &i.to_le_bytes().repeat(30)).unwrap();
+        }
+        let b = w.next_batch().unwrap();
+        copy(&b, &local, &mut mirror);
+        let (fresh, s) = MirrorReader::recover(CAP, &mirror, Checkpoint::default()).unwrap();
+        assert_eq!(
+            s.entries, 0,
+            "without a checkpoint a wrapped ring cannot be resumed"
+        );
+        assert_eq!(fresh.applied_lsn(), Lsn(0));
+        let restored = Checkpoint::decode(&saved.encode()).unwrap();
+        let (r2, s) = MirrorReader::recover(CAP, &mirror, restored).unwrap();
+        assert_eq!(s.entries, 2);
+        assert_eq!(r2.applied_lsn(), Lsn(102));
+        assert_eq!(r2.digest(), w.digest());
+        w.link_reset(r2.applied_pos(), r2.applied_lsn(), 4).unwrap();
+        assert_eq!(w.durable_lsn(), Lsn(102));
+    }
+
+    #[test]
+    fn read_entry_finds_entries_and_pads_and_rejects_damage() {
+        let mut local = vec![0u8; CAP as usize];
+        let mut w = MirrorWriter::new(CAP, 4).unwrap();
+        let mut buf = vec![0u8; w.max_entry()];
+        w.append(&mut local, &[5u8; 900]).unwrap(); // 0..960
+        w.append(&mut local, &[6u8; 900]).unwrap(); // 960..1920
+        w.append(&mut local, &[7u8; 900]).unwrap(); // 1920..2880
+        w.append(&mut local, &[8u8; 900]).unwrap(); // 2880..3840
+        let b = w.next_batch().unwrap();
+        w.batch_completed(b.id).unwrap();
+        w.applied(1920, Lsn(2), 4).unwrap();
+        w.append(&mut local, &[9u8; 900]).unwrap(); // pad 3840..4096, then 0..960
+        assert_eq!(
+            read_entry(&local, 3840, &mut buf),
+            Some(RingEntry::Pad { lsn: Lsn(5) })
+        );
+        assert_eq!(
+            read_entry(&local, 0, &mut buf),
+            Some(RingEntry::Entry {
+                lsn: Lsn(5),
+                len: 900
+            })
+        );
+        assert!(buf[..900].iter().all(|&x| x == 9));
+        assert_eq!(read_entry(&local, 64, &mut buf), None, "inside a payload");
+        assert_eq!(read_entry(&local, 1, &mut buf), None, "unaligned");
+        assert_eq!(read_entry(&local, 2880, &mut buf[..100]), None, "too small");
+        local[2880 + ENTRY_HEADER + 5] ^= 1;
+        assert_eq!(read_entry(&local, 2880, &mut buf), None, "damaged payload");
     }
 }

@@ -394,7 +394,7 @@ impl Driver {
             at_ms: ms(self.started.elapsed()),
             what,
         });
-        if self.events.len() > 64 {
+        if self.events.len() > 256 {
             self.events.remove(0);
         }
     }

@@ -297,6 +297,29 @@ struct Sess {
     held: Vec<Message>,
 }
 
+/// Verbs objects on their way out. They are torn down on a thread of their own: moving a queue pair to
+/// the error state and destroying it on a dead rxe link can take tens of milliseconds, and the driver
+/// thread must never miss a heartbeat on the healthy links for that.
+enum Doomed {
+    Session(Box<Sess>),
+    Binding(Binding),
+}
+
+fn spawn_reaper() -> Sender<Doomed> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Doomed>();
+    let _ = std::thread::Builder::new()
+        .name("ccm-reaper".into())
+        .spawn(move || {
+            for doomed in rx {
+                match doomed {
+                    Doomed::Session(s) => s.control.fail(),
+                    Doomed::Binding(b) => b.vis.iter().for_each(|vi| vi.fail()),
+                }
+            }
+        });
+    tx
+}
+
 struct Binding {
     ic: InterconnectId,
     pending: Vec<RcChannel>,
@@ -333,6 +356,7 @@ struct Driver {
     last_status: Instant,
     first_heartbeat_logged: bool,
     stop: bool,
+    reaper: Sender<Doomed>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -381,6 +405,13 @@ impl Driver {
             last_status: started,
             first_heartbeat_logged: false,
             stop: false,
+            reaper: spawn_reaper(),
+        }
+    }
+
+    fn reap(&self, doomed: Doomed) {
+        if let Err(e) = self.reaper.send(doomed) {
+            drop(e.into_inner()); // the reaper is gone only at exit: tear down here
         }
     }
 
@@ -568,10 +599,9 @@ impl Driver {
             }
             Action::Connect { ic, attempt } => self.connect(ic, attempt),
             Action::CloseSession { session, .. } => {
-                if let Some(s) = self.sessions.remove(&session) {
-                    let mut s = s;
+                if let Some(mut s) = self.sessions.remove(&session) {
                     let _ = s.tcp.flush();
-                    s.control.fail();
+                    self.reap(Doomed::Session(Box::new(s)));
                 }
             }
             Action::Send { session, msg, .. } => self.send(session, msg),
@@ -614,12 +644,12 @@ impl Driver {
             Action::ReleaseClientVis {
                 client, generation, ..
             } => {
-                if let Some(c) = self.clients.get_mut(&client) {
-                    if let Some(b) = c.bindings.remove(&generation) {
-                        for vi in &b.vis {
-                            vi.fail();
-                        }
-                    }
+                if let Some(b) = self
+                    .clients
+                    .get_mut(&client)
+                    .and_then(|c| c.bindings.remove(&generation))
+                {
+                    self.reap(Doomed::Binding(b));
                 }
             }
             Action::Tell { client, event } => self.tell(client, event),
@@ -956,7 +986,7 @@ impl Driver {
                 ic.0
             ));
             if let Some(s) = self.sessions.remove(&id) {
-                s.control.fail();
+                self.reap(Doomed::Session(Box::new(s)));
             }
             self.input(Input::SessionClosed { ic, session: id });
         }

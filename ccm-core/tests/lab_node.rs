@@ -65,7 +65,13 @@ impl Pair {
 }
 
 fn counter_spec(id: u32, class: BandwidthClass, pinned: Option<u8>) -> ClientSpec {
-    ClientSpec { id: ClientId(id), name: format!("counter-{id}"), class, vi_count: 1, pinned: pinned.map(InterconnectId) }
+    ClientSpec {
+        id: ClientId(id),
+        name: format!("counter-{id}"),
+        class,
+        vi_count: 1,
+        pinned: pinned.map(InterconnectId),
+    }
 }
 
 /// Start both nodes with counters; returns once every client is Ready on both sides.
@@ -74,7 +80,11 @@ fn start_pair(tcp_port: u16, specs: &[ClientSpec]) -> Pair {
     let mut nodes = Vec::new();
     let mut counters = Vec::new();
     for n in [1, 2] {
-        let node = Node::start(config(n, tcp_port, "lab secret 0123456789abcdef"), Instant::now()).unwrap();
+        let node = Node::start(
+            config(n, tcp_port, "lab secret 0123456789abcdef"),
+            Instant::now(),
+        )
+        .unwrap();
         for spec in specs {
             let client = node.handle().register(spec.clone(), Vec::new()).unwrap();
             let stats = Arc::new(CounterStats::default());
@@ -84,22 +94,36 @@ fn start_pair(tcp_port: u16, specs: &[ClientSpec]) -> Pair {
         nodes.push(node);
     }
     let pair = Pair { nodes, counters };
-    wait_until(Duration::from_secs(20), "every client Ready on both nodes", || all_ready(&pair, specs.len()));
-    eprintln!("bring-up of {} clients per node: {:.1} ms", specs.len(), t0.elapsed().as_secs_f64() * 1e3);
+    wait_until(
+        Duration::from_secs(20),
+        "every client Ready on both nodes",
+        || all_ready(&pair, specs.len()),
+    );
+    eprintln!(
+        "bring-up of {} clients per node: {:.1} ms",
+        specs.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     pair
 }
 
 fn all_ready(pair: &Pair, n: usize) -> bool {
     (0..2).all(|i| {
         let s = pair.handle(i).status();
-        s.clients.len() == n && s.clients.iter().all(|c| c.state.starts_with("Ready") && c.vis == 1)
+        s.clients.len() == n
+            && s.clients
+                .iter()
+                .all(|c| c.state.starts_with("Ready") && c.vis == 1)
     })
 }
 
 fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -126,7 +150,11 @@ impl Drop for LinkGuard {
 
 #[test]
 fn two_nodes_bring_up_three_clients_and_exchange_traffic() {
-    let Some(_lab) = LabTopology::from_env_or_skip("two_nodes_bring_up_three_clients_and_exchange_traffic") else { return };
+    let Some(_lab) =
+        LabTopology::from_env_or_skip("two_nodes_bring_up_three_clients_and_exchange_traffic")
+    else {
+        return;
+    };
     let specs = [
         counter_spec(1, BandwidthClass::Low, None),
         counter_spec(2, BandwidthClass::Low, None),
@@ -135,88 +163,185 @@ fn two_nodes_bring_up_three_clients_and_exchange_traffic() {
     let pair = start_pair(19101, &specs);
     for c in &pair.counters {
         let before = c.received.load(Ordering::Relaxed);
-        wait_until(Duration::from_secs(10), "every client's messages keep arriving", || {
-            c.received.load(Ordering::Relaxed) > before + 20
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "every client's messages keep arriving",
+            || c.received.load(Ordering::Relaxed) > before + 20,
+        );
     }
     // Fig. 8: the high-bandwidth client has a link of its own.
     // (Clients placed while only one link was up move to their home after the failback hold-down.)
     let h = pair.handle(0);
-    wait_until(Duration::from_secs(10), "the high-bandwidth client alone on interconnect 1", || {
-        link_of(&h, 3) == Some(1) && link_of(&h, 1) == Some(0) && link_of(&h, 2) == Some(0)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the high-bandwidth client alone on interconnect 1",
+        || link_of(&h, 3) == Some(1) && link_of(&h, 1) == Some(0) && link_of(&h, 2) == Some(0),
+    );
     let events = h.status().events;
-    assert!(events.iter().any(|e| e.what.contains("first heartbeat")), "the node logs its first heartbeat");
+    assert!(
+        events.iter().any(|e| e.what.contains("first heartbeat")),
+        "the node logs its first heartbeat"
+    );
     pair.shutdown();
 }
 
 #[test]
 fn port_down_fails_the_clients_over_and_link_up_brings_them_back() {
-    let Some(lab) = LabTopology::from_env_or_skip("port_down_fails_the_clients_over_and_link_up_brings_them_back") else {
+    let Some(lab) = LabTopology::from_env_or_skip(
+        "port_down_fails_the_clients_over_and_link_up_brings_them_back",
+    ) else {
         return;
     };
     let pair = start_pair(19102, &[counter_spec(1, BandwidthClass::Low, None)]);
     let h = pair.handle(0);
     // A low-bandwidth client's configured home is interconnect 0 (Fig. 8); it may have come up first on
     // interconnect 1 and failed back since.
-    wait_until(Duration::from_secs(10), "the client on its home interconnect", || link_of(&h, 1) == Some(0));
+    wait_until(
+        Duration::from_secs(10),
+        "the client on its home interconnect",
+        || link_of(&h, 1) == Some(0),
+    );
     let (home, other) = (0u8, 1u8);
     let rx = pair.counters[1].clone(); // node 2's counter receives node 1's stream
     let cut = Instant::now();
     let _restore = LinkGuard(home, "link");
     lab.fault(&["link-down", &home.to_string()]).unwrap();
-    wait_until(Duration::from_secs(10), "the client Ready on the other interconnect", || link_of(&h, 1) == Some(other));
+    wait_until(
+        Duration::from_secs(10),
+        "the client Ready on the other interconnect",
+        || link_of(&h, 1) == Some(other),
+    );
     let resumed_at = rx.received.load(Ordering::Relaxed);
-    wait_until(Duration::from_secs(5), "messages flowing on the new link", || rx.received.load(Ordering::Relaxed) > resumed_at + 20);
-    eprintln!("port-down failover: client resumed on interconnect {other} after {:.1} ms", cut.elapsed().as_secs_f64() * 1e3);
-    assert!(rx.stops.load(Ordering::Relaxed) >= 1, "the client was told to stop, then resumed");
+    wait_until(
+        Duration::from_secs(5),
+        "messages flowing on the new link",
+        || rx.received.load(Ordering::Relaxed) > resumed_at + 20,
+    );
+    eprintln!(
+        "port-down failover: client resumed on interconnect {other} after {:.1} ms",
+        cut.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(
+        rx.stops.load(Ordering::Relaxed) >= 1,
+        "the client was told to stop, then resumed"
+    );
     // Failback after the hold-down once the home link is back.
     lab.fault(&["link-up", &home.to_string()]).unwrap();
-    wait_until(Duration::from_secs(10), "the client back on its home interconnect", || link_of(&h, 1) == Some(home));
-    assert_eq!(h.status().partner_state, "Up", "one link's loss never makes the partner suspect");
+    wait_until(
+        Duration::from_secs(10),
+        "the client back on its home interconnect",
+        || link_of(&h, 1) == Some(home),
+    );
+    assert_eq!(
+        h.status().partner_state,
+        "Up",
+        "one link's loss never makes the partner suspect"
+    );
     pair.shutdown();
 }
 
 #[test]
 fn silent_loss_is_caught_by_heartbeats() {
-    let Some(lab) = LabTopology::from_env_or_skip("silent_loss_is_caught_by_heartbeats") else { return };
+    let Some(lab) = LabTopology::from_env_or_skip("silent_loss_is_caught_by_heartbeats") else {
+        return;
+    };
     let pair = start_pair(19103, &[counter_spec(1, BandwidthClass::Low, None)]);
     let h = pair.handle(0);
     let home = link_of(&h, 1).unwrap();
     let _restore = LinkGuard(home, "netem");
     let cut = Instant::now();
-    lab.fault(&["netem", &home.to_string(), "loss", "100"]).unwrap();
+    lab.fault(&["netem", &home.to_string(), "loss", "100"])
+        .unwrap();
     let mut detected = None;
-    wait_until(Duration::from_secs(10), "failover away from the silently dead link", || {
-        let s = h.status();
-        detected = detected.take().or_else(|| {
-            s.events.iter().find(|e| e.what.contains(&format!("StopClients520 {{ ic: InterconnectId({home})"))).map(|e| e.what.clone())
-        });
-        link_of(&h, 1) == Some(1 - home)
-    });
-    eprintln!("silent loss: client moved after {:.1} ms (heartbeat 10 ms x 5)", cut.elapsed().as_secs_f64() * 1e3);
+    wait_until(
+        Duration::from_secs(10),
+        "failover away from the silently dead link",
+        || {
+            let s = h.status();
+            detected = detected.take().or_else(|| {
+                s.events
+                    .iter()
+                    .find(|e| {
+                        e.what
+                            .contains(&format!("StopClients520 {{ ic: InterconnectId({home})"))
+                    })
+                    .map(|e| e.what.clone())
+            });
+            link_of(&h, 1) == Some(1 - home)
+        },
+    );
+    eprintln!(
+        "silent loss: client moved after {:.1} ms (heartbeat 10 ms x 5)",
+        cut.elapsed().as_secs_f64() * 1e3
+    );
     let why = detected.expect("the node stopped the clients of the dead link");
-    assert!(why.contains("HeartbeatLoss") || why.contains("ViError"), "detected by heartbeats or RC, not a port event: {why}");
+    assert!(
+        why.contains("HeartbeatLoss") || why.contains("ViError"),
+        "detected by heartbeats or RC, not a port event: {why}"
+    );
     pair.shutdown();
 }
 
 #[test]
 fn a_partner_with_the_wrong_secret_is_refused_and_the_monitor_never_sees_it_up() {
-    let Some(_lab) = LabTopology::from_env_or_skip("a_partner_with_the_wrong_secret_is_refused") else { return };
-    let a = Node::start(config(1, 19104, "the right secret, 0123456789"), Instant::now()).unwrap();
-    let b = Node::start(config(2, 19104, "a wrong secret!, 0123456789"), Instant::now()).unwrap();
+    let Some(_lab) = LabTopology::from_env_or_skip("a_partner_with_the_wrong_secret_is_refused")
+    else {
+        return;
+    };
+    let a = Node::start(
+        config(1, 19104, "the right secret, 0123456789"),
+        Instant::now(),
+    )
+    .unwrap();
+    let b = Node::start(
+        config(2, 19104, "a wrong secret!, 0123456789"),
+        Instant::now(),
+    )
+    .unwrap();
     let view = Arc::new(Mutex::new(MonitorView::new()));
     let (tx, _rx) = crossbeam_channel::unbounded();
-    let m = a.handle().register(ClientSpec { id: ClientId(9), name: "monitor".into(), class: BandwidthClass::Low, vi_count: 1, pinned: None }, Vec::new()).unwrap();
+    let m = a
+        .handle()
+        .register(
+            ClientSpec {
+                id: ClientId(9),
+                name: "monitor".into(),
+                class: BandwidthClass::Low,
+                vi_count: 1,
+                pinned: None,
+            },
+            Vec::new(),
+        )
+        .unwrap();
     let v = view.clone();
     std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
-    wait_until(Duration::from_secs(10), "an authentication refusal logged", || {
-        a.handle().status().events.iter().any(|e| e.what.contains("authentication failed"))
-    });
-    wait_until(Duration::from_secs(10), "the refusal reported on the other side too", || {
-        b.handle().status().events.iter().any(|e| e.what.contains("refused"))
-    });
-    assert_eq!(view.lock().unwrap().state, PartnerState::Unknown, "never Up with a wrong secret");
+    wait_until(
+        Duration::from_secs(10),
+        "an authentication refusal logged",
+        || {
+            a.handle()
+                .status()
+                .events
+                .iter()
+                .any(|e| e.what.contains("authentication failed"))
+        },
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the refusal reported on the other side too",
+        || {
+            b.handle()
+                .status()
+                .events
+                .iter()
+                .any(|e| e.what.contains("refused"))
+        },
+    );
+    assert_eq!(
+        view.lock().unwrap().state,
+        PartnerState::Unknown,
+        "never Up with a wrong secret"
+    );
     for n in [a, b] {
         n.handle().shutdown();
         n.join();
@@ -225,18 +350,30 @@ fn a_partner_with_the_wrong_secret_is_refused_and_the_monitor_never_sees_it_up()
 
 #[test]
 fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
-    let Some(_lab) = LabTopology::from_env_or_skip("garbage_on_the_initial_session_is_refused") else { return };
+    let Some(_lab) = LabTopology::from_env_or_skip("garbage_on_the_initial_session_is_refused")
+    else {
+        return;
+    };
     let pair = start_pair(19105, &[counter_spec(1, BandwidthClass::Low, None)]);
     // Node 2 listens (the higher id): throw bytes at its interconnect-1 port.
     use std::io::Write;
     let mut s = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: ccm\r\n\r\n").unwrap();
     let h2 = pair.handle(1);
-    wait_until(Duration::from_secs(10), "the malformed session refused", || {
-        h2.status().events.iter().any(|e| e.what.contains("malformed"))
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the malformed session refused",
+        || {
+            h2.status()
+                .events
+                .iter()
+                .any(|e| e.what.contains("malformed"))
+        },
+    );
     let rx = pair.counters[1].clone();
     let n = rx.received.load(Ordering::Relaxed);
-    wait_until(Duration::from_secs(5), "traffic unaffected", || rx.received.load(Ordering::Relaxed) > n + 50);
+    wait_until(Duration::from_secs(5), "traffic unaffected", || {
+        rx.received.load(Ordering::Relaxed) > n + 50
+    });
     pair.shutdown();
 }

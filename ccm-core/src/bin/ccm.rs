@@ -1,21 +1,28 @@
-//! `ccm`: run a node of the cluster connection manager, or show a running node's status.
+//! `ccm`: run a node of the cluster connection manager, or look at running nodes.
 //!
 //! ```text
-//! ccm node --config node-a.toml      # manager + configured clients; logs with RUST_LOG=ccm=info
-//! ccm status --socket /run/ccm-a.sock [--json]
+//! ccm node --config node-a.toml                  # manager + configured clients; logs with RUST_LOG=ccm=info
+//! ccm status --socket /run/ccm-a.sock [--json] [--clients]
+//! ccm wait-ready --socket S --timeout-ms 5000    # exit 0 once every client of the node is Ready
+//! ccm where --socket S --client nvram-mirror     # the interconnect a client is connected on
+//! ccm summary --a SOCK_A --b SOCK_B              # the demo's closing table; exit 1 if anything was lost
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ccm_core::clients::counter::{self, CounterStats};
+use ccm_core::clients::monitor::{self, MonitorView};
+use ccm_core::clients::nvram;
 use ccm_core::manager::ClientSpec;
 use ccm_core::node::config::{ClientKind, NodeConfig};
 use ccm_core::node::{status, Node};
 use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(name = "ccm", about = "Cluster connection manager over RDMA")]
@@ -43,6 +50,36 @@ enum Cmd {
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also show each client's own counters.
+        #[arg(long)]
+        clients: bool,
+    },
+    /// Wait until every client of a node is Ready (exit 1 on timeout).
+    WaitReady {
+        /// The node's status socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// How long to wait.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Print the interconnect a client is connected on.
+    Where {
+        /// The node's status socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The client's name.
+        #[arg(long)]
+        client: String,
+    },
+    /// Compare the two nodes after a run: entries mirrored, lost, duplicated, failover gaps, latency.
+    Summary {
+        /// Node A's status socket (the writer).
+        #[arg(long)]
+        a: PathBuf,
+        /// Node B's status socket (holds A's mirror).
+        #[arg(long)]
+        b: PathBuf,
     },
 }
 
@@ -54,57 +91,39 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().cmd {
-        Cmd::Node { config, run_for } => match run_node(&config, run_for, started) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ccm node: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Cmd::Status { socket, json } => match status::fetch(&socket) {
-            Ok(v) if json => {
-                println!("{v}");
-                ExitCode::SUCCESS
-            }
-            Ok(v) => match serde_json::from_value::<status::NodeStatus>(v.clone()) {
-                Ok(s) => {
-                    print!("{}", s.table());
-                    if let Some(d) = v.get("clients_detail").filter(|d| !d.is_null()) {
-                        println!("\nCLIENT COUNTERS\n{d}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!(
-                        "ccm status: unreadable status from {}: {e}",
-                        socket.display()
-                    );
-                    ExitCode::from(2)
-                }
-            },
-            Err(e) => {
-                eprintln!(
-                    "ccm status: cannot reach the node at {}: {e}",
-                    socket.display()
-                );
-                ExitCode::from(2)
-            }
-        },
+    let result = match Cli::parse().cmd {
+        Cmd::Node { config, run_for } => run_node(&config, run_for, started),
+        Cmd::Status {
+            socket,
+            json,
+            clients,
+        } => show_status(&socket, json, clients),
+        Cmd::WaitReady { socket, timeout_ms } => {
+            wait_ready(&socket, Duration::from_millis(timeout_ms))
+        }
+        Cmd::Where { socket, client } => where_is(&socket, &client),
+        Cmd::Summary { a, b } => summary(&a, &b),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ccm: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
-fn run_node(
-    path: &std::path::Path,
-    run_for: Option<f64>,
-    started: Instant,
-) -> Result<(), Box<dyn std::error::Error>> {
+type Res = Result<ExitCode, Box<dyn std::error::Error>>;
+type Detail = Box<dyn Fn() -> Value + Send + Sync>;
+
+fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
     let cfg = NodeConfig::load(path)?;
     let socket = cfg.status_socket.clone();
     let clients = cfg.clients.clone();
     let node = Node::start(cfg, started)?;
     let handle = node.handle();
-    let details: Arc<Mutex<Vec<(String, Arc<CounterStats>)>>> = Arc::default();
+    let mut details: Vec<Detail> = Vec::new();
+    let mut mirrors = Vec::new();
     for c in clients {
         let spec = ClientSpec {
             id: c.id,
@@ -113,36 +132,99 @@ fn run_node(
             vi_count: 1,
             pinned: c.pin,
         };
+        let name = c.name.clone();
         match c.kind {
-            ClientKind::Counter | ClientKind::Monitor | ClientKind::Mirror { .. } => {
+            ClientKind::Counter => {
                 let client = handle.register(spec, Vec::new())?;
                 let stats = Arc::new(CounterStats::default());
-                details
-                    .lock()
-                    .expect("lock")
-                    .push((c.name.clone(), stats.clone()));
+                let s = stats.clone();
                 std::thread::Builder::new()
-                    .name(format!("client-{}", c.name))
-                    .spawn(move || counter::run(client, Duration::from_millis(1), stats))?;
+                    .name(format!("client-{name}"))
+                    .spawn(move || counter::run(client, Duration::from_millis(1), s))?;
+                details.push(Box::new(move || {
+                    json!({
+                        "name": name, "kind": "counter",
+                        "sent": stats.sent.load(Ordering::Relaxed),
+                        "received": stats.received.load(Ordering::Relaxed),
+                        "max_gap_us": stats.max_gap_us.load(Ordering::Relaxed),
+                        "stops": stats.stops.load(Ordering::Relaxed),
+                    })
+                }));
+            }
+            ClientKind::Monitor => {
+                let client = handle.register(spec, Vec::new())?;
+                let view = Arc::new(Mutex::new(MonitorView::new()));
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let v = view.clone();
+                std::thread::Builder::new()
+                    .name(format!("client-{name}"))
+                    .spawn(move || monitor::run(client, Duration::from_millis(10), v, tx))?;
+                std::thread::spawn(move || {
+                    for d in rx {
+                        tracing::warn!(target: "ccm::monitor", "failover monitor: {d:?}");
+                    }
+                });
+                details.push(Box::new(move || {
+                    let v = view.lock().expect("monitor view");
+                    json!({
+                        "name": name, "kind": "monitor",
+                        "partner": format!("{:?}", v.state),
+                        "heartbeats_received": v.heartbeats_received,
+                        "partner_down_decisions": v.history.iter().filter(|(_, s, _)| matches!(s, monitor::PartnerState::Down { .. })).count(),
+                        "history": v.history.iter().map(|(t, s, ic)| format!("{:.1} ms {:?} on {:?}", t.as_secs_f64() * 1e3, s, ic)).collect::<Vec<_>>(),
+                    })
+                }));
+            }
+            ClientKind::Mirror {
+                path,
+                bytes,
+                load_per_sec,
+                load_ms,
+                entry_bytes,
+            } => {
+                let mirror = Arc::new(nvram::start(&handle, spec, &path, bytes)?);
+                let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+                    1, 60_000_000, 3,
+                )?));
+                let rejected = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                if load_per_sec > 0 {
+                    let (m, lat, rej) = (mirror.clone(), latency.clone(), rejected.clone());
+                    std::thread::Builder::new()
+                        .name(format!("writer-{name}"))
+                        .spawn(move || {
+                            write_load(
+                                &m,
+                                load_per_sec,
+                                Duration::from_millis(load_ms),
+                                entry_bytes,
+                                &lat,
+                                &rej,
+                            )
+                        })?;
+                }
+                let m = mirror.clone();
+                mirrors.push(mirror);
+                details.push(Box::new(move || {
+                    let s = m.stats();
+                    let h = latency.lock().expect("histogram");
+                    json!({
+                        "name": name, "kind": "mirror",
+                        "link": m.link().map(|l| l.0),
+                        "appended": s.appended, "durable": s.durable,
+                        "partner_applied": s.partner_applied, "partner_entries": s.partner_entries,
+                        "batches": s.batches, "resent_batches": s.resent_batches,
+                        "stops": s.stops, "vi_errors": s.vi_errors, "protocol_errors": s.protocol_errors,
+                        "ring_full_rejections": rejected.load(Ordering::Relaxed),
+                        "local_digest": m.local_digest().0, "mirror_digest": m.mirror_digest().0,
+                        "latency_us": { "samples": h.len(), "p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
+                            "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999), "max": h.max() },
+                    })
+                }));
             }
         }
     }
-    let d = details.clone();
     status::serve(&socket, handle.clone(), move || {
-        let d = d.lock().expect("lock");
-        serde_json::Value::Array(
-            d.iter()
-                .map(|(name, s)| {
-                    serde_json::json!({
-                        "name": name,
-                        "sent": s.sent.load(Ordering::Relaxed),
-                        "received": s.received.load(Ordering::Relaxed),
-                        "max_gap_us": s.max_gap_us.load(Ordering::Relaxed),
-                        "stops": s.stops.load(Ordering::Relaxed),
-                    })
-                })
-                .collect(),
-        )
+        Value::Array(details.iter().map(|d| d()).collect())
     })?;
     match run_for {
         Some(secs) => std::thread::sleep(Duration::from_secs_f64(secs)),
@@ -153,5 +235,192 @@ fn run_node(
     handle.shutdown();
     node.join();
     let _ = std::fs::remove_file(&socket);
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The built-in writer: appends `per_sec` entries a second for `seconds` once the mirror is ready, each
+/// waited for until durable (a storage engine acknowledging a write only once it is mirrored), and
+/// records append-to-durable latency.
+fn write_load(
+    m: &nvram::Mirror,
+    per_sec: u32,
+    run: Duration,
+    entry_bytes: usize,
+    latency: &Mutex<Histogram<u64>>,
+    rejected: &std::sync::atomic::AtomicU64,
+) {
+    while m.link().is_none() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let period = Duration::from_secs_f64(1.0 / per_sec as f64);
+    let end = Instant::now() + run;
+    let mut payload = vec![0u8; entry_bytes];
+    let mut next = Instant::now();
+    let mut n = 0u64;
+    while Instant::now() < end {
+        n += 1;
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b = (n as usize).wrapping_mul(31).wrapping_add(i) as u8;
+        }
+        let t = Instant::now();
+        match m.append(&payload) {
+            Ok(lsn) => {
+                if m.wait_durable(lsn, Duration::from_secs(30)) {
+                    let us = t.elapsed().as_micros().max(1) as u64;
+                    let _ = latency.lock().expect("histogram").record(us);
+                }
+            }
+            Err(_) => {
+                rejected.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+fn fetch(socket: &Path) -> Result<Value, Box<dyn std::error::Error>> {
+    status::fetch(socket)
+        .map_err(|e| format!("cannot reach the node at {}: {e}", socket.display()).into())
+}
+
+fn show_status(socket: &Path, json: bool, clients: bool) -> Res {
+    let v = fetch(socket)?;
+    if json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s: status::NodeStatus = serde_json::from_value(v.clone())?;
+    print!("{}", s.table());
+    if clients {
+        println!("\nCLIENT DETAIL");
+        for d in v["clients_detail"].as_array().into_iter().flatten() {
+            println!("  {d}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait_ready(socket: &Path, timeout: Duration) -> Res {
+    let t = Instant::now();
+    loop {
+        if let Ok(v) = status::fetch(socket) {
+            if let Ok(s) = serde_json::from_value::<status::NodeStatus>(v) {
+                if !s.clients.is_empty() && s.clients.iter().all(|c| c.state.starts_with("Ready")) {
+                    println!("ready after {:.1} ms of node uptime", s.uptime_ms);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+        if t.elapsed() >= timeout {
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn where_is(socket: &Path, client: &str) -> Res {
+    let s: status::NodeStatus = serde_json::from_value(fetch(socket)?)?;
+    for i in &s.interconnects {
+        if i.clients.iter().any(|c| c == client) {
+            println!("{}", i.id);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    Err(format!("client {client:?} is not connected on any interconnect").into())
+}
+
+fn detail<'a>(v: &'a Value, kind: &str) -> Option<&'a Value> {
+    v["clients_detail"]
+        .as_array()?
+        .iter()
+        .find(|d| d["kind"] == kind)
+}
+
+fn summary(a: &Path, b: &Path) -> Res {
+    // Wait (bounded) for the writer to finish and the partner to apply everything.
+    let t = Instant::now();
+    let (va, vb) = loop {
+        let (va, vb) = (fetch(a)?, fetch(b)?);
+        let (ma, mb) = (detail(&va, "mirror"), detail(&vb, "mirror"));
+        let settled = match (ma, mb) {
+            (Some(ma), Some(mb)) => {
+                ma["appended"] == ma["durable"] && mb["partner_applied"] == ma["appended"]
+            }
+            _ => true,
+        };
+        if settled || t.elapsed() > Duration::from_secs(20) {
+            break (va, vb);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut ok = true;
+    println!("SUMMARY (node A = writer, node B = holds A's mirror)");
+    if let (Some(ma), Some(mb)) = (detail(&va, "mirror"), detail(&vb, "mirror")) {
+        let appended = ma["appended"].as_u64().unwrap_or(0);
+        let durable = ma["durable"].as_u64().unwrap_or(0);
+        let applied = mb["partner_applied"].as_u64().unwrap_or(0);
+        let entries = mb["partner_entries"].as_u64().unwrap_or(0);
+        let lost = durable.saturating_sub(applied);
+        let duplicated = entries.saturating_sub(applied);
+        let same = ma["local_digest"] == mb["mirror_digest"];
+        ok &= lost == 0 && duplicated == 0 && same && durable == appended;
+        let l = &ma["latency_us"];
+        println!("  NVRAM entries appended on A      {appended}");
+        println!("  acknowledged (durable on B)      {durable}");
+        println!("  applied by B, in order, once     {applied} (entries applied: {entries})");
+        println!("  lost                             {lost}");
+        println!("  duplicated                       {duplicated}");
+        println!(
+            "  log checksum A / mirror on B     {:08x} / {:08x} {}",
+            ma["local_digest"].as_u64().unwrap_or(0),
+            mb["mirror_digest"].as_u64().unwrap_or(0),
+            if same { "(equal)" } else { "(DIFFERENT)" }
+        );
+        println!(
+            "  re-sent batches after failover   {}",
+            ma["resent_batches"]
+        );
+        println!(
+            "  append->durable latency (us)     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
+            l["p50"], l["p90"], l["p99"], l["p999"], l["max"], l["samples"]
+        );
+    }
+    if let Some(cb) = detail(&vb, "counter") {
+        println!(
+            "  counter stream A->B: received {}, stops {}, longest gap {:.1} ms (the failover gap)",
+            cb["received"],
+            cb["stops"],
+            cb["max_gap_us"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+    }
+    for (side, v) in [("A", &va), ("B", &vb)] {
+        if let Some(m) = detail(v, "monitor") {
+            let downs = m["partner_down_decisions"].as_u64().unwrap_or(0);
+            ok &= downs == 0;
+            println!(
+                "  failover monitor on {side}: partner {} , PartnerDown decisions {downs}",
+                m["partner"]
+            );
+        }
+    }
+    println!(
+        "  result: {}",
+        if ok {
+            "OK: nothing lost, nothing duplicated, no needless takeover"
+        } else {
+            "FAILED"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -74,7 +74,12 @@ pub struct MonitorView {
 }
 
 /// Run the monitor until its handle closes. Decisions go to `decisions`; `view` is kept current.
-pub fn run(handle: ClientHandle, period: Duration, view: Arc<Mutex<MonitorView>>, decisions: Sender<Decision>) {
+pub fn run(
+    handle: ClientHandle,
+    period: Duration,
+    view: Arc<Mutex<MonitorView>>,
+    decisions: Sender<Decision>,
+) {
     let started = Instant::now();
     let mut vi: Option<(Arc<RcChannel>, InterconnectId, Generation)> = None;
     let mut wc = [Completion::default(); 16];
@@ -93,29 +98,66 @@ pub fn run(handle: ClientHandle, period: Duration, view: Arc<Mutex<MonitorView>>
         }
     };
     loop {
-        let wait = if vi.is_some() { Duration::from_millis(1) } else { Duration::from_millis(20) };
+        let wait = if vi.is_some() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(20)
+        };
         match handle.events.recv_timeout(wait) {
-            Ok(ClientNotice::Ready { ic, generation, vis, .. }) => {
+            Ok(ClientNotice::Ready {
+                ic,
+                generation,
+                vis,
+                ..
+            }) => {
                 vi = vis.into_iter().next().map(|v| (v, ic, generation));
-                let up = matches!(view.lock().expect("monitor view").state, PartnerState::Up { .. });
+                let up = matches!(
+                    view.lock().expect("monitor view").state,
+                    PartnerState::Up { .. }
+                );
                 if !up {
-                    set(PartnerState::Up { since: started.elapsed() }, Some(ic));
+                    set(
+                        PartnerState::Up {
+                            since: started.elapsed(),
+                        },
+                        Some(ic),
+                    );
                 }
             }
             // One link's loss: the monitor's VI moves; the partner stays Up.
             Ok(ClientNotice::Stop { .. }) => vi = None,
-            Ok(ClientNotice::PartnerSuspect) => set(PartnerState::Suspect { since: started.elapsed() }, None),
+            Ok(ClientNotice::PartnerSuspect) => set(
+                PartnerState::Suspect {
+                    since: started.elapsed(),
+                },
+                None,
+            ),
             Ok(ClientNotice::PartnerDown) => {
                 vi = None;
-                let was_suspect = matches!(view.lock().expect("monitor view").state, PartnerState::Suspect { .. });
-                let reason = if was_suspect { DownReason::AllInterconnectsSilent } else { DownReason::Restarted };
-                set(PartnerState::Down { at: started.elapsed(), reason }, None);
+                let was_suspect = matches!(
+                    view.lock().expect("monitor view").state,
+                    PartnerState::Suspect { .. }
+                );
+                let reason = if was_suspect {
+                    DownReason::AllInterconnectsSilent
+                } else {
+                    DownReason::Restarted
+                };
+                set(
+                    PartnerState::Down {
+                        at: started.elapsed(),
+                        reason,
+                    },
+                    None,
+                );
             }
             Ok(ClientNotice::PartnerClosed) => vi = None,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let Some((v, ic, generation)) = &vi else { continue };
+        let Some((v, ic, generation)) = &vi else {
+            continue;
+        };
         let mut failed = false;
         if Instant::now() >= next_beat {
             next_beat = Instant::now() + period;
@@ -142,7 +184,11 @@ pub fn run(handle: ClientHandle, period: Duration, view: Arc<Mutex<MonitorView>>
 impl MonitorView {
     /// A fresh view.
     pub fn new() -> MonitorView {
-        MonitorView { state: PartnerState::Unknown, heartbeats_received: 0, history: Vec::new() }
+        MonitorView {
+            state: PartnerState::Unknown,
+            heartbeats_received: 0,
+            history: Vec::new(),
+        }
     }
 }
 

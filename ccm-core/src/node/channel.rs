@@ -74,14 +74,22 @@ pub struct RcTiming {
 }
 
 impl RcTiming {
-    /// Control VIs: a dead path is noticed by RC itself in a few tens of milliseconds on rxe (timeout
-    /// code 8 is about 1 ms, rounded up to the kernel's timer tick), so a lost heartbeat never waits for
-    /// perftest's 67 ms x 7 retries.
+    /// Control VIs: RC gives up after about 7 x 16.8 ms = 117 ms (timeout code 12, 6 retries), well
+    /// after the heartbeat timeout, so heartbeats stay the primary detector and a busy (or, in the lab,
+    /// software-emulated) partner that acknowledges late is not mistaken for a dead path.
     pub const CONTROL: RcTiming = RcTiming {
-        timeout: 8,
+        timeout: 12,
         retry_cnt: 6,
         rnr_retry: 6,
         min_rnr_timer: 1,
+    };
+    /// Client VIs: ccm-vi's defaults (docs/decisions/0002-vi-defaults.md): 67 ms x (3 + 1) retries, so a
+    /// client's own RC notices a dead path within the failover budget even when idle of heartbeats.
+    pub const CLIENT: RcTiming = RcTiming {
+        timeout: 14,
+        retry_cnt: 3,
+        rnr_retry: 3,
+        min_rnr_timer: 14,
     };
 }
 

@@ -118,6 +118,9 @@ struct RawClient {
     pin: Option<u8>,
     mirror_path: Option<PathBuf>,
     mirror_bytes: Option<u64>,
+    mirror_load_per_sec: Option<u32>,
+    mirror_load_seconds: Option<f64>,
+    mirror_entry_bytes: Option<usize>,
 }
 
 /// One interconnect: an RDMA device port and the IP addresses of both ends.
@@ -148,6 +151,12 @@ pub enum ClientKind {
         path: PathBuf,
         /// Ring size in bytes.
         bytes: u64,
+        /// A built-in writer (for demos and benches): entries per second, 0 for none.
+        load_per_sec: u32,
+        /// How long the built-in writer runs after the mirror is first ready, in milliseconds.
+        load_ms: u64,
+        /// Payload size of the built-in writer's entries.
+        entry_bytes: usize,
     },
     /// A message counter (shows undisturbed traffic while other clients come and go).
     Counter,
@@ -390,7 +399,35 @@ impl NodeConfig {
                             format!("{bytes} must be a multiple of 4096 in 64 KiB..=1 GiB"),
                         ));
                     }
-                    ClientKind::Mirror { path, bytes }
+                    let load_per_sec = c.mirror_load_per_sec.unwrap_or(0);
+                    if load_per_sec > 1_000_000 {
+                        return Err(invalid(
+                            field("mirror_load_per_sec"),
+                            format!("{load_per_sec} is above 1000000"),
+                        ));
+                    }
+                    let entry_bytes = c.mirror_entry_bytes.unwrap_or(256);
+                    if entry_bytes == 0 || entry_bytes as u64 > bytes / 8 {
+                        return Err(invalid(
+                            field("mirror_entry_bytes"),
+                            format!("{entry_bytes} must be in 1..={}", bytes / 8),
+                        ));
+                    }
+                    let load_seconds = c.mirror_load_seconds.unwrap_or(5.0);
+                    if !(0.0..=86_400.0).contains(&load_seconds) {
+                        return Err(invalid(
+                            field("mirror_load_seconds"),
+                            format!("{load_seconds} is outside 0..=86400"),
+                        ));
+                    }
+                    let load_ms = (load_seconds * 1000.0) as u64;
+                    ClientKind::Mirror {
+                        path,
+                        bytes,
+                        load_per_sec,
+                        load_ms,
+                        entry_bytes,
+                    }
                 }
                 other => {
                     return Err(invalid(

@@ -332,7 +332,9 @@ struct ClientSlot {
     memory: Vec<ClientMemory>,
     tx: Sender<ClientNotice>,
     partner: Option<ClientEntry>,
-    pds: BTreeMap<InterconnectId, ProtectionDomain>,
+    /// Per interconnect: the client's protection tag there, its memory registered in it once (a
+    /// failover or failback reuses them: registering a multi-MiB ring is not free), and the windows.
+    pds: BTreeMap<InterconnectId, (ProtectionDomain, Vec<ClientRegion>, Vec<MemoryWindow>)>,
     bindings: BTreeMap<Generation, Binding>,
     resumed: bool,
 }
@@ -498,21 +500,50 @@ impl Driver {
         if !self.sessions.is_empty() {
             timeout = timeout.min(Duration::from_millis(1));
         }
+        let waited = Instant::now();
         self.wait(timeout);
+        let overslept = waited.elapsed().saturating_sub(timeout);
+        let t = Instant::now();
+        let mut slowest = (Duration::ZERO, "");
+        let mut lap = |what: &'static str, since: &mut Instant| {
+            let d = since.elapsed();
+            if d > slowest.0 {
+                slowest = (d, what);
+            }
+            *since = Instant::now();
+        };
+        let mut since = Instant::now();
         self.drain_requests();
+        lap("client requests", &mut since);
         self.poll_sessions();
+        lap("sessions", &mut since);
         self.poll_control_vis();
+        lap("control VIs", &mut since);
         self.poll_async_events();
+        lap("async events", &mut since);
         if self.last_port_poll.elapsed() >= Duration::from_millis(2) {
             self.last_port_poll = Instant::now();
             self.poll_ports();
         }
+        lap("ports", &mut since);
         let now = self.now();
         if self.timer.is_some_and(|t| t <= now) {
             self.timer = None;
             self.input(Input::Timer);
         }
+        lap("timers", &mut since);
         self.check_confirmations();
+        // A turn that takes longer than a heartbeat period delays every link's heartbeats: say so.
+        let busy = t.elapsed();
+        if busy + overslept > self.manager.config().heartbeat_period {
+            self.record(format!(
+                "driver turn took {:.1} ms (slowest: {} {:.1} ms), woke {:.1} ms late",
+                ms(busy),
+                slowest.1,
+                ms(slowest.0),
+                ms(overslept)
+            ));
+        }
         if self.last_status.elapsed() >= Duration::from_millis(50) {
             self.last_status = Instant::now();
             self.publish_status();
@@ -1105,25 +1136,22 @@ impl Driver {
             return;
         };
         let result = (|| -> Result<(Vec<RcChannel>, Vec<ClientRegion>, Vec<MemoryWindow>), ccm_verbs::Error> {
-            let pd = match c.pds.get(&ic) {
-                Some(pd) => pd.clone(),
-                None => {
-                    let pd = ProtectionDomain::new(&dev.ctx)?;
-                    c.pds.insert(ic, pd.clone());
-                    pd
+            if !c.pds.contains_key(&ic) {
+                let pd = ProtectionDomain::new(&dev.ctx)?;
+                let mut regions = Vec::new();
+                let mut windows = Vec::new();
+                for m in &c.memory {
+                    let access =
+                        if m.remote_write { AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE } else { AccessFlags::LOCAL_WRITE };
+                    let mr = Arc::new(MemoryRegion::register(&pd, m.memory.clone(), access)?);
+                    if m.remote_write {
+                        windows.push(MemoryWindow { addr: mr.addr(), len: mr.len() as u64, rkey: mr.rkey() });
+                    }
+                    regions.push(mr);
                 }
-            };
-            let mut regions = Vec::new();
-            let mut windows = Vec::new();
-            for m in &c.memory {
-                let access =
-                    if m.remote_write { AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE } else { AccessFlags::LOCAL_WRITE };
-                let mr = Arc::new(MemoryRegion::register(&pd, m.memory.clone(), access)?);
-                if m.remote_write {
-                    windows.push(MemoryWindow { addr: mr.addr(), len: mr.len() as u64, rkey: mr.rkey() });
-                }
-                regions.push(mr);
+                c.pds.insert(ic, (pd, regions, windows));
             }
+            let (pd, regions, windows) = c.pds.get(&ic).cloned().expect("just inserted");
             let mut vis = Vec::new();
             for _ in 0..count {
                 vis.push(RcChannel::create(&dev, &pd, 64, 64, 256)?);
@@ -1178,7 +1206,7 @@ impl Driver {
         let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
         let mut failed = None;
         for (vi, r) in b.pending.iter_mut().zip(&remote) {
-            if let Err(e) = vi.slam_connect(r, RcTiming::CONTROL, access) {
+            if let Err(e) = vi.slam_connect(r, RcTiming::CLIENT, access) {
                 failed = Some(e);
                 break;
             }

@@ -1,0 +1,325 @@
+//! The NVRAM mirror between two ccm nodes on the lab's rxe devices (node 1 on interconnects' A sides, node 2
+//! on the B sides), in one process: a writer appends at full speed while the interconnect carrying the mirror
+//! is taken down (failover) and brought back (failback); afterwards every LSN must have been applied on the
+//! partner exactly once, in order, with its payload, and both rings must compare equal.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ccm_core::clients::nvram::{self, Mirror};
+use ccm_core::manager::ClientSpec;
+use ccm_core::mirror::Lsn;
+use ccm_core::node::config::NodeConfig;
+use ccm_core::node::Node;
+use ccm_core::wire::{BandwidthClass, ClientId, InterconnectId};
+use ccm_verbs::lab::{LabTopology, Side};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const RING: u64 = 4 << 20;
+
+fn config(lab: &LabTopology, node: u64, tcp_port: u16) -> NodeConfig {
+    let side = if node == 1 { Side::A } else { Side::B };
+    let other = if node == 1 { Side::B } else { Side::A };
+    let secret = format!("/tmp/ccm-lab-nvram-secret-{tcp_port}-{node}");
+    std::fs::write(&secret, "lab secret 0123456789abcdef nvram").unwrap();
+    let mut text = format!(
+        r#"
+        node = {node}
+        partner = {partner}
+        cluster = 7
+        secret_file = "{secret}"
+        [timing]
+        heartbeat_ms = 10
+        heartbeat_misses = 5
+        connect_ms = 200
+        handshake_ms = 1000
+        failback_hold_down_ms = 300
+        "#,
+        partner = 3 - node,
+    );
+    for ic in &lab.interconnects {
+        text.push_str(&format!(
+            r#"
+            [[interconnect]]
+            device = "{}"
+            local_ip = "{}"
+            partner_ip = "{}"
+            tcp_port = {tcp_port}
+            "#,
+            ic.side(side).device,
+            ic.side(side).ip,
+            ic.side(other).ip,
+        ));
+    }
+    NodeConfig::parse(&text).unwrap()
+}
+
+/// The payload of `lsn`: its length and bytes follow from the LSN, so the partner can check each one.
+fn payload(lsn: u64) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(lsn ^ 0x5eed);
+    let mut p = vec![0u8; rng.gen_range(1..=1500)];
+    rng.fill(&mut p[..]);
+    p
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Brings link `ic` back up when dropped while armed, whatever happened in the test.
+struct LinkGuard {
+    lab: LabTopology,
+    down: Arc<Mutex<Option<u8>>>,
+}
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        if let Some(ic) = self.down.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let r = self.lab.fault(&["link-up", &ic.to_string()]);
+            eprintln!("guard: link-up {ic}: {r:?}");
+        }
+    }
+}
+
+/// Applied entries, as the partner's apply callback saw them.
+#[derive(Default)]
+struct Applied {
+    lsns: Vec<u64>,
+    bad_payloads: u64,
+}
+
+struct Files(Vec<PathBuf>);
+impl Drop for Files {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[test]
+fn lab_nvram_mirror_survives_link_cuts() {
+    let Some(lab) = LabTopology::from_env_or_skip("lab_nvram_mirror_survives_link_cuts") else {
+        return;
+    };
+    const N: u64 = 20_000;
+    const FROM_NODE2: u64 = 500;
+    let tcp_port = 19_710;
+    let t0 = Instant::now();
+    let base = |n: u64| PathBuf::from(format!("/dev/shm/ccm-lab-nvram-{}-{n}", std::process::id()));
+    let mut files = Vec::new();
+    for n in [1, 2] {
+        files.extend(nvram::ring_paths(&base(n)));
+    }
+    let _files = Files(files.clone());
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    let nodes: Vec<Node> = [1, 2]
+        .iter()
+        .map(|&n| Node::start(config(&lab, n, tcp_port), Instant::now()).unwrap())
+        .collect();
+    let spec = ClientSpec {
+        id: ClientId(40),
+        name: "nvram".into(),
+        class: BandwidthClass::High,
+        vi_count: 1,
+        pinned: None,
+    };
+    // Node 2 checks every entry of node 1's log as it applies it; node 1 checks node 2's few.
+    let applied2 = Arc::new(Mutex::new(Applied::default()));
+    let applied1 = Arc::new(Mutex::new(Applied::default()));
+    let recorder = |into: Arc<Mutex<Applied>>| -> nvram::ApplyFn {
+        Box::new(move |lsn: Lsn, p: &[u8]| {
+            let mut a = into.lock().unwrap();
+            a.lsns.push(lsn.0);
+            if p != payload(lsn.0).as_slice() {
+                a.bad_payloads += 1;
+            }
+        })
+    };
+    let m1: Mirror = nvram::start_with(
+        &nodes[0].handle(),
+        spec.clone(),
+        &base(1),
+        RING,
+        recorder(applied1.clone()),
+    )
+    .unwrap();
+    let m2: Mirror = nvram::start_with(
+        &nodes[1].handle(),
+        spec,
+        &base(2),
+        RING,
+        recorder(applied2.clone()),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(20), "both mirrors synced", || {
+        m1.is_synced() && m2.is_synced()
+    });
+    let first = m1.link().expect("connected");
+    eprintln!(
+        "mirrors synced on interconnect {} after {:.0} ms",
+        first.0,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+
+    // Node 2 writes a little too: the mirror runs both ways on the same VI.
+    for i in 1..=FROM_NODE2 {
+        assert_eq!(m2.append(&payload(i)).unwrap(), Lsn(i));
+    }
+
+    let down = Arc::new(Mutex::new(None));
+    let _guard = LinkGuard {
+        lab: lab.clone(),
+        down: down.clone(),
+    };
+    let mut faults = Vec::new();
+    let mut moved_to = None;
+    let mut cuts = 0;
+    let mut longest_append = Duration::ZERO;
+    let t_append = Instant::now();
+    for i in 1..=N {
+        let p = payload(i);
+        let t = Instant::now();
+        let lsn = m1
+            .append_wait(&p, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("append {i}: {e} (stats {:?})", m1.stats()));
+        longest_append = longest_append.max(t.elapsed());
+        assert_eq!(lsn, Lsn(i));
+        if i == N / 3 {
+            // Cut the interconnect the mirror is on, while appending.
+            let ic = m1.link().unwrap_or(first).0;
+            *down.lock().unwrap() = Some(ic);
+            cuts += 1;
+            let lab = lab.clone();
+            faults.push(std::thread::spawn(move || {
+                lab.fault(&["link-down", &ic.to_string()]).map(|_| ())
+            }));
+            eprintln!(
+                "link-down {ic} at lsn {i} ({:.0} ms into the appends)",
+                t_append.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        if i == 2 * N / 3 {
+            let cut = down.lock().unwrap().expect("a link is down");
+            wait_until(
+                Duration::from_secs(20),
+                "the mirror moved to the other interconnect",
+                || m1.link().is_some_and(|l| l.0 != cut) && m1.is_synced(),
+            );
+            moved_to = m1.link();
+            eprintln!(
+                "mirror on interconnect {:?} at lsn {i}; link-up {cut}",
+                moved_to.map(|l| l.0)
+            );
+            let lab = lab.clone();
+            let down = down.clone();
+            faults.push(std::thread::spawn(move || {
+                let r = lab.fault(&["link-up", &cut.to_string()]);
+                if r.is_ok() {
+                    *down.lock().unwrap() = None;
+                }
+                r
+            }));
+        }
+    }
+    let append_s = t_append.elapsed().as_secs_f64();
+    for f in faults {
+        f.join().unwrap().expect("lab-fault");
+    }
+    assert!(
+        m1.wait_durable(Lsn(N), Duration::from_secs(60)),
+        "lsn {N} durable in time: {:?}",
+        m1.stats()
+    );
+    let durable_s = t_append.elapsed().as_secs_f64();
+    assert!(m2.wait_durable(Lsn(FROM_NODE2), Duration::from_secs(30)));
+    wait_until(Duration::from_secs(20), "node 2 applied everything", || {
+        m2.stats().partner_applied == N
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "node 1 applied node 2's log",
+        || m1.stats().partner_applied == FROM_NODE2,
+    );
+    // Let the failback (if any) settle, then check that the mirror still works on it.
+    std::thread::sleep(Duration::from_millis(800));
+    let tail = m1.append(&payload(N + 1)).unwrap();
+    assert!(m1.wait_durable(tail, Duration::from_secs(20)));
+    wait_until(Duration::from_secs(20), "the tail entry applied", || {
+        m2.stats().partner_applied == N + 1
+    });
+
+    let (s1, s2) = (m1.stats(), m2.stats());
+    eprintln!("node 1 stats: {s1:?}");
+    eprintln!("node 2 stats: {s2:?}");
+    let a2 = applied2.lock().unwrap();
+    let want: Vec<u64> = (1..=N + 1).collect();
+    assert_eq!(a2.lsns.len(), want.len(), "applied count");
+    assert!(a2.lsns == want, "node 2 applied every LSN once, in order");
+    assert_eq!(a2.bad_payloads, 0, "payloads intact");
+    let a1 = applied1.lock().unwrap();
+    assert_eq!(a1.lsns, (1..=FROM_NODE2).collect::<Vec<_>>());
+    assert_eq!(a1.bad_payloads, 0);
+    assert_eq!(
+        m1.local_digest(),
+        m2.mirror_digest(),
+        "digests of node 1's log"
+    );
+    assert_eq!(
+        m2.local_digest(),
+        m1.mirror_digest(),
+        "digests of node 2's log"
+    );
+    assert!(s1.stops >= 1, "the link cut stopped the mirror: {s1:?}");
+    assert!(s1.readies >= 2, "and it resumed: {s1:?}");
+    assert_eq!(s1.protocol_errors + s2.protocol_errors, 0);
+    assert!(moved_to.is_some());
+
+    let check = nvram::verify_rings(&m1.paths()[0], &m2.paths()[1], RING).unwrap();
+    eprintln!("ring check node 1 log vs node 2 mirror: {check:?}");
+    assert!(check.is_clean(), "{check:?}");
+    assert_eq!(check.lsn_range.map(|r| r.1), Some(Lsn(N + 1)));
+    let check2 = nvram::verify_rings(&m2.paths()[0], &m1.paths()[1], RING).unwrap();
+    assert!(check2.is_clean(), "{check2:?}");
+    assert_eq!(check2.compared, FROM_NODE2);
+
+    let bytes: u64 = (1..=N).map(|i| payload(i).len() as u64).sum();
+    eprintln!(
+        "RESULT: {N} entries ({:.1} MB payload) appended in {append_s:.2} s, all durable at {durable_s:.2} s \
+         ({:.0} entries/s), {cuts} link cut (on {}), mirror moved to {:?}, stops {}, readies {}, \
+         batches {}, resent batches {}, VI errors {}, longest append {:.0} ms; ring check: {} entries compared, \
+         {} mismatches",
+        bytes as f64 / 1e6,
+        N as f64 / durable_s,
+        first.0,
+        moved_to.map(|l: InterconnectId| l.0),
+        s1.stops,
+        s1.readies,
+        s1.batches,
+        s1.resent_batches,
+        s1.vi_errors,
+        longest_append.as_secs_f64() * 1e3,
+        check.compared,
+        check.mismatches,
+    );
+    drop(a1);
+    drop(a2);
+    m1.close();
+    m2.close();
+    for n in &nodes {
+        n.handle().shutdown();
+    }
+    for n in nodes {
+        n.join();
+    }
+}

@@ -134,13 +134,13 @@ fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
         };
         let name = c.name.clone();
         match c.kind {
-            ClientKind::Counter => {
+            ClientKind::Counter { period } => {
                 let client = handle.register(spec, Vec::new())?;
                 let stats = Arc::new(CounterStats::default());
                 let s = stats.clone();
                 std::thread::Builder::new()
                     .name(format!("client-{name}"))
-                    .spawn(move || counter::run(client, Duration::from_millis(1), s))?;
+                    .spawn(move || counter::run(client, period, s))?;
                 details.push(Box::new(move || {
                     json!({
                         "name": name, "kind": "counter",

@@ -121,6 +121,7 @@ struct RawClient {
     mirror_load_per_sec: Option<u32>,
     mirror_load_seconds: Option<f64>,
     mirror_entry_bytes: Option<usize>,
+    period_ms: Option<u64>,
 }
 
 /// One interconnect: an RDMA device port and the IP addresses of both ends.
@@ -159,7 +160,10 @@ pub enum ClientKind {
         entry_bytes: usize,
     },
     /// A message counter (shows undisturbed traffic while other clients come and go).
-    Counter,
+    Counter {
+        /// Time between two messages.
+        period: Duration,
+    },
 }
 
 /// One configured client.
@@ -387,7 +391,17 @@ impl NodeConfig {
             }
             let kind = match c.kind.as_str() {
                 "monitor" => ClientKind::Monitor,
-                "counter" => ClientKind::Counter,
+                "counter" => match c.period_ms.unwrap_or(1) {
+                    p @ 1..=60_000 => ClientKind::Counter {
+                        period: Duration::from_millis(p),
+                    },
+                    p => {
+                        return Err(invalid(
+                            field("period_ms"),
+                            format!("{p} is outside 1..=60000"),
+                        ))
+                    }
+                },
                 "mirror" => {
                     let path = c.mirror_path.ok_or_else(|| {
                         invalid(field("mirror_path"), "a mirror needs its NVRAM log path")

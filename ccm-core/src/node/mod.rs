@@ -357,6 +357,7 @@ struct Driver {
     last_port_poll: Instant,
     last_status: Instant,
     first_heartbeat_logged: bool,
+    first_heartbeat_received: bool,
     stop: bool,
     reaper: Sender<Doomed>,
 }
@@ -406,6 +407,7 @@ impl Driver {
             last_port_poll: started,
             last_status: started,
             first_heartbeat_logged: false,
+            first_heartbeat_received: false,
             stop: false,
             reaper: spawn_reaper(),
         }
@@ -985,6 +987,18 @@ impl Driver {
                 }
                 match decoded {
                     Ok(Message::Heartbeat(h)) if h.seq == PROBE_SEQ => {}
+                    Ok(msg @ Message::Heartbeat(_)) if !self.first_heartbeat_received => {
+                        self.first_heartbeat_received = true;
+                        self.record(format!(
+                            "first heartbeat received over the control VI of interconnect {}",
+                            ic.0
+                        ));
+                        self.input(Input::Message {
+                            ic,
+                            session: id,
+                            msg,
+                        });
+                    }
                     Ok(msg) => self.input(Input::Message {
                         ic,
                         session: id,
@@ -1135,17 +1149,25 @@ impl Driver {
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
-        let result = (|| -> Result<(Vec<RcChannel>, Vec<ClientRegion>, Vec<MemoryWindow>), ccm_verbs::Error> {
+        type Created = (Vec<RcChannel>, Vec<ClientRegion>, Vec<MemoryWindow>);
+        let result = (|| -> Result<Created, ccm_verbs::Error> {
             if !c.pds.contains_key(&ic) {
                 let pd = ProtectionDomain::new(&dev.ctx)?;
                 let mut regions = Vec::new();
                 let mut windows = Vec::new();
                 for m in &c.memory {
-                    let access =
-                        if m.remote_write { AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE } else { AccessFlags::LOCAL_WRITE };
+                    let access = if m.remote_write {
+                        AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE
+                    } else {
+                        AccessFlags::LOCAL_WRITE
+                    };
                     let mr = Arc::new(MemoryRegion::register(&pd, m.memory.clone(), access)?);
                     if m.remote_write {
-                        windows.push(MemoryWindow { addr: mr.addr(), len: mr.len() as u64, rkey: mr.rkey() });
+                        windows.push(MemoryWindow {
+                            addr: mr.addr(),
+                            len: mr.len() as u64,
+                            rkey: mr.rkey(),
+                        });
                     }
                     regions.push(mr);
                 }

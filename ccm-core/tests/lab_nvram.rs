@@ -177,6 +177,25 @@ fn lab_nvram_mirror_survives_link_cuts() {
         assert_eq!(m2.append(&payload(i)).unwrap(), Lsn(i));
     }
 
+    // What node 1 records (link failures, placements, client events), sampled for the report.
+    let events = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (h, events, sampling) = (nodes[0].handle(), events.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut ev = events.lock().unwrap();
+                for e in h.status().events {
+                    let at = (e.at_ms * 1000.0) as u64;
+                    if ev.last().is_none_or(|(t, _)| *t < at) {
+                        ev.push((at, e.what));
+                    }
+                }
+                drop(ev);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
     let down = Arc::new(Mutex::new(None));
     let _guard = LinkGuard {
         lab: lab.clone(),
@@ -259,6 +278,27 @@ fn lab_nvram_mirror_survives_link_cuts() {
         m2.stats().partner_applied == N + 1
     });
 
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    {
+        let ev = events.lock().unwrap();
+        let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+        for (_, what) in ev.iter() {
+            let k: String = what
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .take(70)
+                .collect();
+            *kinds.entry(k).or_default() += 1;
+        }
+        eprintln!("node 1 events ({} sampled), by kind:", ev.len());
+        for (k, n) in &kinds {
+            eprintln!("  {n:5} x {k}");
+        }
+        for (at, what) in ev.iter().take(40) {
+            eprintln!("  {:10.1} ms {what}", *at as f64 / 1000.0);
+        }
+    }
     let (s1, s2) = (m1.stats(), m2.stats());
     eprintln!("node 1 stats: {s1:?}");
     eprintln!("node 2 stats: {s2:?}");

@@ -531,7 +531,14 @@ impl Client {
                 }
             };
             if !busy {
-                std::thread::park_timeout(Duration::from_micros(100));
+                // Batches in flight: their completions are due soon. Otherwise an append unparks us, and
+                // the partner's notifications wait at most a millisecond (the CQ has no completion channel).
+                let in_flight = self.shared.lock().writer.in_flight() > 0;
+                std::thread::park_timeout(if in_flight {
+                    Duration::from_micros(50)
+                } else {
+                    Duration::from_millis(1)
+                });
             }
         }
         self.set_conn(None);

@@ -26,7 +26,7 @@ fn config(node: u64, tcp_port: u16, secret: &str) -> NodeConfig {
         secret_file = "{path}"
         status_socket = "/tmp/ccm-lab-{tcp_port}-{node}.sock"
         [timing]
-        heartbeat_ms = 10
+        heartbeat_ms = 20
         heartbeat_misses = 5
         connect_ms = 200
         handshake_ms = 1000
@@ -271,7 +271,7 @@ fn silent_loss_is_caught_by_heartbeats() {
         },
     );
     eprintln!(
-        "silent loss: client moved after {:.1} ms (heartbeat 10 ms x 5)",
+        "silent loss: client moved after {:.1} ms (heartbeat 20 ms x 5)",
         cut.elapsed().as_secs_f64() * 1e3
     );
     let why = detected.expect("the node stopped the clients of the dead link");

@@ -31,7 +31,7 @@ fn config(lab: &LabTopology, node: u64, tcp_port: u16) -> NodeConfig {
         cluster = 7
         secret_file = "{secret}"
         [timing]
-        heartbeat_ms = 10
+        heartbeat_ms = 20
         heartbeat_misses = 5
         connect_ms = 200
         handshake_ms = 1000

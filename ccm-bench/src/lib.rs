@@ -8,10 +8,10 @@
 //! * [`report`]: the per-run records printed as a table or as one JSON object per run.
 //!
 //! Latency is one-way = RTT / 2, measured as perftest does: a cycle-counter timestamp at every
-//! post of the initiating side, one sample per consecutive pair of posts.
-#![deny(unsafe_code)]
+//! post of the initiating side, one sample per consecutive pair of posts. The counter is
+//! [`ccm_verbs::clock`]: this crate contains no `unsafe` (ccm-verbs is the only crate that does).
+#![forbid(unsafe_code)]
 
-pub mod clock;
 pub mod perftest;
 pub mod report;
 pub mod stats;

@@ -5,7 +5,7 @@
 //! ccm-bench bandwidth [-d DEV] [--peer-dev DEV] [--op write] [-s 65536] [-n 2000] [--tx-depth 128]
 //! ccm-bench compare latency|bandwidth [same flags] [--reps N]
 //! ```
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use ccm_bench::perftest::{self, Placement, Tool};
 use ccm_bench::report::{

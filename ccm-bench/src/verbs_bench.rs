@@ -11,7 +11,7 @@
 //! perftest). Completion queues are busy-polled into a reused stack buffer; nothing on the
 //! measured path allocates.
 
-use crate::clock::{cycles, Calibration};
+use ccm_verbs::clock::{cycles, Calibration};
 use ccm_verbs::{
     random_psn, AccessFlags, Completion, CompletionQueue, Context, Error as VerbsError, GidEntry,
     GidType, InitAttr, MemoryRegion, ProtectionDomain, QpCaps, QueuePair, RemoteAddr, RtrAttr,
@@ -334,20 +334,19 @@ fn wait_byte(
     want: u8,
     ctl: &Control,
     give_up: impl Fn(&Control) -> bool,
-) -> bool {
+) -> Result<bool> {
     let mut spins = 0u32;
     loop {
-        // The device writes this memory behind Rust's back: black_box makes every iteration
-        // load the byte again instead of reusing an earlier read.
-        let mem = std::hint::black_box(mr.as_slice());
-        if mem[idx] == want {
-            return true;
+        // The peer's RDMA WRITE changes this byte while we poll: read_volatile_u8 loads it
+        // afresh on every call, without a `&[u8]` over memory the device is writing.
+        if mr.read_volatile_u8(idx)? == want {
+            return Ok(true);
         }
         spins += 1;
         if spins == ABORT_CHECK_SPINS {
             spins = 0;
             if ctl.abort.load(Ordering::Relaxed) || give_up(ctl) {
-                return false;
+                return Ok(false);
             }
         }
     }
@@ -517,7 +516,7 @@ fn receive(
             None => return Ok(false),
         },
         Op::Write => {
-            if !wait_byte(&side.mr, last, (*rcnt + 1) as u8, ctl, give_up) {
+            if !wait_byte(&side.mr, last, (*rcnt + 1) as u8, ctl, give_up)? {
                 return Ok(false);
             }
             *rcnt += 1;

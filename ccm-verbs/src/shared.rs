@@ -268,6 +268,11 @@ unsafe impl RegionMemory for Arc<SharedMemory> {
     fn len(&self) -> usize {
         self.map.len()
     }
+    /// The reader side of `copy_lock`: this process's [`SharedMemory::write`]s wait while a
+    /// region's volatile read holds it, so they never race with it.
+    fn read_guard(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        Some(self.copy_lock.read().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 #[cfg(test)]

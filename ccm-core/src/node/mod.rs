@@ -216,6 +216,7 @@ impl Node {
     /// Open the interconnects and start the manager. Returns as soon as the event loop runs: the
     /// initial sessions come up in the background (the first heartbeat is logged with its time).
     pub fn start(cfg: NodeConfig, started: Instant) -> Result<Node, NodeError> {
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "starting the node");
         let secret = cfg.read_secret()?;
         let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io {
             what: "pipe".into(),
@@ -248,6 +249,7 @@ impl Node {
             Time(started.elapsed().as_nanos() as u64),
             seed,
         );
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "manager created");
         let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status);
         let thread = std::thread::Builder::new()
             .name("ccm-node".into())
@@ -442,6 +444,10 @@ impl Driver {
 
     fn run(&mut self) {
         let t0 = self.started.elapsed();
+        self.record(format!(
+            "driver running {:.2} ms after process start",
+            ms(t0)
+        ));
         for i in 0..self.ics.len() {
             self.open_device(i);
         }

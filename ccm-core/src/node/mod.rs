@@ -132,6 +132,7 @@ enum Request {
         generation: Generation,
     },
     Shutdown,
+    VisCreated(Box<VisDone>),
 }
 
 /// A handle on a running node, cheap to clone, usable from any thread.
@@ -250,7 +251,8 @@ impl Node {
             seed,
         );
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "manager created");
-        let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status);
+        let factory = spawn_vi_factory(handle.tx.clone(), handle.wake.clone());
+        let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status, factory);
         let thread = std::thread::Builder::new()
             .name("ccm-node".into())
             .spawn(move || driver.run())
@@ -322,6 +324,83 @@ fn spawn_reaper() -> Sender<Doomed> {
     tx
 }
 
+/// A client's protection tag on one device, its memory registered there, and the windows it exposes.
+type ClientTag = (ProtectionDomain, Vec<ClientRegion>, Vec<MemoryWindow>);
+
+/// A VI creation for the factory thread.
+struct VisJob {
+    client: ClientId,
+    ic: InterconnectId,
+    generation: Generation,
+    count: u8,
+    dev: IcDevice,
+    memory: Vec<ClientMemory>,
+    tag: Option<ClientTag>,
+}
+
+/// What the factory made.
+struct VisDone {
+    client: ClientId,
+    ic: InterconnectId,
+    generation: Generation,
+    result: Result<(Vec<RcChannel>, ClientTag), ccm_verbs::Error>,
+}
+
+fn make_vis(job: &VisJob) -> Result<(Vec<RcChannel>, ClientTag), ccm_verbs::Error> {
+    let tag = match &job.tag {
+        Some(t) => t.clone(),
+        None => {
+            let pd = ProtectionDomain::new(&job.dev.ctx)?;
+            let mut regions = Vec::new();
+            let mut windows = Vec::new();
+            for m in &job.memory {
+                let access = if m.remote_write {
+                    AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE
+                } else {
+                    AccessFlags::LOCAL_WRITE
+                };
+                let mr = Arc::new(MemoryRegion::register(&pd, m.memory.clone(), access)?);
+                if m.remote_write {
+                    windows.push(MemoryWindow {
+                        addr: mr.addr(),
+                        len: mr.len() as u64,
+                        rkey: mr.rkey(),
+                    });
+                }
+                regions.push(mr);
+            }
+            (pd, regions, windows)
+        }
+    };
+    let mut vis = Vec::with_capacity(job.count as usize);
+    for _ in 0..job.count {
+        vis.push(RcChannel::create(&job.dev, &tag.0, 64, 64, 256)?);
+    }
+    Ok((vis, tag))
+}
+
+fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Sender<VisJob> {
+    let (tx, rx) = crossbeam_channel::unbounded::<VisJob>();
+    let _ = std::thread::Builder::new()
+        .name("ccm-vi-factory".into())
+        .spawn(move || {
+            for job in rx {
+                let result = make_vis(&job);
+                let done = VisDone {
+                    client: job.client,
+                    ic: job.ic,
+                    generation: job.generation,
+                    result,
+                };
+                if requests.send(Request::VisCreated(Box::new(done))).is_err() {
+                    return;
+                }
+                let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
+            }
+        });
+    tx
+}
+
 struct Binding {
     ic: InterconnectId,
     pending: Vec<RcChannel>,
@@ -336,7 +415,7 @@ struct ClientSlot {
     partner: Option<ClientEntry>,
     /// Per interconnect: the client's protection tag there, its memory registered in it once (a
     /// failover or failback reuses them: registering a multi-MiB ring is not free), and the windows.
-    pds: BTreeMap<InterconnectId, (ProtectionDomain, Vec<ClientRegion>, Vec<MemoryWindow>)>,
+    pds: BTreeMap<InterconnectId, ClientTag>,
     bindings: BTreeMap<Generation, Binding>,
     resumed: bool,
 }
@@ -360,6 +439,7 @@ struct Driver {
     last_status: Instant,
     first_heartbeat_logged: bool,
     first_heartbeat_received: bool,
+    factory: Sender<VisJob>,
     stop: bool,
     reaper: Sender<Doomed>,
 }
@@ -376,6 +456,7 @@ impl Driver {
         requests: Receiver<Request>,
         wake: OwnedFd,
         status: Arc<Mutex<NodeStatus>>,
+        factory: Sender<VisJob>,
     ) -> Driver {
         let ics = cfg
             .interconnects
@@ -410,6 +491,7 @@ impl Driver {
             last_status: started,
             first_heartbeat_logged: false,
             first_heartbeat_received: false,
+            factory,
             stop: false,
             reaper: spawn_reaper(),
         }
@@ -508,6 +590,7 @@ impl Driver {
         if !self.sessions.is_empty() {
             timeout = timeout.min(Duration::from_millis(1));
         }
+
         let waited = Instant::now();
         self.wait(timeout);
         let overslept = waited.elapsed().saturating_sub(timeout);
@@ -620,6 +703,7 @@ impl Driver {
                     });
                 }
                 Request::Shutdown => self.stop = true,
+                Request::VisCreated(done) => self.vis_created(*done),
             }
         }
     }
@@ -1137,6 +1221,9 @@ impl Driver {
         }
     }
 
+    /// 420: the work (protection domain, memory registration, QPs) is done on the VI factory thread:
+    /// it costs milliseconds per VI on rxe, and 64 clients created in one go on this thread would starve
+    /// every link's heartbeats. The result comes back as a [`Request::VisCreated`].
     fn create_client_vis(
         &mut self,
         client: ClientId,
@@ -1144,51 +1231,48 @@ impl Driver {
         generation: Generation,
         count: u8,
     ) {
-        let i = ic.0 as usize;
-        let Some(dev) = self.ics[i].dev.clone() else {
+        let (Some(dev), Some(c)) = (
+            self.ics[ic.0 as usize].dev.clone(),
+            self.clients.get(&client),
+        ) else {
             self.input(Input::ViError {
                 ic,
                 vi: ViRef::Client(client, generation),
             });
             return;
         };
+        let job = VisJob {
+            client,
+            ic,
+            generation,
+            count,
+            dev,
+            memory: c.memory.clone(),
+            tag: c.pds.get(&ic).cloned(),
+        };
+        if self.factory.send(job).is_err() {
+            self.input(Input::ViError {
+                ic,
+                vi: ViRef::Client(client, generation),
+            });
+        }
+    }
+
+    fn vis_created(&mut self, done: VisDone) {
+        let VisDone {
+            client,
+            ic,
+            generation,
+            result,
+        } = done;
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
-        type Created = (Vec<RcChannel>, Vec<ClientRegion>, Vec<MemoryWindow>);
-        let result = (|| -> Result<Created, ccm_verbs::Error> {
-            if !c.pds.contains_key(&ic) {
-                let pd = ProtectionDomain::new(&dev.ctx)?;
-                let mut regions = Vec::new();
-                let mut windows = Vec::new();
-                for m in &c.memory {
-                    let access = if m.remote_write {
-                        AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE
-                    } else {
-                        AccessFlags::LOCAL_WRITE
-                    };
-                    let mr = Arc::new(MemoryRegion::register(&pd, m.memory.clone(), access)?);
-                    if m.remote_write {
-                        windows.push(MemoryWindow {
-                            addr: mr.addr(),
-                            len: mr.len() as u64,
-                            rkey: mr.rkey(),
-                        });
-                    }
-                    regions.push(mr);
-                }
-                c.pds.insert(ic, (pd, regions, windows));
-            }
-            let (pd, regions, windows) = c.pds.get(&ic).cloned().expect("just inserted");
-            let mut vis = Vec::new();
-            for _ in 0..count {
-                vis.push(RcChannel::create(&dev, &pd, 64, 64, 256)?);
-            }
-            Ok((vis, regions, windows))
-        })();
         match result {
-            Ok((vis, regions, windows)) => {
+            Ok((vis, tag)) => {
                 let addrs = vis.iter().map(|v| v.address()).collect();
+                let (_, regions, windows) = tag.clone();
+                c.pds.insert(ic, tag);
                 c.bindings.insert(
                     generation,
                     Binding {

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ccm_core::clients::counter::{self, CounterStats};
-use ccm_core::clients::monitor::{self, MonitorView, PartnerState};
+use ccm_core::clients::monitor::{self, Decision, MonitorView, PartnerState};
 use ccm_core::manager::ClientSpec;
 use ccm_core::node::config::NodeConfig;
-use ccm_core::node::{Node, NodeHandle};
+use ccm_core::node::{ClientNotice, Node, NodeHandle};
 use ccm_core::wire::{BandwidthClass, ClientId, InterconnectId};
 use ccm_verbs::lab::LabTopology;
 
@@ -389,4 +389,171 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
         rx.received.load(Ordering::Relaxed) > n + 50
     });
     pair.shutdown();
+}
+
+fn client_state(h: &NodeHandle, id: u32) -> Option<String> {
+    h.status()
+        .clients
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(|c| c.state)
+}
+
+#[test]
+fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
+    let Some(_lab) = LabTopology::from_env_or_skip(
+        "a_client_added_and_removed_later_leaves_the_others_undisturbed",
+    ) else {
+        return;
+    };
+    let pair = start_pair(19106, &[counter_spec(1, BandwidthClass::Low, None)]);
+    let (h1, h2) = (pair.handle(0), pair.handle(1));
+    wait_until(
+        Duration::from_secs(10),
+        "the first client settled on its home",
+        || link_of(&h1, 1) == Some(0),
+    );
+    let first = pair.counters[1].clone();
+    let stops_before = first.stops.load(Ordering::Relaxed);
+    // A client registered on one side only waits, and is never told Ready alone.
+    let lonely = h1
+        .register(counter_spec(3, BandwidthClass::Low, None), Vec::new())
+        .unwrap();
+    // A client that joins later on both sides comes up through the same path (Fig. 5, 510/515).
+    let mut late = Vec::new();
+    for h in [&h1, &h2] {
+        let c = h
+            .register(counter_spec(2, BandwidthClass::Low, None), Vec::new())
+            .unwrap();
+        let stats = Arc::new(CounterStats::default());
+        late.push(stats.clone());
+        std::thread::spawn(move || counter::run(c, Duration::from_millis(1), stats));
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the late client Ready on both nodes",
+        || {
+            [&h1, &h2]
+                .iter()
+                .all(|h| client_state(h, 2).is_some_and(|s| s.starts_with("Ready")))
+        },
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the late client's messages arriving",
+        || late[1].received.load(Ordering::Relaxed) > 20,
+    );
+    assert_eq!(
+        client_state(&h1, 3).as_deref(),
+        Some("WaitingForPartnerClient"),
+        "one-sided client waits"
+    );
+    assert!(
+        !lonely
+            .events
+            .try_iter()
+            .any(|n| matches!(n, ClientNotice::Ready { .. })),
+        "and is never told Ready alone"
+    );
+    // It leaves again on both sides.
+    h1.unregister(ClientId(2));
+    h2.unregister(ClientId(2));
+    wait_until(
+        Duration::from_secs(10),
+        "the late client gone on both nodes",
+        || client_state(&h1, 2).is_none() && client_state(&h2, 2).is_none(),
+    );
+    let n = first.received.load(Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(5),
+        "the first client still flowing",
+        || first.received.load(Ordering::Relaxed) > n + 50,
+    );
+    assert_eq!(
+        first.stops.load(Ordering::Relaxed),
+        stops_before,
+        "the first client was never stopped"
+    );
+    eprintln!(
+        "client 1 while client 2 came and went: {} messages, longest gap {} us",
+        first.received.load(Ordering::Relaxed),
+        first.max_gap_us.load(Ordering::Relaxed)
+    );
+    pair.shutdown();
+}
+
+#[test]
+fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link() {
+    let Some(lab) =
+        LabTopology::from_env_or_skip("the_monitor_declares_the_partner_down_for_a_dead_node")
+    else {
+        return;
+    };
+    let a = Node::start(
+        config(1, 19107, "monitor secret 0123456789abcdef"),
+        Instant::now(),
+    )
+    .unwrap();
+    let b = Node::start(
+        config(2, 19107, "monitor secret 0123456789abcdef"),
+        Instant::now(),
+    )
+    .unwrap();
+    let spec = ClientSpec {
+        id: ClientId(9),
+        name: "monitor".into(),
+        class: BandwidthClass::Low,
+        vi_count: 1,
+        pinned: None,
+    };
+    let view = Arc::new(Mutex::new(MonitorView::new()));
+    let (tx, decisions) = crossbeam_channel::unbounded();
+    let m = a.handle().register(spec.clone(), Vec::new()).unwrap();
+    let v = view.clone();
+    std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
+    let b_monitor = b.handle().register(spec.clone(), Vec::new()).unwrap();
+    std::thread::spawn(move || for _ in b_monitor.events.iter() {});
+    let up = || matches!(view.lock().unwrap().state, PartnerState::Up { .. });
+    wait_until(Duration::from_secs(10), "partner Up", up);
+    // One link lost: the partner stays Up.
+    {
+        let _restore = LinkGuard(0, "link");
+        lab.fault(&["link-down", "0"]).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            up(),
+            "a single link's loss never makes the partner suspect or down: {:?}",
+            view.lock().unwrap().history
+        );
+    }
+    // The partner node dies: Suspect, then Down, then the takeover may begin.
+    let killed = Instant::now();
+    b.handle().shutdown();
+    b.join();
+    wait_until(Duration::from_secs(10), "partner Down", || {
+        matches!(view.lock().unwrap().state, PartnerState::Down { .. })
+    });
+    eprintln!(
+        "partner declared down {:.1} ms after it stopped",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    let got: Vec<Decision> = decisions.try_iter().collect();
+    assert!(got.contains(&Decision::TakeoverMayBegin), "{got:?}");
+    // It comes back: Up again.
+    let b = Node::start(
+        config(2, 19107, "monitor secret 0123456789abcdef"),
+        Instant::now(),
+    )
+    .unwrap();
+    let b_monitor = b.handle().register(spec, Vec::new()).unwrap();
+    std::thread::spawn(move || for _ in b_monitor.events.iter() {});
+    wait_until(
+        Duration::from_secs(15),
+        "partner Up again after its restart",
+        up,
+    );
+    for n in [a, b] {
+        n.handle().shutdown();
+        n.join();
+    }
 }

@@ -86,7 +86,7 @@ pub fn run(
     let mut next_beat = Instant::now();
     let mut seq = 0u64;
     let set = |state: PartnerState, ic: Option<InterconnectId>| {
-        let mut v = view.lock().expect("monitor view");
+        let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
         if v.state != state {
             v.state = state.clone();
             v.history.push((started.elapsed(), state.clone(), ic));
@@ -112,7 +112,7 @@ pub fn run(
             }) => {
                 vi = vis.into_iter().next().map(|v| (v, ic, generation));
                 let up = matches!(
-                    view.lock().expect("monitor view").state,
+                    view.lock().unwrap_or_else(|e| e.into_inner()).state,
                     PartnerState::Up { .. }
                 );
                 if !up {
@@ -135,7 +135,7 @@ pub fn run(
             Ok(ClientNotice::PartnerDown) => {
                 vi = None;
                 let was_suspect = matches!(
-                    view.lock().expect("monitor view").state,
+                    view.lock().unwrap_or_else(|e| e.into_inner()).state,
                     PartnerState::Suspect { .. }
                 );
                 let reason = if was_suspect {
@@ -170,7 +170,9 @@ pub fn run(
                     failed = true;
                 } else if c.wr_id() < SEND_WR_BASE {
                     let _ = v.repost(c);
-                    view.lock().expect("monitor view").heartbeats_received += 1;
+                    view.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .heartbeats_received += 1;
                 }
             }
         }

@@ -167,6 +167,11 @@ impl NodeHandle {
         })
     }
 
+    /// Unregister client `id` (as [`ClientHandle::unregister`], for code that handed the handle to a thread).
+    pub fn unregister(&self, id: ClientId) {
+        let _ = self.request(Request::Unregister(id));
+    }
+
     /// A snapshot of the node's state (what `ccm status` shows).
     pub fn status(&self) -> NodeStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
@@ -690,7 +695,11 @@ impl Driver {
                 }
                 Request::Unregister(id) => {
                     self.input(Input::Client(ClientRequest::Unregister(id)));
-                    self.clients.remove(&id);
+                    if let Some(c) = self.clients.remove(&id) {
+                        for (_, b) in c.bindings {
+                            self.reap(Doomed::Binding(b));
+                        }
+                    }
                 }
                 Request::ViError {
                     client,

@@ -283,10 +283,21 @@ fn silent_loss_is_caught_by_heartbeats() {
         "silent loss: client moved after {:.1} ms (heartbeat 20 ms x 5); stops: {seen:?}",
         cut.elapsed().as_secs_f64() * 1e3
     );
-    assert!(
-        seen.iter()
-            .any(|w| w.contains("HeartbeatLoss") || w.contains("ViError")),
-        "one node detected the silent loss by heartbeats or RC: {seen:?}"
+    // Status snapshots lag up to 50 ms: the detecting node's record may show up just after the move.
+    wait_until(
+        Duration::from_secs(3),
+        "one node detected the silent loss by heartbeats or RC",
+        || {
+            for i in 0..2 {
+                for w in stops_on_home(i) {
+                    if !seen.contains(&w) {
+                        seen.push(w);
+                    }
+                }
+            }
+            seen.iter()
+                .any(|w| w.contains("HeartbeatLoss") || w.contains("ViError"))
+        },
     );
     assert!(
         !seen.iter().any(|w| w.contains("PortDown")),

@@ -81,6 +81,27 @@ enum Cmd {
         #[arg(long)]
         b: PathBuf,
     },
+    /// The failover bench's JSON (scripts/bench-failover): gaps the mirror saw, lost, duplicated, needless.
+    FailoverSummary {
+        /// Node A's status socket (the writer).
+        #[arg(long)]
+        a: PathBuf,
+        /// Node B's status socket.
+        #[arg(long)]
+        b: PathBuf,
+        /// Only print how many times node A's mirror was stopped so far.
+        #[arg(long)]
+        stops_only: bool,
+        /// Cuts made.
+        #[arg(long, default_value_t = 0)]
+        cuts: u32,
+        /// Mirror stops during the quiet period (needless failovers).
+        #[arg(long, default_value_t = 0)]
+        quiet_stops: u64,
+        /// Length of the quiet period.
+        #[arg(long, default_value_t = 0.0)]
+        quiet_seconds: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -117,6 +138,14 @@ fn main() -> ExitCode {
         }
         Cmd::Where { socket, client } => where_is(&socket, &client),
         Cmd::Summary { a, b } => summary(&a, &b),
+        Cmd::FailoverSummary {
+            a,
+            b,
+            stops_only,
+            cuts,
+            quiet_stops,
+            quiet_seconds,
+        } => failover_summary(&a, &b, stops_only, cuts, quiet_stops, quiet_seconds),
     };
     match result {
         Ok(code) => code,
@@ -202,8 +231,10 @@ fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
                     1, 60_000_000, 3,
                 )?));
                 let rejected = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let stalls: Arc<Mutex<Vec<f64>>> = Arc::default();
                 if load_per_sec > 0 {
                     let (m, lat, rej) = (mirror.clone(), latency.clone(), rejected.clone());
+                    let st = stalls.clone();
                     std::thread::Builder::new()
                         .name(format!("writer-{name}"))
                         .spawn(move || {
@@ -214,6 +245,7 @@ fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
                                 entry_bytes,
                                 &lat,
                                 &rej,
+                                &st,
                             )
                         })?;
                 }
@@ -233,6 +265,7 @@ fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
                         "local_digest": m.local_digest().0, "mirror_digest": m.mirror_digest().0,
                         "latency_us": { "samples": h.len(), "p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
                             "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999), "max": h.max() },
+                        "stalls_ms": stalls.lock().expect("stalls").clone(),
                     })
                 }));
             }
@@ -253,6 +286,9 @@ fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Append-to-durable waits at least this long are listed as stalls (the gaps failovers leave).
+const STALL_US: u64 = 20_000;
+
 /// The built-in writer: appends `per_sec` entries a second for `seconds` once the mirror is ready, each
 /// waited for until durable (a storage engine acknowledging a write only once it is mirrored), and
 /// records append-to-durable latency.
@@ -263,6 +299,7 @@ fn write_load(
     entry_bytes: usize,
     latency: &Mutex<Histogram<u64>>,
     rejected: &std::sync::atomic::AtomicU64,
+    stalls: &Mutex<Vec<f64>>,
 ) {
     while m.link().is_none() {
         std::thread::sleep(Duration::from_millis(5));
@@ -283,6 +320,10 @@ fn write_load(
                 if m.wait_durable(lsn, Duration::from_secs(30)) {
                     let us = t.elapsed().as_micros().max(1) as u64;
                     let _ = latency.lock().expect("histogram").record(us);
+                    // An entry that waited this long sat out a failover or failback: its wait is the gap.
+                    if us >= STALL_US {
+                        stalls.lock().expect("stalls").push(us as f64 / 1000.0);
+                    }
                 }
             }
             Err(_) => {
@@ -358,23 +399,90 @@ fn detail<'a>(v: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|d| d["kind"] == kind)
 }
 
-fn summary(a: &Path, b: &Path) -> Res {
-    // Wait (bounded) for the writer to finish and the partner to apply everything.
+/// Both nodes' status once the writer has finished and the partner applied everything (bounded wait).
+fn settled(a: &Path, b: &Path) -> Result<(Value, Value), Box<dyn std::error::Error>> {
     let t = Instant::now();
-    let (va, vb) = loop {
+    Ok(loop {
         let (va, vb) = (fetch(a)?, fetch(b)?);
         let (ma, mb) = (detail(&va, "mirror"), detail(&vb, "mirror"));
-        let settled = match (ma, mb) {
+        let done = match (ma, mb) {
             (Some(ma), Some(mb)) => {
                 ma["appended"] == ma["durable"] && mb["partner_applied"] == ma["appended"]
             }
             _ => true,
         };
-        if settled || t.elapsed() > Duration::from_secs(20) {
+        if done || t.elapsed() > Duration::from_secs(30) {
             break (va, vb);
         }
         std::thread::sleep(Duration::from_millis(100));
+    })
+}
+
+fn failover_summary(
+    a: &Path,
+    b: &Path,
+    stops_only: bool,
+    cuts: u32,
+    quiet_stops: u64,
+    quiet_seconds: f64,
+) -> Res {
+    if stops_only {
+        let va = fetch(a)?;
+        println!(
+            "{}",
+            detail(&va, "mirror")
+                .and_then(|m| m["stops"].as_u64())
+                .unwrap_or(0)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (va, vb) = settled(a, b)?;
+    let (Some(ma), Some(mb)) = (detail(&va, "mirror"), detail(&vb, "mirror")) else {
+        return Err("both nodes need a mirror client".into());
     };
+    let mut gaps: Vec<f64> = ma["stalls_ms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_f64())
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        gaps.get(((gaps.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    let durable = ma["durable"].as_u64().unwrap_or(0);
+    let applied = mb["partner_applied"].as_u64().unwrap_or(0);
+    let entries = mb["partner_entries"].as_u64().unwrap_or(0);
+    let lost = durable.saturating_sub(applied);
+    let duplicated = entries.saturating_sub(applied);
+    let same = ma["local_digest"] == mb["mirror_digest"];
+    let out = json!({
+        "bench": "failover",
+        "cuts": cuts,
+        "gaps_ms": gaps,
+        "gap_ms_p50": pick(0.5),
+        "gap_ms_max": gaps.last(),
+        "detect_ms_p50": Value::Null,
+        "detect_note": "port-down is event driven (polled every 2 ms); silent loss waits heartbeat_ms x heartbeat_misses; the gap includes detection",
+        "lost": lost,
+        "duplicated": duplicated,
+        "needless_failovers": quiet_stops,
+        "quiet_seconds": quiet_seconds,
+        "appended": ma["appended"], "durable": durable, "applied_on_partner": applied,
+        "checksums_equal": same,
+        "latency_us": ma["latency_us"],
+    });
+    println!("{out}");
+    Ok(if lost == 0 && duplicated == 0 && same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn summary(a: &Path, b: &Path) -> Res {
+    let (va, vb) = settled(a, b)?;
     let mut ok = true;
     println!("SUMMARY (node A = writer, node B = holds A's mirror)");
     if let (Some(ma), Some(mb)) = (detail(&va, "mirror"), detail(&vb, "mirror")) {

@@ -517,7 +517,7 @@ fn summary(a: &Path, b: &Path) -> Res {
     }
     if let Some(cb) = detail(&vb, "counter") {
         println!(
-            "  counter stream A->B: received {}, stops {}, longest gap {:.1} ms (the failover gap)",
+            "  counter stream A->B: received {}, stops {}, longest gap between two messages {:.1} ms",
             cb["received"],
             cb["stops"],
             cb["max_gap_us"].as_f64().unwrap_or(0.0) / 1000.0

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ccm_verbs::Completion;
 use crossbeam_channel::RecvTimeoutError;
 
-use crate::node::channel::{RcChannel, SEND_WR_BASE};
+use crate::node::channel::{Delivery, RcChannel};
 use crate::node::{ClientHandle, ClientNotice};
 
 /// Counters a running counter client publishes.
@@ -78,22 +78,16 @@ pub fn run(handle: ClientHandle, period: Duration, stats: Arc<CounterStats>) {
                 failed = true;
             }
         }
-        if let Ok(n) = v.poll(&mut wc) {
-            for c in &wc[..n] {
-                if !c.is_success() {
-                    failed = true;
-                    continue;
+        failed |= v.poll_messages(&mut wc, |d| match d {
+            Delivery::Sent => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Delivery::Received(bytes) => {
+                if let Ok(b) = <[u8; 8]>::try_from(bytes) {
+                    stats
+                        .last_seq
+                        .fetch_max(u64::from_le_bytes(b), Ordering::Relaxed);
                 }
-                if c.wr_id() >= SEND_WR_BASE {
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let bytes = v.received(c);
-                if bytes.len() == 8 {
-                    let s = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-                    stats.last_seq.fetch_max(s, Ordering::Relaxed);
-                }
-                let _ = v.repost(c);
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 if let Some(prev) = last_rx {
@@ -103,7 +97,7 @@ pub fn run(handle: ClientHandle, period: Duration, stats: Arc<CounterStats>) {
                 }
                 last_rx = Some(now);
             }
-        }
+        });
         if failed {
             handle.report_vi_error(*ic, *generation);
             vi = None;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ccm_verbs::Completion;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use crate::node::channel::{RcChannel, SEND_WR_BASE};
+use crate::node::channel::{Delivery, RcChannel};
 use crate::node::{ClientHandle, ClientNotice};
 use crate::wire::{Generation, InterconnectId};
 
@@ -164,18 +164,13 @@ pub fn run(
             seq += 1;
             failed |= v.send_inline(&seq.to_le_bytes()).is_err();
         }
-        if let Ok(n) = v.poll(&mut wc) {
-            for c in &wc[..n] {
-                if !c.is_success() {
-                    failed = true;
-                } else if c.wr_id() < SEND_WR_BASE {
-                    let _ = v.repost(c);
-                    view.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .heartbeats_received += 1;
-                }
+        failed |= v.poll_messages(&mut wc, |d| {
+            if let Delivery::Received(_) = d {
+                view.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .heartbeats_received += 1;
             }
-        }
+        });
         if failed {
             handle.report_vi_error(*ic, *generation);
             vi = None;

@@ -113,6 +113,15 @@ fn from_verbs_mtu(m: VerbsMtu) -> Mtu {
     }
 }
 
+/// One completion of a message channel, as [`RcChannel::poll_messages`] hands it over.
+#[derive(Debug)]
+pub enum Delivery<'a> {
+    /// A send completed.
+    Sent,
+    /// A message arrived.
+    Received(&'a [u8]),
+}
+
 /// Work request ids at or above this are sends; below are receive slot indices.
 pub const SEND_WR_BASE: u64 = 1 << 32;
 
@@ -281,6 +290,25 @@ impl RcChannel {
     /// Give a receive slot back to the queue pair.
     pub fn repost(&self, c: &Completion) -> Result<(), ccm_verbs::Error> {
         self.post_slot(c.wr_id() as u32)
+    }
+
+    /// Poll completions (no allocation) and hand each to `on`: [`Delivery::Sent`] for a completed
+    /// send, [`Delivery::Received`] with the bytes of a receive (its slot is reposted right after). Returns
+    /// whether any completion carried an error (the VI is then broken: report it).
+    pub fn poll_messages(&self, wc: &mut [Completion], mut on: impl FnMut(Delivery<'_>)) -> bool {
+        let Ok(n) = self.poll(wc) else { return true };
+        let mut failed = false;
+        for c in &wc[..n] {
+            if !c.is_success() {
+                failed = true;
+            } else if c.wr_id() >= SEND_WR_BASE {
+                on(Delivery::Sent);
+            } else {
+                on(Delivery::Received(self.received(c)));
+                failed |= self.repost(c).is_err();
+            }
+        }
+        failed
     }
 
     /// Put the queue pair in the error state: every outstanding work request completes flushed.

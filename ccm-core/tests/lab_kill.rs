@@ -1,0 +1,182 @@
+//! Two `ccm node` processes on the lab's rxe devices; node B is killed with SIGKILL in the middle of
+//! mirrored traffic and started again. Node A's failover monitor must declare the partner down for the kill
+//! (and only for it), node A's NVRAM mirror must resume into B's surviving mirror ring, and in the end every
+//! entry A acknowledged is on B, in order, exactly once, with equal checksums.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use ccm_core::node::status;
+use ccm_verbs::lab::LabTopology;
+use serde_json::Value;
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn write_config(dir: &Path, side: &str) {
+    let (id, me, peer) = if side == "a" { (1, 1, 2) } else { (2, 2, 1) };
+    let load = if side == "a" {
+        "mirror_load_per_sec = 1000\nmirror_load_seconds = 8"
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"node = {id}
+partner = {partner}
+cluster = 9
+secret_file = "{dir}/secret"
+status_socket = "{dir}/{side}.sock"
+[timing]
+heartbeat_ms = 20
+heartbeat_misses = 5
+connect_ms = 200
+handshake_ms = 1000
+[[interconnect]]
+local_ip = "10.0.0.{me}"
+partner_ip = "10.0.0.{peer}"
+[[interconnect]]
+local_ip = "10.0.1.{me}"
+partner_ip = "10.0.1.{peer}"
+[[client]]
+name = "failover-monitor"
+id = 1
+kind = "monitor"
+[[client]]
+name = "nvram-mirror"
+id = 2
+kind = "mirror"
+mirror_path = "/dev/shm/ccm-kill-nvram-{side}"
+mirror_bytes = 1048576
+{load}
+"#,
+        partner = 3 - id,
+        dir = dir.display(),
+    );
+    std::fs::write(dir.join(format!("node-{side}.toml")), text).unwrap();
+}
+
+fn start(dir: &Path, side: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{side}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_ccm"))
+        .args(["node", "--config"])
+        .arg(dir.join(format!("node-{side}.toml")))
+        .env("RUST_LOG", "ccm=info")
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn detail(dir: &Path, side: &str, kind: &str) -> Option<Value> {
+    let v = status::fetch(&dir.join(format!("{side}.sock"))).ok()?;
+    v["clients_detail"]
+        .as_array()?
+        .iter()
+        .find(|d| d["kind"] == kind)
+        .cloned()
+}
+
+fn num(v: &Option<Value>, field: &str) -> u64 {
+    v.as_ref().and_then(|v| v[field].as_u64()).unwrap_or(0)
+}
+
+struct Kill(Vec<Child>);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
+    let Some(_lab) = LabTopology::from_env_or_skip(
+        "a_killed_partner_is_declared_down_and_the_mirror_loses_nothing",
+    ) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ccm-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret"), "kill test secret 0123456789\n").unwrap();
+    for side in ["a", "b"] {
+        for suffix in ["", ".mirror", ".mirror.state"] {
+            let _ = std::fs::remove_file(format!("/dev/shm/ccm-kill-nvram-{side}{suffix}"));
+        }
+        write_config(&dir, side);
+    }
+    let mut procs = Kill(vec![start(&dir, "a"), start(&dir, "b")]);
+    wait_until(
+        Duration::from_secs(20),
+        "node A's mirror appending and durable",
+        || num(&detail(&dir, "a", "mirror"), "durable") > 500,
+    );
+    // One link lost: no takeover.
+    let monitor = || detail(&dir, "a", "monitor");
+    assert_eq!(num(&monitor(), "partner_down_decisions"), 0);
+    // SIGKILL node B.
+    procs.0[1].kill().unwrap();
+    procs.0[1].wait().unwrap();
+    let killed = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "node A's monitor declares the partner down",
+        || num(&monitor(), "partner_down_decisions") == 1,
+    );
+    eprintln!(
+        "partner declared down {:.0} ms after SIGKILL",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    let durable_at_kill = num(&detail(&dir, "a", "mirror"), "durable");
+    // B comes back on the same mirror ring (it survived in /dev/shm) and the mirror resumes.
+    procs.0[1] = start(&dir, "b");
+    wait_until(
+        Duration::from_secs(20),
+        "the mirror durable again after B's restart",
+        || num(&detail(&dir, "a", "mirror"), "durable") > durable_at_kill + 200,
+    );
+    // The writer stops after its 8 s; then everything must be on B.
+    wait_until(
+        Duration::from_secs(30),
+        "the writer done and B caught up",
+        || {
+            let (a, b) = (detail(&dir, "a", "mirror"), detail(&dir, "b", "mirror"));
+            let appended = num(&a, "appended");
+            appended > 0
+                && appended == num(&a, "durable")
+                && num(&b, "partner_applied") == appended
+                && {
+                    std::thread::sleep(Duration::from_millis(300));
+                    num(&detail(&dir, "a", "mirror"), "appended") == appended
+                }
+        },
+    );
+    let (a, b) = (
+        detail(&dir, "a", "mirror").unwrap(),
+        detail(&dir, "b", "mirror").unwrap(),
+    );
+    assert_eq!(
+        a["local_digest"], b["mirror_digest"],
+        "B's mirror holds exactly A's log: {a} / {b}"
+    );
+    assert_eq!(
+        num(&monitor(), "partner_down_decisions"),
+        1,
+        "PartnerDown only for the kill"
+    );
+    eprintln!(
+        "mirror: {} entries appended and durable, {} applied on B (after its restart), checksums equal",
+        a["appended"], b["partner_applied"]
+    );
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}

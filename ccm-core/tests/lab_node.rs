@@ -89,7 +89,7 @@ fn start_pair(tcp_port: u16, specs: &[ClientSpec]) -> Pair {
             let client = node.handle().register(spec.clone(), Vec::new()).unwrap();
             let stats = Arc::new(CounterStats::default());
             counters.push(stats.clone());
-            std::thread::spawn(move || counter::run(client, Duration::from_millis(1), stats));
+            std::thread::spawn(move || counter::run(client, Duration::from_millis(2), stats));
         }
         nodes.push(node);
     }
@@ -438,7 +438,7 @@ fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
             .unwrap();
         let stats = Arc::new(CounterStats::default());
         late.push(stats.clone());
-        std::thread::spawn(move || counter::run(c, Duration::from_millis(1), stats));
+        std::thread::spawn(move || counter::run(c, Duration::from_millis(2), stats));
     }
     wait_until(
         Duration::from_secs(10),

@@ -36,8 +36,8 @@ cluster = 9
 secret_file = "{dir}/secret"
 status_socket = "{dir}/{side}.sock"
 [timing]
-heartbeat_ms = 20
-heartbeat_misses = 5
+heartbeat_ms = 30
+heartbeat_misses = 10
 connect_ms = 200
 handshake_ms = 1000
 [[interconnect]]

@@ -31,8 +31,8 @@ fn config(lab: &LabTopology, node: u64, tcp_port: u16) -> NodeConfig {
         cluster = 7
         secret_file = "{secret}"
         [timing]
-        heartbeat_ms = 20
-        heartbeat_misses = 5
+        heartbeat_ms = 30
+        heartbeat_misses = 10
         connect_ms = 200
         handshake_ms = 1000
         failback_hold_down_ms = 300

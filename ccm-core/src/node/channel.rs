@@ -139,6 +139,23 @@ pub struct RcChannel {
     sends: AtomicU64,
 }
 
+impl Drop for RcChannel {
+    /// A queue pair is moved to the error state and its completions drained (bounded) before it is
+    /// destroyed: destroying an rxe QP that still retransmits to a vanished peer waits on its retry
+    /// task, which is where the lab's guest kernel has soft-locked.
+    fn drop(&mut self) {
+        let _ = self.qp.to_error();
+        let mut wc = [Completion::default(); 16];
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(20) {
+            match self.cq.poll(&mut wc) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for RcChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RcChannel")

@@ -322,11 +322,9 @@ fn spawn_reaper() -> Sender<Doomed> {
             for doomed in rx {
                 match doomed {
                     Doomed::Session(s) => s.control.fail(),
-                    // A client's VIs are not moved to the error state here: the client may still be
-                    // posting on them until it has handled its Stop, and rxe (6.1) has soft-locked on a QP
-                    // modified to ERR while another thread posted on it. Each VI goes when its last
-                    // holder drops it: the client, after Stop (clients that must flush do it themselves).
-                    Doomed::Binding(b) => drop(b),
+                    // Released VIs go to the error state at once, so their peers' posts fail fast
+                    // and the manager re-places them (the client also gets its Stop).
+                    Doomed::Binding(b) => b.vis.iter().for_each(|vi| vi.fail()),
                 }
             }
         });

@@ -25,6 +25,8 @@ pub struct CounterStats {
     pub max_gap_us: AtomicU64,
     /// Times the client was stopped (failover, re-initialization).
     pub stops: AtomicU64,
+    /// Set to stop sending and let go of the VI (a graceful leave: quiesce, then unregister).
+    pub quiesce: std::sync::atomic::AtomicBool,
 }
 
 /// Run a counter client until its handle's channel closes. Sends every `period`.
@@ -63,6 +65,9 @@ pub fn run(handle: ClientHandle, period: Duration, stats: Arc<CounterStats>) {
             Ok(ClientNotice::PartnerSuspect) => {}
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if stats.quiesce.load(Ordering::Relaxed) {
+            vi = None;
         }
         let Some((v, ic, generation)) = &vi else {
             continue;

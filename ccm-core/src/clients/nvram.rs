@@ -856,6 +856,7 @@ fn post_batch(c: &Conn, b: &Batch) -> Result<(), ccm_verbs::Error> {
         } else {
             SendWr::new(wr_id, SendOp::Write(to), &sge).unsignaled()
         };
+        c.vi.check_port()?;
         c.vi.qp().post_send_one(&wr)?;
     }
     Ok(())

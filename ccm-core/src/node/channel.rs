@@ -5,7 +5,8 @@
 //! RESET -> INIT -> RTR -> RTS directly; there is no connect request or response on the wire.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ccm_verbs::{
     AccessFlags, Completion, CompletionQueue, Context, Endpoint, Gid, GidEntry, InitAttr,
@@ -26,6 +27,10 @@ pub struct IcDevice {
     pub port: u8,
     /// The RoCE v2 GID of the interconnect's local address.
     pub gid: GidEntry,
+    /// Whether the port is ACTIVE, as the node last saw it (set by the driver on port and async events).
+    /// Channels refuse to post while it is down: rxe on the lab's kernel can loop forever inside a post
+    /// made while its netdev goes down (see docs/lab-contract.md).
+    pub port_up: Arc<AtomicBool>,
 }
 
 impl IcDevice {
@@ -56,7 +61,17 @@ impl IcDevice {
             }
         };
         let gid = ctx.gid_by_ip(port, local_ip)?;
-        Ok(IcDevice { id, ctx, port, gid })
+        let up = ctx
+            .query_port(port)
+            .map(|p| p.state == ccm_verbs::PortState::Active)
+            .unwrap_or(false);
+        Ok(IcDevice {
+            id,
+            ctx,
+            port,
+            gid,
+            port_up: Arc::new(AtomicBool::new(up)),
+        })
     }
 }
 
@@ -220,6 +235,18 @@ impl RcChannel {
         &self.qp
     }
 
+    /// `Err(PortDown)` while the interconnect's port is known to be down: call before posting.
+    pub fn check_port(&self) -> Result<(), ccm_verbs::Error> {
+        if self.dev.port_up.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ccm_verbs::Error::PortDown {
+                port: self.dev.port,
+                state: 1,
+            })
+        }
+    }
+
     /// The interconnect.
     pub fn interconnect(&self) -> InterconnectId {
         self.dev.id
@@ -286,6 +313,7 @@ impl RcChannel {
 
     /// Send `bytes` inline (at most 64), signalled.
     pub fn send_inline(&self, bytes: &[u8]) -> Result<(), ccm_verbs::Error> {
+        self.check_port()?;
         let n = self.sends.fetch_add(1, Ordering::Relaxed);
         self.qp
             .post_send_one(&SendWr::inline(SEND_WR_BASE + n, SendOp::Send, bytes))

@@ -504,6 +504,14 @@ impl Driver {
         }
     }
 
+    /// Let the channels of interconnect `i` see its port state (they refuse to post while it is down).
+    fn publish_port(&self, i: usize) {
+        if let Some(d) = &self.ics[i].dev {
+            d.port_up
+                .store(self.ics[i].port_up, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     fn reap(&self, doomed: Doomed) {
         if let Err(e) = self.reaper.send(doomed) {
             drop(e.into_inner()); // the reaper is gone only at exit: tear down here
@@ -1157,6 +1165,7 @@ impl Driver {
                 self.record(format!("interconnect {i}: async event {e:?}"));
                 if let Some(event) = mapped {
                     self.ics[i].port_up = event == AsyncEvent::PortActive;
+                    self.publish_port(i);
                     self.input(Input::AsyncEvent { ic, event });
                 }
             }
@@ -1207,6 +1216,7 @@ impl Driver {
                         .unwrap_or(false);
                     if up != self.ics[i].port_up {
                         self.ics[i].port_up = up;
+                        self.publish_port(i);
                         self.record(format!(
                             "interconnect {i}: port {}",
                             if up { "ACTIVE" } else { "DOWN" }

@@ -45,6 +45,19 @@
 //!   moves its clients to the least utilised healthy interconnect (failover, Fig. 9) and back home once
 //!   the home has been healthy for the hold-down (failback).
 //!
+//! # Per-client isolation
+//! A VI error of one client ([`ViRef::Client`]) on an interconnect that is up (its control VI and
+//! heartbeats are fine) is that client's problem, e.g. a peer client that stopped reposting
+//! receives (RNR retry exceeded): only that client's binding is reset. Its client is told
+//! [`ClientEvent::Stop`], its VIs are released, and the partner is told [`ClientReset`] for the
+//! generation so its end does the same; the other clients on the link never notice. The placer binds
+//! the pair again (new generation, same bring-up 420-445, [`ClientEvent::Resumed`]) on the same
+//! interconnect while it is healthy, after a per-client back-off: `client_backoff_min` doubling with
+//! each reset in a row up to `client_backoff_max`, forgiven once a binding has run for
+//! `failback_hold_down`. A client that errors in a loop is thus rebound at most once per
+//! `client_backoff_max`, shown as [`ClientStatus::ResetBackoff`] and logged as [`Step::ClientReset`].
+//! A dead link is still caught by its heartbeats (or a control VI error) and fails every client on it.
+//!
 //! # Link monitor and partner state
 //! Every up interconnect carries a [`Heartbeat`] each `heartbeat_period`; any message counts as a sign
 //! of life, and `heartbeat_misses` periods of silence fail the interconnect. When one interconnect
@@ -72,6 +85,9 @@
 //!   before it is declared down; short against takeover timeouts (NetApp: 15 s).
 //! * `failback_hold_down` 500 ms: fifty heartbeat periods of uninterrupted health before clients
 //!   move back (corosync waits for two pongs; we prefer fewer needless moves).
+//! * `client_backoff_min` 10 ms, `client_backoff_max` 1 s: a one-off client error costs that client
+//!   about one heartbeat timeout of traffic; a client that errors in a loop costs the node one
+//!   rebinding (a few QPs) per second at most.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -83,9 +99,9 @@ use crate::auth;
 use crate::placement::{self, ClientNeeds, LinkView};
 use crate::wire::{
     self, AuthChallenge, AuthResponse, BandwidthClass, ClientClose, ClientEntry, ClientId,
-    ClientInfo, ClientOpen, ClientRef, ClusterId, DecodeError, ErrorCode, Generation, Heartbeat,
-    Hello, InterconnectId, MemoryWindow, Message, NodeId, PeerInfo, ProtocolVersion, Ready, Resume,
-    Stop, ViAddress, MAX_VIS,
+    ClientInfo, ClientOpen, ClientRef, ClientReset, ClusterId, DecodeError, ErrorCode, Generation,
+    Heartbeat, Hello, InterconnectId, MemoryWindow, Message, NodeId, PeerInfo, ProtocolVersion,
+    Ready, Resume, Stop, ViAddress, MAX_VIS,
 };
 use crate::Time;
 
@@ -130,6 +146,11 @@ pub struct Config {
     pub failback_hold_down: Duration,
     /// Longest wait for outstanding VI creations before a batch (425) is sent anyway.
     pub batch_window: Duration,
+    /// First back-off before a client pair whose VI failed on a healthy link is bound again.
+    pub client_backoff_min: Duration,
+    /// Largest such back-off (it doubles with each reset that follows less than
+    /// `failback_hold_down` of running).
+    pub client_backoff_max: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -177,6 +198,8 @@ impl Config {
             partner_down_after: Duration::from_millis(500),
             failback_hold_down: Duration::from_millis(500),
             batch_window: Duration::from_millis(2),
+            client_backoff_min: Duration::from_millis(10),
+            client_backoff_max: Duration::from_secs(1),
         }
     }
 
@@ -547,6 +570,19 @@ pub enum Step {
         /// Where it goes.
         to: InterconnectId,
     },
+    /// One client pair's binding failed on a healthy interconnect (a client VI error): only that
+    /// client is stopped and rebound, on the same interconnect when it is still up.
+    ClientReset {
+        /// The client.
+        client: ClientId,
+        /// The interconnect it was bound on.
+        ic: InterconnectId,
+        /// Resets in a row (each after less than `failback_hold_down` of running).
+        resets: u32,
+        /// The back-off before it is bound again (the placer's; `None` on the follower, which waits
+        /// for the placer).
+        after: Option<Duration>,
+    },
     /// A client moved back home.
     Failback {
         /// The client.
@@ -710,6 +746,13 @@ pub enum ClientStatus {
     WaitingForPartnerClient,
     /// Both clients exist; waiting for the placer to place the pair.
     WaitingForPlacement,
+    /// The pair's VIs failed on a healthy link `resets` times in a row; it is bound again at `until`.
+    ResetBackoff {
+        /// When it is bound again.
+        until: Time,
+        /// Resets in a row.
+        resets: u32,
+    },
     /// Bring-up of a binding in progress.
     Connecting {
         /// The interconnect.
@@ -820,6 +863,14 @@ struct Client {
     windows: Vec<MemoryWindow>,
     binding: Option<Binding>,
     told: Told,
+    /// Since when the current binding has been live (told Ready/Resumed).
+    live_since: Option<Time>,
+    /// Client resets in a row (see [`Step::ClientReset`]).
+    resets: u32,
+    /// Placer: not bound again before this (client back-off after a reset).
+    retry_at: Option<Time>,
+    /// Placer: the interconnect to rebind on after a reset, if it is still healthy.
+    prefer: Option<InterconnectId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -963,6 +1014,13 @@ impl Manager {
         if let Partner::Suspect { down_at, .. } = self.partner {
             at(down_at);
         }
+        if self.cfg.is_placer() {
+            for c in self.clients.values() {
+                if let Some(t) = c.retry_at.filter(|t| *t > self.now) {
+                    at(t);
+                }
+            }
+        }
         d
     }
 
@@ -1009,6 +1067,10 @@ impl Manager {
                 generation: b.generation,
             },
             None if !matches!(self.partner, Partner::Up { .. }) => ClientStatus::WaitingForPartner,
+            None if c.retry_at.is_some_and(|t| t > self.now) => ClientStatus::ResetBackoff {
+                until: c.retry_at.unwrap_or(self.now),
+                resets: c.resets,
+            },
             None => match self.partner_clients.get(&id) {
                 Some((_, Some(_))) => ClientStatus::WaitingForPlacement,
                 _ => ClientStatus::WaitingForPartnerClient,
@@ -1065,8 +1127,16 @@ impl Manager {
                                 .is_some_and(|b| b.generation == g && b.ic == ic)
                         }),
                     };
-                    if relevant {
-                        self.fail_link(now, i, LinkFailure::ViError);
+                    match vi {
+                        // Per-client isolation: a client VI error on a link whose control VI and
+                        // heartbeats are fine is that client's problem (a peer that stopped
+                        // reposting receives, a bad work request): only its binding is reset. A dead
+                        // link is still caught by its heartbeats and fails every client on it.
+                        ViRef::Client(c, g) if relevant && self.links[i].up().is_some() => {
+                            self.reset_client(now, c, g, true);
+                        }
+                        _ if relevant => self.fail_link(now, i, LinkFailure::ViError),
+                        _ => {}
                     }
                 }
             }
@@ -1516,6 +1586,8 @@ impl Manager {
                     }
                 }
             }
+            Message::ClientReset(r) => self.reset_client(now, r.client, r.generation, false),
+            Message::LoadReport(_) => {}
             Message::Resume(r) => {
                 if let Some(j) = self.index(r.interconnect) {
                     if let Phase::Backoff { until } = &mut self.links[j].phase {
@@ -1758,6 +1830,7 @@ impl Manager {
             Told::Ready => unreachable!("a running client is stopped before it is rebound"),
         };
         c.told = Told::Ready;
+        c.live_since = Some(now);
         self.tell(id, event);
         self.step(now, Step::ClientsGo445 { client: id, ic });
     }
@@ -1766,6 +1839,7 @@ impl Manager {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
+        c.live_since = None;
         let Some(b) = c.binding.take() else {
             if why == Drop::PartnerClosed && c.told == Told::Stopped {
                 c.told = Told::Idle;
@@ -1802,6 +1876,66 @@ impl Manager {
         if let Some(u) = self.links[b.ic.0 as usize].up_mut() {
             u.out_info.retain(|e| e.client != id);
             u.out_ready.retain(|r| r.client != id);
+        }
+    }
+
+    /// Per-client isolation: the binding `generation` of `id` failed while its interconnect stays
+    /// up (a VI error of that client here, `local`, or the partner's [`ClientReset`]). Only this
+    /// client is stopped and its VIs released; the placer binds the pair again after a back-off that
+    /// doubles with each reset in a row (a client that errors in a loop is retried at most every
+    /// `client_backoff_max`), on the same interconnect while it is healthy.
+    fn reset_client(&mut self, now: Time, id: ClientId, generation: Generation, local: bool) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some(ic) = c
+            .binding
+            .as_ref()
+            .filter(|b| b.generation == generation)
+            .map(|b| b.ic)
+        else {
+            return;
+        };
+        let stable = c
+            .live_since
+            .is_some_and(|t| now.saturating_since(t) >= self.cfg.failback_hold_down);
+        c.resets = if stable {
+            1
+        } else {
+            c.resets.saturating_add(1)
+        };
+        let resets = c.resets;
+        let after = self.cfg.is_placer().then(|| {
+            self.cfg
+                .client_backoff_min
+                .saturating_mul(1u32 << (resets - 1).min(16))
+                .min(self.cfg.client_backoff_max)
+        });
+        if let (Some(after), Some(c)) = (after, self.clients.get_mut(&id)) {
+            c.retry_at = Some(now + after);
+            c.prefer = Some(ic);
+        }
+        self.step(
+            now,
+            Step::ClientReset {
+                client: id,
+                ic,
+                resets,
+                after,
+            },
+        );
+        self.drop_binding(now, id, Drop::Stop);
+        if local {
+            // The partner's end of this generation is useless now: it drops it too.
+            if let Some(i) = self.index(ic).filter(|i| self.links[*i].up().is_some()) {
+                self.send(
+                    i,
+                    Message::ClientReset(ClientReset {
+                        client: id,
+                        generation,
+                    }),
+                );
+            }
         }
     }
 
@@ -1975,6 +2109,10 @@ impl Manager {
                         windows: Vec::new(),
                         binding: None,
                         told: Told::Idle,
+                        live_since: None,
+                        resets: 0,
+                        retry_at: None,
+                        prefer: None,
                     },
                 );
                 let open = self.open_message(&self.clients[&id]);
@@ -2096,6 +2234,12 @@ impl Manager {
             let Some((_, Some(open))) = self.partner_clients.get(&id) else {
                 continue;
             };
+            let c = self.clients.get_mut(&id).expect("registered");
+            if c.retry_at.is_some_and(|t| t > now) {
+                continue; // client back-off after a reset
+            }
+            c.retry_at = None;
+            let prefer = c.prefer.take();
             let c = &self.clients[&id];
             let want = c.spec.vi_count.max(open.vi_count);
             let home = homes[&id];
@@ -2103,6 +2247,10 @@ impl Manager {
             let hold_down = self.cfg.failback_hold_down;
             // Decide first, act after: (target, current interconnect if moving).
             let (to, from) = match &c.binding {
+                // After a client reset: the same interconnect while it is healthy.
+                None if prefer.is_some_and(|p| views[p.0 as usize].healthy) => {
+                    (prefer.expect("checked"), None)
+                }
                 None => match placement::choose_link(home, &views) {
                     Some(to) => (to, None),
                     None => continue,
@@ -2131,7 +2279,7 @@ impl Manager {
                     views[from.0 as usize].load -= w;
                     self.drop_binding(now, id, Drop::Stop);
                 }
-                None if to != home => self.step(
+                None if to != home && prefer != Some(to) => self.step(
                     now,
                     Step::Failover {
                         client: id,

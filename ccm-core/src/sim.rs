@@ -15,7 +15,8 @@
 //!   may follow after an RC timeout), a dead device on one node (async event there only), a crash of
 //!   a node (silent) and its restart with a new incarnation, late starts, slow clients, clients
 //!   registered late, on one side only, unregistering and coming back, growing buffers and
-//!   opening/freeing VIs.
+//!   opening/freeing VIs, and a client VI error on a healthy link (once or in a loop: a peer client
+//!   that never reposts receives).
 //! * **Clients** create VIs when asked, after a seeded delay; the simulator keeps the "fabric": which
 //!   VI exists on which node and to which remote VI it was slam connected.
 //!
@@ -33,6 +34,9 @@
 //!    client registered on both nodes Ready on both with the same interconnect and generation, its
 //!    VIs pairwise slam connected to each other's, windows mirrored; every client registered on one
 //!    side only waiting and idle; no VI leaked; so every Stop was followed by Resumed or PartnerDown.
+//! 8. Per-client isolation: a client VI error on a healthy link (or the partner's `ClientReset` for
+//!    it) stops no other client and changes no interconnect's state; the placer never binds a reset
+//!    client again before its back-off has passed.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -43,7 +47,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::manager::{
     Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, ClientStatus, Config, Input,
-    LinkStatus, Manager, PartnerStatus, SessionId, ViRef,
+    LinkStatus, Manager, PartnerStatus, SessionId, Step, ViRef,
 };
 use crate::wire::{
     BandwidthClass, ClientId, ClusterId, Generation, InterconnectId, MemoryWindow, Message, Mtu,
@@ -96,6 +100,8 @@ pub struct Report {
     pub stops: u64,
     /// PartnerDown events told.
     pub partner_downs: u64,
+    /// Client resets (per-client isolation) on either node.
+    pub client_resets: u64,
     /// Simulated time when the run ended.
     pub end: Time,
 }
@@ -135,6 +141,12 @@ enum Fault {
     Grow {
         node: NodeIx,
         client: ClientId,
+    },
+    /// A VI error of one client on its (healthy) link, `repeat` more times after each rebinding.
+    ClientViError {
+        node: NodeIx,
+        client: ClientId,
+        repeat: u8,
     },
 }
 
@@ -221,7 +233,7 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
         let ic = rng.gen_range(0..interconnects);
         let node = rng.gen_range(0..2);
         let client = ClientId(rng.gen_range(1..=n));
-        let f = match rng.gen_range(0..8) {
+        let f = match rng.gen_range(0..9) {
             0 | 1 => Fault::LinkDown { ic, dur },
             2 | 3 => Fault::Silent { ic, dur },
             4 => Fault::DeviceDead { ic, node, dur },
@@ -233,6 +245,11 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
                 node,
                 client,
                 away: dur,
+            },
+            7 => Fault::ClientViError {
+                node,
+                client,
+                repeat: rng.gen_range(0..=5),
             },
             _ => match rng.gen_range(0..3) {
                 0 => Fault::OpenVi { node, client },
@@ -250,6 +267,9 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
             | Fault::DeviceDead { dur, .. }
             | Fault::Churn { away: dur, .. } => *at + *dur,
             Fault::Crash { down, .. } => *at + *down + Duration::from_millis(200),
+            Fault::ClientViError { repeat, .. } => {
+                *at + Duration::from_millis(40) * u32::from(*repeat)
+            }
             _ => *at,
         })
         .chain(clients.iter().flat_map(|c| c.register_at))
@@ -427,6 +447,10 @@ pub struct Sim {
     trace: bool,
     report: Report,
     settle: Duration,
+    /// While a client reset is handled: the only client that may be told Stop.
+    isolating: Option<ClientId>,
+    /// Placer: when each reset client may be bound again.
+    retry_at: BTreeMap<ClientId, Time>,
 }
 
 /// Simulated time after the last fault heals by which everything must be Ready again.
@@ -520,6 +544,8 @@ impl Sim {
                 ..Report::default()
             },
             settle: SETTLE,
+            isolating: None,
+            retry_at: BTreeMap::new(),
             sc,
         };
         for n in 0..2 {
@@ -728,7 +754,63 @@ impl Sim {
                     },
                 );
             }
-            Action::Step { .. } => {}
+            Action::Step { at, step } => self.check_step(n, at, step)?,
+        }
+        Ok(())
+    }
+
+    /// Invariant 8, the back-off half.
+    fn check_step(&mut self, n: NodeIx, at: Time, step: Step) -> Result<(), Failure> {
+        if matches!(step, Step::ClientReset { .. }) {
+            self.report.client_resets += 1;
+        }
+        if n != 0 {
+            return Ok(());
+        }
+        match step {
+            Step::ClientReset {
+                client,
+                after: Some(after),
+                ..
+            } => {
+                self.retry_at.insert(client, at + after);
+            }
+            Step::ClientReset { after: None, .. } => {
+                return Err(self.fail("the placer reset a client without a back-off".into()))
+            }
+            Step::CreateVis420 { client, .. } => {
+                if let Some(t) = self.retry_at.get(&client).filter(|t| at < **t) {
+                    return Err(self.fail(format!(
+                        "node0 binds {client:?} again at {at}, before its reset back-off ends at {t}"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Runs one input that must only reset `client` (invariant 8).
+    fn input_isolated(&mut self, n: NodeIx, client: ClientId, input: Input) -> Result<(), Failure> {
+        let before: Vec<Vec<LinkStatus>> = self
+            .nodes
+            .iter()
+            .map(|nd| nd.mgr.as_ref().map(|m| m.link_status()).unwrap_or_default())
+            .collect();
+        self.isolating = Some(client);
+        let r = self.input(n, input);
+        self.isolating = None;
+        r?;
+        let after = self.nodes[n]
+            .mgr
+            .as_ref()
+            .map(|m| m.link_status())
+            .unwrap_or_default();
+        if after != before[n] {
+            return Err(self.fail(format!(
+                "node{n}: resetting {client:?} changed the interconnects from {:?} to {after:?}",
+                before[n]
+            )));
         }
         Ok(())
     }
@@ -829,6 +911,12 @@ impl Sim {
                 self.report.readies += 1;
                 Told::Ready(*ic, *generation)
             }
+            (ClientEvent::Stop { .. }, _) if self.isolating.is_some_and(|c| c != client) => {
+                return Err(self.fail(format!(
+                    "node{n} stops {client:?} while resetting only {:?}",
+                    self.isolating
+                )));
+            }
             (ClientEvent::Stop { ic }, Told::Ready(on, _)) if *ic == on => {
                 self.report.stops += 1;
                 Told::Stopped
@@ -922,6 +1010,9 @@ impl Sim {
     fn event(&mut self, ev: Ev) -> Result<(), Failure> {
         match ev {
             Ev::Start(n) | Ev::Restart(n) => {
+                if n == 0 {
+                    self.retry_at.clear();
+                }
                 let node = &mut self.nodes[n];
                 node.alive = true;
                 node.started = true;
@@ -983,12 +1074,19 @@ impl Sim {
                     return Ok(());
                 }
                 self.report.delivered += 1;
+                let reset = match &msg {
+                    Message::ClientReset(r) => Some(r.client),
+                    _ => None,
+                };
                 let input = Input::Message {
                     ic: InterconnectId(ses.ic),
                     session: SessionId(ses.sid[to]),
                     msg,
                 };
-                self.input(to, input)?;
+                match reset {
+                    Some(c) => self.input_isolated(to, c, input)?,
+                    None => self.input(to, input)?,
+                }
             }
             Ev::CloseNotice { to, s } => {
                 let ses = &self.sessions[s];
@@ -1284,6 +1382,9 @@ impl Sim {
                     },
                 );
                 if unregister {
+                    if node == 0 {
+                        self.retry_at.remove(&client);
+                    }
                     self.input(node, Input::Client(ClientRequest::Unregister(client)))?;
                 }
             }
@@ -1300,6 +1401,45 @@ impl Sim {
                         ClientRequest::FreeVi(client)
                     };
                     self.input(node, Input::Client(req))?;
+                }
+            }
+            Fault::ClientViError {
+                node,
+                client,
+                repeat,
+            } => {
+                let Some(m) = self.nodes[node].mgr.as_ref() else {
+                    return Ok(());
+                };
+                let bound = match m.client_status(client) {
+                    Some(ClientStatus::Ready { ic, generation })
+                    | Some(ClientStatus::Connecting { ic, generation }) => Some((ic, generation)),
+                    _ => None,
+                };
+                if let Some((ic, generation)) = bound {
+                    if m.link_status()[ic.0 as usize] == LinkStatus::Up {
+                        self.input_isolated(
+                            node,
+                            client,
+                            Input::ViError {
+                                ic,
+                                vi: ViRef::Client(client, generation),
+                            },
+                        )?;
+                    }
+                }
+                if repeat > 0 {
+                    // The peer still never reposts: the next binding fails again soon after it runs.
+                    let at =
+                        self.now + Duration::from_nanos(self.rng.gen_range(1_000_000..40_000_000));
+                    self.at(
+                        at,
+                        Ev::Fault(Fault::ClientViError {
+                            node,
+                            client,
+                            repeat: repeat - 1,
+                        }),
+                    );
                 }
             }
             Fault::Grow { node, client } => {

@@ -36,6 +36,8 @@
 //! | [`Ready`] | 440 | the sender has slam connected the listed client VIs |
 //! | [`Heartbeat`] | link monitor | liveness of the interconnect's control channel |
 //! | [`Stop`] / [`Resume`] | 520/530 | an interconnect failed / came back, told over another interconnect |
+//! | [`ClientReset`] | 520/525 for one client | one client pair's binding failed (a VI error on a healthy link): drop that generation |
+//! | [`LoadReport`] | adaptive balancing | the sender's measured bytes per second per client, for the placer |
 //! | [`Error`] | 415 | a typed refusal (version, cluster, authentication, protocol) before closing |
 
 use thiserror::Error;
@@ -285,6 +287,35 @@ pub struct Stop {
     pub session_tag: u64,
 }
 
+/// Per-client isolation: the sender dropped this client's binding of `generation` after a VI error
+/// on an otherwise healthy interconnect. The receiver drops the same generation (its client is told
+/// Stop); the placer then rebinds the pair after the client's back-off. Ignored for any other
+/// generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientReset {
+    /// The client pair.
+    pub client: ClientId,
+    /// The generation that failed.
+    pub generation: Generation,
+}
+
+/// One client's measured rate in a [`LoadReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLoad {
+    /// The client.
+    pub client: ClientId,
+    /// Bytes per second the sender's side of the client moved, averaged over its window.
+    pub bytes_per_s: u64,
+}
+
+/// Adaptive balancing: the follower's measured rates, sent each sampling period to the placer, which
+/// adds them to its own measurements of the same clients (a client pair's load is what both sides post).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadReport {
+    /// One entry per client with a measurement.
+    pub clients: Vec<ClientLoad>,
+}
+
 /// Step 530, told over a surviving interconnect: `interconnect` is usable again on the sender's side,
 /// so the receiver may retry its initial session now instead of waiting out its back-off.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -371,6 +402,10 @@ pub enum Message {
     Stop(Stop),
     /// See [`Resume`].
     Resume(Resume),
+    /// See [`ClientReset`].
+    ClientReset(ClientReset),
+    /// See [`LoadReport`].
+    LoadReport(LoadReport),
     /// See [`Error`].
     Error(Error),
 }
@@ -446,6 +481,8 @@ const T_HEARTBEAT: u8 = 9;
 const T_STOP: u8 = 10;
 const T_RESUME: u8 = 11;
 const T_ERROR: u8 = 12;
+const T_CLIENT_RESET: u8 = 13;
+const T_LOAD_REPORT: u8 = 14;
 
 impl Message {
     /// The on-wire type byte.
@@ -463,6 +500,8 @@ impl Message {
             Message::Stop(_) => T_STOP,
             Message::Resume(_) => T_RESUME,
             Message::Error(_) => T_ERROR,
+            Message::ClientReset(_) => T_CLIENT_RESET,
+            Message::LoadReport(_) => T_LOAD_REPORT,
         }
     }
 
@@ -548,6 +587,7 @@ impl Message {
                 Ok(())
             }
             Message::Ready(r) => count(r.clients.len(), "ready clients", MAX_CLIENTS),
+            Message::LoadReport(l) => count(l.clients.len(), "load clients", MAX_CLIENTS),
             Message::ClientOpen(o) => {
                 name(&o.name, "client name", MAX_NAME_LEN)?;
                 count(o.vi_count.into(), "vi count", MAX_VIS)
@@ -618,6 +658,17 @@ impl Message {
                 w.u64(s.session_tag);
             }
             Message::Resume(r) => w.u8(r.interconnect.0),
+            Message::ClientReset(c) => {
+                w.u32(c.client.0);
+                w.u64(c.generation.0);
+            }
+            Message::LoadReport(l) => {
+                w.u16(l.clients.len() as u16);
+                for c in &l.clients {
+                    w.u32(c.client.0);
+                    w.u64(c.bytes_per_s);
+                }
+            }
             Message::Error(e) => {
                 w.u16(e.code.to_u16());
                 let t = e.text.as_bytes();
@@ -785,6 +836,21 @@ impl Message {
             T_RESUME => Message::Resume(Resume {
                 interconnect: InterconnectId(r.u8("resume interconnect")?),
             }),
+            T_CLIENT_RESET => Message::ClientReset(ClientReset {
+                client: ClientId(r.u32("reset client")?),
+                generation: Generation(r.u64("reset generation")?),
+            }),
+            T_LOAD_REPORT => {
+                let n = r.count16("load clients", MAX_CLIENTS, 12)?;
+                let mut clients = Vec::with_capacity(n);
+                for _ in 0..n {
+                    clients.push(ClientLoad {
+                        client: ClientId(r.u32("load client")?),
+                        bytes_per_s: r.u64("load rate")?,
+                    });
+                }
+                Message::LoadReport(LoadReport { clients })
+            }
             T_ERROR => {
                 let code = ErrorCode::from_u16(r.u16("error code")?);
                 let n = r.u16("error text length")? as usize;

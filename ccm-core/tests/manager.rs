@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use ccm_core::manager::{
     Action, ClientEvent, ClientRequest, ClientSpec, ClientStatus, Config, HandshakeError, Input,
-    LinkStatus, Manager, PartnerStatus, SessionId, Step,
+    LinkStatus, Manager, PartnerStatus, SessionId, Step, ViRef,
 };
 use ccm_core::wire::{
-    BandwidthClass, ClientId, ClusterId, DecodeError, ErrorCode, InterconnectId, MemoryWindow,
-    Message, Mtu, NodeId, ViAddress,
+    BandwidthClass, ClientId, ClusterId, DecodeError, ErrorCode, Generation, InterconnectId,
+    MemoryWindow, Message, Mtu, NodeId, ViAddress,
 };
 use ccm_core::Time;
 
@@ -567,4 +567,151 @@ fn a_partner_restart_is_told_as_partner_down_and_its_clients_are_readmitted() {
         Some(ClientEvent::Ready { .. } | ClientEvent::Resumed { .. })
     ));
     assert!(p.ready_on(0, 1).is_some() && p.ready_on(1, 1).is_some());
+}
+
+fn generation_of(p: &Pair, n: usize, id: u32) -> Generation {
+    match p.m[n].client_status(ClientId(id)) {
+        Some(ClientStatus::Ready { generation, .. }) => generation,
+        s => panic!("client {id} on node {n} is not ready: {s:?}"),
+    }
+}
+
+fn resets(p: &Pair, n: usize) -> Vec<(u32, Option<Duration>)> {
+    p.steps[n]
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Step::ClientReset { resets, after, .. } => Some((*resets, *after)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_vi_error_on_a_healthy_link_resets_only_that_client_on_the_same_link() {
+    for detecting in [0, 1] {
+        let mut p = Pair::standard(2);
+        for id in 1..=3 {
+            p.register(0, id, BandwidthClass::Low);
+            p.register(1, id, BandwidthClass::Low);
+        }
+        p.run_for(Duration::from_millis(5));
+        let on = p.ready_on(0, 2).expect("ready");
+        let before = [p.events_of(0, 1).len(), p.events_of(1, 1).len()];
+        let others = [p.events_of(0, 3).len(), p.events_of(1, 3).len()];
+        let generation = generation_of(&p, detecting, 2);
+        // Client 2's peer never reposts receives: RNR retry exceeded on one of client 2's VIs.
+        p.input(
+            detecting,
+            Input::ViError {
+                ic: on,
+                vi: ViRef::Client(ClientId(2), generation),
+            },
+        );
+        p.run_for(Duration::from_millis(30));
+        for n in 0..2 {
+            let ev = p.events_of(n, 2);
+            assert_eq!(
+                ev[ev.len() - 2..],
+                [
+                    &ClientEvent::Stop { ic: on },
+                    &ClientEvent::Resumed {
+                        ic: on,
+                        generation: generation_of(&p, n, 2)
+                    }
+                ],
+                "node {n}"
+            );
+            assert_eq!(p.events_of(n, 1).len(), before[n], "client 1 untouched");
+            assert_eq!(p.events_of(n, 3).len(), others[n], "client 3 untouched");
+            assert_eq!(p.m[n].link_status(), [LinkStatus::Up, LinkStatus::Up]);
+            assert_eq!(p.m[n].partner_status(), PartnerStatus::Up);
+            assert!(!p.steps[n]
+                .iter()
+                .any(|(_, s)| matches!(s, Step::StopClients520 { .. })));
+        }
+        assert_ne!(generation_of(&p, 0, 2), generation);
+        assert_eq!(resets(&p, 0), [(1, Some(Duration::from_millis(10)))]);
+    }
+}
+
+#[test]
+fn a_client_that_errors_in_a_loop_backs_off_exponentially_up_to_a_bound() {
+    let mut a = Pair::config(1, 2, 1);
+    a.client_backoff_max = Duration::from_millis(40);
+    let mut p = Pair::new(a, Pair::config(2, 1, 1));
+    for id in 1..=2 {
+        p.register(0, id, BandwidthClass::Low);
+        p.register(1, id, BandwidthClass::Low);
+    }
+    p.run_for(Duration::from_millis(5));
+    let stable = p.events_of(0, 1).len();
+    for round in 0..5 {
+        let generation = generation_of(&p, 1, 2);
+        p.input(
+            1,
+            Input::ViError {
+                ic: InterconnectId(0),
+                vi: ViRef::Client(ClientId(2), generation),
+            },
+        );
+        p.run_for(Duration::from_millis(1));
+        match p.m[0].client_status(ClientId(2)) {
+            Some(ClientStatus::ResetBackoff { resets, .. }) => assert_eq!(resets, round + 1),
+            s => panic!("round {round}: {s:?}"),
+        }
+        p.run_for(Duration::from_millis(45));
+        assert!(p.ready_on(0, 2).is_some(), "round {round}: rebound");
+    }
+    let ms = Duration::from_millis;
+    assert_eq!(
+        resets(&p, 0),
+        [
+            (1, Some(ms(10))),
+            (2, Some(ms(20))),
+            (3, Some(ms(40))),
+            (4, Some(ms(40))),
+            (5, Some(ms(40)))
+        ]
+    );
+    assert!(resets(&p, 1).iter().all(|(_, after)| after.is_none()));
+    assert_eq!(
+        p.events_of(0, 1).len(),
+        stable,
+        "the other client never noticed"
+    );
+    // Once it has run for the hold-down, the next error starts the back-off afresh.
+    p.run_for(Duration::from_millis(600));
+    let generation = generation_of(&p, 0, 2);
+    p.input(
+        0,
+        Input::ViError {
+            ic: InterconnectId(0),
+            vi: ViRef::Client(ClientId(2), generation),
+        },
+    );
+    assert_eq!(resets(&p, 0).last(), Some(&(1, Some(ms(10)))));
+}
+
+#[test]
+fn a_control_vi_error_still_fails_the_whole_link() {
+    let mut p = Pair::standard(1);
+    for id in 1..=2 {
+        p.register(0, id, BandwidthClass::Low);
+        p.register(1, id, BandwidthClass::Low);
+    }
+    p.run_for(Duration::from_millis(5));
+    let on = p.ready_on(0, 1).expect("ready");
+    p.input(
+        0,
+        Input::ViError {
+            ic: on,
+            vi: ViRef::Control,
+        },
+    );
+    assert!(p.steps[0]
+        .iter()
+        .any(|(_, s)| matches!(s, Step::StopClients520 { clients: 2, .. })));
+    for id in 1..=2 {
+        assert_eq!(p.events_of(0, id)[1], &ClientEvent::Stop { ic: on });
+    }
 }

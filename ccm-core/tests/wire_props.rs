@@ -131,6 +131,21 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u8>().prop_map(|i| Message::Resume(Resume {
             interconnect: InterconnectId(i)
         })),
+        (any::<u32>(), any::<u64>()).prop_map(|(c, g)| Message::ClientReset(ClientReset {
+            client: ClientId(c),
+            generation: Generation(g)
+        })),
+        prop::collection::vec((any::<u32>(), any::<u64>()), 0..40).prop_map(|v| {
+            Message::LoadReport(LoadReport {
+                clients: v
+                    .into_iter()
+                    .map(|(c, b)| ClientLoad {
+                        client: ClientId(c),
+                        bytes_per_s: b,
+                    })
+                    .collect(),
+            })
+        }),
         (
             prop::sample::select(vec![
                 ErrorCode::IncompatibleVersion,

@@ -89,6 +89,7 @@ fn main() -> ExitCode {
     let downs = AtomicU64::new(0);
     let readies = AtomicU64::new(0);
     let lost = AtomicU64::new(0);
+    let resets = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..args.threads {
@@ -107,6 +108,7 @@ fn main() -> ExitCode {
                         downs.fetch_add(r.partner_downs, Ordering::Relaxed);
                         readies.fetch_add(r.readies, Ordering::Relaxed);
                         lost.fetch_add(r.lost, Ordering::Relaxed);
+                        resets.fetch_add(r.client_resets, Ordering::Relaxed);
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(f) => {
@@ -130,10 +132,11 @@ fn main() -> ExitCode {
         args.threads
     );
     println!(
-        "clients told ready/resumed {}, stop {}, partner-down {}; messages lost to broken sessions {}",
+        "clients told ready/resumed {}, stop {}, partner-down {}; client resets {}; messages lost to broken sessions {}",
         readies.load(Ordering::Relaxed),
         stops.load(Ordering::Relaxed),
         downs.load(Ordering::Relaxed),
+        resets.load(Ordering::Relaxed),
         lost.load(Ordering::Relaxed)
     );
     if let Some(f) = failures.first() {

@@ -58,6 +58,23 @@
 //! `client_backoff_max`, shown as [`ClientStatus::ResetBackoff`] and logged as [`Step::ClientReset`].
 //! A dead link is still caught by its heartbeats (or a control VI error) and fails every client on it.
 //!
+//! # Adaptive balancing by measured bandwidth (Figs. 8 and 9)
+//! The driver samples every client's posted bytes each `balance_period` and feeds them as
+//! [`Input::Measured`]; the follower forwards its samples to the placer in a [`wire::LoadReport`], so
+//! the placer's window holds both directions of every client pair. A client's rate is the bytes in
+//! the last `balance_window` over that window; a link's utilisation is the sum of its clients' rates
+//! over its configured capacity ([`Config::capacity`], per mille). Only the placer decides, with
+//! [`placement::plan_migration`]: a client moves when its link is above `balance_high_permille` and
+//! another link stays below `balance_low_permille` after the move. Hysteresis: at most one migration
+//! per `balance_period`; a client moves only after `balance_dwell` on its binding (after any move,
+//! failover or reset), so a failover is never undone early; a target must have been healthy for
+//! `failback_hold_down`; a pinned client never moves. A migration is a planned move through the
+//! failover path ([`Step::Migrate`]: Stop, release, a new generation on the target, Resumed), so a
+//! client that resends after a reset (the NVRAM mirror) loses and duplicates nothing. The target
+//! becomes the client's placement: failback returns it there, not to its static home. Once
+//! measurements exist, the failover target (Fig. 9) is the least utilised healthy link by measured
+//! load; before, by the class weights.
+//!
 //! # Link monitor and partner state
 //! Every up interconnect carries a [`Heartbeat`] each `heartbeat_period`; any message counts as a sign
 //! of life, and `heartbeat_misses` periods of silence fail the interconnect. When one interconnect
@@ -85,6 +102,11 @@
 //!   before it is declared down; short against takeover timeouts (NetApp: 15 s).
 //! * `failback_hold_down` 500 ms: fifty heartbeat periods of uninterrupted health before clients
 //!   move back (corosync waits for two pongs; we prefer fewer needless moves).
+//! * `balance_period` 100 ms, `balance_window` 1 s, watermarks 80 % / 60 %, `balance_dwell` 2 s:
+//!   ten samples smooth bursts; the 20-point gap between the watermarks means a move never makes
+//!   its target a candidate to move back; the dwell (four hold-downs) bounds each client to one
+//!   move per 2 s and the period bounds the node to ten per second. Capacity defaults to
+//!   [`DEFAULT_CAPACITY`] per interconnect; configure the real link rate.
 //! * `client_backoff_min` 10 ms, `client_backoff_max` 1 s: a one-off client error costs that client
 //!   about one heartbeat timeout of traffic; a client that errors in a loop costs the node one
 //!   rebinding (a few QPs) per second at most.
@@ -96,12 +118,12 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::auth;
-use crate::placement::{self, ClientNeeds, LinkView};
+use crate::placement::{self, ClientNeeds, LinkLoad, LinkView, LoadedClient, Watermarks};
 use crate::wire::{
     self, AuthChallenge, AuthResponse, BandwidthClass, ClientClose, ClientEntry, ClientId,
-    ClientInfo, ClientOpen, ClientRef, ClientReset, ClusterId, DecodeError, ErrorCode, Generation,
-    Heartbeat, Hello, InterconnectId, MemoryWindow, Message, NodeId, PeerInfo, ProtocolVersion,
-    Ready, Resume, Stop, ViAddress, MAX_VIS,
+    ClientInfo, ClientLoad, ClientOpen, ClientRef, ClientReset, ClusterId, DecodeError, ErrorCode,
+    Generation, Heartbeat, Hello, InterconnectId, MemoryWindow, Message, NodeId, PeerInfo,
+    ProtocolVersion, Ready, Resume, Stop, ViAddress, MAX_VIS,
 };
 use crate::Time;
 
@@ -151,7 +173,26 @@ pub struct Config {
     /// Largest such back-off (it doubles with each reset that follows less than
     /// `failback_hold_down` of running).
     pub client_backoff_max: Duration,
+    /// Capacity of each interconnect in bytes/s, for measured utilisation (missing entries:
+    /// [`DEFAULT_CAPACITY`]).
+    pub capacity: Vec<u64>,
+    /// The sampling period of client measurements ([`Input::Measured`]); also the shortest time
+    /// between two migrations.
+    pub balance_period: Duration,
+    /// The sliding window over which a client's rate is averaged.
+    pub balance_window: Duration,
+    /// A link above this utilisation (per mille of capacity) is overloaded.
+    pub balance_high_permille: u64,
+    /// A migration must leave its target below this utilisation (per mille).
+    pub balance_low_permille: u64,
+    /// A client is not migrated until it has stayed this long on its binding (after any move,
+    /// failover or reset).
+    pub balance_dwell: Duration,
 }
+
+/// The capacity assumed for an interconnect without a configured one: 1250 MB/s (10 Gb/s), a
+/// conservative figure for a storage interconnect. Configure the real rate.
+pub const DEFAULT_CAPACITY: u64 = 1_250_000_000;
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,12 +241,23 @@ impl Config {
             batch_window: Duration::from_millis(2),
             client_backoff_min: Duration::from_millis(10),
             client_backoff_max: Duration::from_secs(1),
+            capacity: vec![DEFAULT_CAPACITY; usize::from(interconnects)],
+            balance_period: Duration::from_millis(100),
+            balance_window: Duration::from_secs(1),
+            balance_high_permille: 800,
+            balance_low_permille: 600,
+            balance_dwell: Duration::from_secs(2),
         }
     }
 
     /// Silence after which an up interconnect is failed.
     pub fn heartbeat_timeout(&self) -> Duration {
         self.heartbeat_period * self.heartbeat_misses
+    }
+
+    /// The capacity of interconnect `i` in bytes/s.
+    pub fn capacity_of(&self, i: usize) -> u64 {
+        self.capacity.get(i).copied().unwrap_or(DEFAULT_CAPACITY)
     }
 
     /// Whether this node places clients and connects the initial sessions.
@@ -345,6 +397,12 @@ pub enum Input {
     },
     /// 510: a client request.
     Client(ClientRequest),
+    /// Adaptive balancing: bytes each local client posted in the sampling period ending now (the
+    /// driver samples every `balance_period`). The follower forwards them to the placer.
+    Measured {
+        /// One entry per client.
+        samples: Vec<ClientLoad>,
+    },
     /// The timer armed with [`Action::ArmTimer`] expired (spurious expiries are harmless).
     Timer,
 }
@@ -582,6 +640,19 @@ pub enum Step {
         /// The back-off before it is bound again (the placer's; `None` on the follower, which waits
         /// for the placer).
         after: Option<Duration>,
+    },
+    /// Adaptive balancing: a client moved off an overloaded interconnect.
+    Migrate {
+        /// The client.
+        client: ClientId,
+        /// From.
+        from: InterconnectId,
+        /// To.
+        to: InterconnectId,
+        /// The source's utilisation before, per mille of its capacity.
+        from_permille: u64,
+        /// The target's utilisation after, per mille.
+        to_permille: u64,
     },
     /// A client moved back home.
     Failback {
@@ -871,6 +942,12 @@ struct Client {
     retry_at: Option<Time>,
     /// Placer: the interconnect to rebind on after a reset, if it is still healthy.
     prefer: Option<InterconnectId>,
+    /// Placer: where the balancer moved it (replaces the static home for failback).
+    placed: Option<InterconnectId>,
+    /// Placer: when its current binding was made (for the balancer's dwell time).
+    bound_at: Option<Time>,
+    /// Measured bytes per sampling period within the balance window, oldest first.
+    samples: VecDeque<(Time, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -909,6 +986,7 @@ pub struct Manager {
     actions: VecDeque<Action>,
     armed: Option<Time>,
     now: Time,
+    last_migration: Option<Time>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -958,6 +1036,7 @@ impl Manager {
             actions: VecDeque::new(),
             armed: None,
             now,
+            last_migration: None,
         };
         for i in 0..m.links.len() {
             if m.cfg.is_placer() {
@@ -1147,6 +1226,18 @@ impl Manager {
                 windows,
             } => self.on_vis_created(now, client, generation, vis, windows),
             Input::Client(req) => self.on_client_request(now, req),
+            Input::Measured { samples } => {
+                self.add_samples(now, &samples);
+                if !self.cfg.is_placer() {
+                    let clients: Vec<ClientLoad> = samples
+                        .into_iter()
+                        .filter(|s| self.clients.contains_key(&s.client))
+                        .collect();
+                    if let Some(i) = self.links.iter().position(|l| l.up().is_some()) {
+                        self.send(i, Message::LoadReport(wire::LoadReport { clients }));
+                    }
+                }
+            }
             Input::Timer => {
                 // Always re-arm after an expiry, even for an unchanged deadline.
                 self.armed = None;
@@ -1587,7 +1678,11 @@ impl Manager {
                 }
             }
             Message::ClientReset(r) => self.reset_client(now, r.client, r.generation, false),
-            Message::LoadReport(_) => {}
+            Message::LoadReport(r) => {
+                if self.cfg.is_placer() {
+                    self.add_samples(now, &r.clients);
+                }
+            }
             Message::Resume(r) => {
                 if let Some(j) = self.index(r.interconnect) {
                     if let Phase::Backoff { until } = &mut self.links[j].phase {
@@ -2113,6 +2208,9 @@ impl Manager {
                         resets: 0,
                         retry_at: None,
                         prefer: None,
+                        placed: None,
+                        bound_at: None,
+                        samples: VecDeque::new(),
                     },
                 );
                 let open = self.open_message(&self.clients[&id]);
@@ -2224,9 +2322,11 @@ impl Manager {
                 load: 0,
             })
             .collect();
+        let measuring = self.measuring();
         for c in self.clients.values() {
             if let Some(b) = &c.binding {
-                views[b.ic.0 as usize].load += placement::weight(c.spec.class);
+                let i = b.ic.0 as usize;
+                views[i].load = views[i].load.saturating_add(self.load_of(c, i, measuring));
             }
         }
         let ids: Vec<ClientId> = self.clients.keys().copied().collect();
@@ -2242,8 +2342,11 @@ impl Manager {
             let prefer = c.prefer.take();
             let c = &self.clients[&id];
             let want = c.spec.vi_count.max(open.vi_count);
-            let home = homes[&id];
-            let w = placement::weight(c.spec.class);
+            // Where the client belongs: its static home (Fig. 8), or where the balancer moved it.
+            let home = c
+                .placed
+                .filter(|p| c.spec.pinned.is_none() && (p.0 as usize) < self.links.len())
+                .unwrap_or(homes[&id]);
             let hold_down = self.cfg.failback_hold_down;
             // Decide first, act after: (target, current interconnect if moving).
             let (to, from) = match &c.binding {
@@ -2276,7 +2379,9 @@ impl Manager {
                             },
                         );
                     }
-                    views[from.0 as usize].load -= w;
+                    let f = from.0 as usize;
+                    let l = self.load_of(&self.clients[&id], f, measuring);
+                    views[f].load = views[f].load.saturating_sub(l);
                     self.drop_binding(now, id, Drop::Stop);
                 }
                 None if to != home && prefer != Some(to) => self.step(
@@ -2289,22 +2394,175 @@ impl Manager {
                 ),
                 None => {}
             }
-            views[to.0 as usize].load += w;
-            let generation = Generation(self.next_generation);
-            self.next_generation += 1;
-            let c = self.clients.get_mut(&id).expect("registered");
-            c.binding = Some(Binding {
-                generation,
-                ic: to,
-                vi_count: want,
-                local: None,
-                remote: None,
-                connected: false,
-                partner_ready: false,
-                live: false,
-            });
-            self.create_vis(now, to.0 as usize, id, generation, want);
+            let t = to.0 as usize;
+            let l = self.load_of(&self.clients[&id], t, measuring);
+            views[t].load = views[t].load.saturating_add(l);
+            self.bind(now, id, to, want);
         }
+        if measuring {
+            self.balance(now);
+        }
+    }
+
+    /// A new binding (generation) of `id` on `to` with `vi_count` VIs: 420 starts.
+    fn bind(&mut self, now: Time, id: ClientId, to: InterconnectId, vi_count: u8) {
+        let generation = Generation(self.next_generation);
+        self.next_generation += 1;
+        let c = self.clients.get_mut(&id).expect("registered");
+        c.bound_at = Some(now);
+        c.binding = Some(Binding {
+            generation,
+            ic: to,
+            vi_count,
+            local: None,
+            remote: None,
+            connected: false,
+            partner_ready: false,
+            live: false,
+        });
+        self.create_vis(now, to.0 as usize, id, generation, vi_count);
+    }
+
+    /// Whether any client has measurements in its window (else placement uses class weights).
+    fn measuring(&self) -> bool {
+        let window = self.cfg.balance_window;
+        self.clients.values().any(|c| {
+            c.samples
+                .back()
+                .is_some_and(|(t, _)| self.now.saturating_since(*t) < window)
+        })
+    }
+
+    /// What client `c` adds to the load of link `i` as [`LinkView::load`] counts it.
+    fn load_of(&self, c: &Client, i: usize, measuring: bool) -> u64 {
+        if measuring {
+            placement::utilisation_permille(self.rate(c), self.cfg.capacity_of(i))
+        } else {
+            placement::weight(c.spec.class)
+        }
+    }
+
+    /// A client's measured rate in bytes/s over the window (samples from both nodes on the placer).
+    fn rate(&self, c: &Client) -> u64 {
+        let window = self.cfg.balance_window;
+        let bytes: u128 = c
+            .samples
+            .iter()
+            .filter(|(t, _)| self.now.saturating_since(*t) < window)
+            .map(|(_, b)| u128::from(*b))
+            .sum();
+        (bytes * 1_000_000_000 / window.as_nanos().max(1)).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Adds measured bytes of the sampling period ending `now` to the clients' windows.
+    fn add_samples(&mut self, now: Time, samples: &[ClientLoad]) {
+        let window = self.cfg.balance_window;
+        for s in samples {
+            if let Some(c) = self.clients.get_mut(&s.client) {
+                c.samples.push_back((now, s.bytes));
+            }
+        }
+        for c in self.clients.values_mut() {
+            while c
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.saturating_since(*t) >= window)
+            {
+                c.samples.pop_front();
+            }
+        }
+    }
+
+    /// Adaptive balancing (placer): at most one migration per `balance_period`, planned by
+    /// [`placement::plan_migration`] over the measured rates, carried out like a failback: Stop,
+    /// release, a new generation on the target, Resumed.
+    fn balance(&mut self, now: Time) {
+        if self
+            .last_migration
+            .is_some_and(|t| now.saturating_since(t) < self.cfg.balance_period)
+        {
+            return;
+        }
+        let hold_down = self.cfg.failback_hold_down;
+        let links: Vec<LinkLoad> = self
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LinkLoad {
+                id: l.id,
+                target: l.up().is_some() && now.saturating_since(l.healthy_since) >= hold_down,
+                capacity: self.cfg.capacity_of(i),
+            })
+            .collect();
+        let dwell = self.cfg.balance_dwell;
+        // A client in its reset back-off still counts on the link it returns to.
+        let clients: Vec<LoadedClient> = self
+            .clients
+            .values()
+            .filter_map(|c| {
+                let (link, live) = match (&c.binding, c.prefer) {
+                    (Some(b), _) => (b.ic, b.live),
+                    (None, Some(p)) => (p, false),
+                    (None, None) => return None,
+                };
+                Some(LoadedClient {
+                    client: c.spec.id,
+                    link,
+                    rate: self.rate(c),
+                    movable: c.spec.pinned.is_none()
+                        && live
+                        && c.bound_at.is_some_and(|t| now.saturating_since(t) >= dwell),
+                })
+            })
+            .collect();
+        let w = Watermarks {
+            high: self.cfg.balance_high_permille,
+            low: self.cfg.balance_low_permille,
+        };
+        let Some(m) = placement::plan_migration(&clients, &links, w) else {
+            return;
+        };
+        self.last_migration = Some(now);
+        self.step(
+            now,
+            Step::Migrate {
+                client: m.client,
+                from: m.from,
+                to: m.to,
+                from_permille: m.from_permille,
+                to_permille: m.to_permille,
+            },
+        );
+        let c = self
+            .clients
+            .get_mut(&m.client)
+            .expect("planned from clients");
+        c.placed = Some(m.to);
+        let want = c.binding.as_ref().map_or(c.spec.vi_count, |b| b.vi_count);
+        self.drop_binding(now, m.client, Drop::Stop);
+        self.bind(now, m.client, m.to, want);
+    }
+
+    /// Measured utilisation of every interconnect: (bytes/s of the clients bound on it, capacity).
+    pub fn link_load(&self) -> Vec<(u64, u64)> {
+        (0..self.links.len())
+            .map(|i| {
+                let ic = self.links[i].id;
+                let rate = self
+                    .clients
+                    .values()
+                    .filter(|c| c.binding.as_ref().is_some_and(|b| b.ic == ic))
+                    .map(|c| self.rate(c))
+                    .fold(0u64, u64::saturating_add);
+                (rate, self.cfg.capacity_of(i))
+            })
+            .collect()
+    }
+
+    /// A client's measured rate in bytes/s over the balance window (on the placer both nodes'
+    /// samples, on the follower its own); `None` if not registered.
+    pub fn client_rate(&self, id: ClientId) -> Option<u64> {
+        self.clients.get(&id).map(|c| self.rate(c))
     }
 
     /// 425/440: send each link's pending batch once no creation is outstanding on it, or when the

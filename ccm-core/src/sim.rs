@@ -17,6 +17,10 @@
 //!   registered late, on one side only, unregistering and coming back, growing buffers and
 //!   opening/freeing VIs, and a client VI error on a healthy link (once or in a loop: a peer client
 //!   that never reposts receives).
+//! * **Load** (adaptive balancing): each interconnect has a seeded capacity and each client a seeded
+//!   load pattern (idle, constant, alternating between two rates, or a burst that starts later);
+//!   while a client is Ready each node feeds its manager the bytes its side posted every
+//!   `balance_period` ([`Input::Measured`]), until half a second after the last fault.
 //! * **Clients** create VIs when asked, after a seeded delay; the simulator keeps the "fabric": which
 //!   VI exists on which node and to which remote VI it was slam connected.
 //!
@@ -37,6 +41,9 @@
 //! 8. Per-client isolation: a client VI error on a healthy link (or the partner's `ClientReset` for
 //!    it) stops no other client and changes no interconnect's state; the placer never binds a reset
 //!    client again before its back-off has passed.
+//! 9. Balancing without storms: no pinned client is ever migrated; two migrations are at least
+//!    `balance_period` apart, so at most `balance_window / balance_period` happen in any window; a
+//!    client is migrated again only after `balance_dwell`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -50,8 +57,8 @@ use crate::manager::{
     LinkStatus, Manager, PartnerStatus, SessionId, Step, ViRef,
 };
 use crate::wire::{
-    BandwidthClass, ClientId, ClusterId, Generation, InterconnectId, MemoryWindow, Message, Mtu,
-    NodeId, ViAddress,
+    BandwidthClass, ClientId, ClientLoad, ClusterId, Generation, InterconnectId, MemoryWindow,
+    Message, Mtu, NodeId, ViAddress,
 };
 use crate::Time;
 
@@ -102,6 +109,8 @@ pub struct Report {
     pub partner_downs: u64,
     /// Client resets (per-client isolation) on either node.
     pub client_resets: u64,
+    /// Migrations by the adaptive balancer.
+    pub migrations: u64,
     /// Simulated time when the run ended.
     pub end: Time,
 }
@@ -150,9 +159,51 @@ enum Fault {
     },
 }
 
+/// A client's offered load, bytes/s of the pair (each node posts half).
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    Idle,
+    Constant(u64),
+    /// `a` and `b` in turns of `every`.
+    Alternating {
+        a: u64,
+        b: u64,
+        every: Duration,
+    },
+    /// Idle until `from`, then `rate`.
+    Burst {
+        from: Time,
+        rate: u64,
+    },
+}
+
+impl Load {
+    fn rate(self, now: Time) -> u64 {
+        match self {
+            Load::Idle => 0,
+            Load::Constant(r) => r,
+            Load::Alternating { a, b, every } => {
+                if (now.as_nanos() / every.as_nanos().max(1) as u64) % 2 == 0 {
+                    a
+                } else {
+                    b
+                }
+            }
+            Load::Burst { from, rate } => {
+                if now >= from {
+                    rate
+                } else {
+                    0
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct ScenarioClient {
     spec: ClientSpec,
+    load: Load,
     on: [bool; 2],
     register_at: [Time; 2],
     create_delay: (u64, u64),
@@ -169,6 +220,7 @@ struct Scenario {
     rto_ns: (u64, u64),
     spike: f64,
     heal: Time,
+    capacity: Vec<u64>,
 }
 
 fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
@@ -198,6 +250,21 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
                     start[s] + Duration::from_nanos(rng.gen_range(0..1_500_000_000))
                 };
             }
+            const MB: u64 = 1_000_000;
+            let load = match rng.gen_range(0..6) {
+                0 | 1 => Load::Idle,
+                2 => Load::Constant(rng.gen_range(0..20 * MB)),
+                3 => Load::Constant(rng.gen_range(20 * MB..200 * MB)),
+                4 => Load::Alternating {
+                    a: rng.gen_range(0..200 * MB),
+                    b: rng.gen_range(0..200 * MB),
+                    every: Duration::from_millis(rng.gen_range(50..3000)),
+                },
+                _ => Load::Burst {
+                    from: Time(rng.gen_range(0..2_000_000_000)),
+                    rate: rng.gen_range(50 * MB..200 * MB),
+                },
+            };
             let create_delay = if rng.gen_bool(0.2) {
                 (5_000_000, 60_000_000)
             } else {
@@ -219,6 +286,7 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
                         None
                     },
                 },
+                load,
                 on,
                 register_at,
                 create_delay,
@@ -276,6 +344,9 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
         .chain(start)
         .max()
         .unwrap_or(Time::ZERO);
+    let capacity = (0..interconnects)
+        .map(|_| rng.gen_range(50_000_000..300_000_000u64))
+        .collect();
     let loss = [0.0, 0.001, 0.01, 0.05][rng.gen_range(0..4)];
     let lo = rng.gen_range(5_000..50_000);
     Scenario {
@@ -288,6 +359,7 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
         rto_ns: (2_000_000, 10_000_000),
         spike: 0.01,
         heal,
+        capacity,
     }
 }
 
@@ -345,6 +417,10 @@ enum Ev {
     Restart(NodeIx),
     RcTimeout {
         ic: u8,
+    },
+    Sample {
+        to: NodeIx,
+        life: u32,
     },
 }
 
@@ -447,10 +523,14 @@ pub struct Sim {
     trace: bool,
     report: Report,
     settle: Duration,
-    /// While a client reset is handled: the only client that may be told Stop.
+    /// While a client reset is handled: the only client that may be told Stop (besides one the
+    /// balancer migrates in the same turn, for its own reasons).
     isolating: Option<ClientId>,
+    migrating: Option<ClientId>,
     /// Placer: when each reset client may be bound again.
     retry_at: BTreeMap<ClientId, Time>,
+    /// Placer: recent migrations (time, client), for invariant 9.
+    migrations: Vec<(Time, ClientId)>,
 }
 
 /// Simulated time after the last fault heals by which everything must be Ready again.
@@ -471,7 +551,7 @@ impl Sim {
     pub fn new(seed: u64, trace: bool) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let sc = scenario(&mut rng);
-        let cfg = [
+        let mut cfg = [
             Config::new(
                 NodeId(1),
                 NodeId(2),
@@ -487,6 +567,11 @@ impl Sim {
                 sc.interconnects,
             ),
         ];
+        let dwell = Duration::from_millis([100, 500, 2000][rng.gen_range(0..3)]);
+        for c in &mut cfg {
+            c.capacity = sc.capacity.clone();
+            c.balance_dwell = dwell;
+        }
         let mk = |side: usize| Node {
             alive: false,
             started: false,
@@ -545,7 +630,9 @@ impl Sim {
             },
             settle: SETTLE,
             isolating: None,
+            migrating: None,
             retry_at: BTreeMap::new(),
+            migrations: Vec::new(),
             sc,
         };
         for n in 0..2 {
@@ -768,6 +855,46 @@ impl Sim {
             return Ok(());
         }
         match step {
+            Step::Migrate { client, .. } => {
+                self.report.migrations += 1;
+                self.migrating = Some(client);
+                let cfg = &self.cfg[0];
+                let pinned = self
+                    .sc
+                    .clients
+                    .iter()
+                    .any(|c| c.spec.id == client && c.spec.pinned.is_some());
+                if pinned {
+                    return Err(self.fail(format!("node0 migrates pinned {client:?}")));
+                }
+                if let Some((t, _)) = self.migrations.last() {
+                    if at.saturating_since(*t) < cfg.balance_period {
+                        return Err(self.fail(format!(
+                            "two migrations within a balance period ({t} and {at})"
+                        )));
+                    }
+                }
+                if let Some((t, _)) = self.migrations.iter().rev().find(|(_, c)| *c == client) {
+                    if at.saturating_since(*t) < cfg.balance_dwell {
+                        return Err(self.fail(format!(
+                            "{client:?} migrated at {t} and again at {at}, within the dwell time"
+                        )));
+                    }
+                }
+                let window = cfg.balance_window;
+                let bound = (window.as_nanos() / cfg.balance_period.as_nanos()) as usize + 1;
+                self.migrations.push((at, client));
+                let recent = self
+                    .migrations
+                    .iter()
+                    .filter(|(t, _)| at.saturating_since(*t) < window)
+                    .count();
+                if recent > bound {
+                    return Err(self.fail(format!(
+                        "migration storm: {recent} migrations within {window:?}"
+                    )));
+                }
+            }
             Step::ClientReset {
                 client,
                 after: Some(after),
@@ -798,8 +925,10 @@ impl Sim {
             .map(|nd| nd.mgr.as_ref().map(|m| m.link_status()).unwrap_or_default())
             .collect();
         self.isolating = Some(client);
+        self.migrating = None;
         let r = self.input(n, input);
         self.isolating = None;
+        self.migrating = None;
         r?;
         let after = self.nodes[n]
             .mgr
@@ -911,7 +1040,10 @@ impl Sim {
                 self.report.readies += 1;
                 Told::Ready(*ic, *generation)
             }
-            (ClientEvent::Stop { .. }, _) if self.isolating.is_some_and(|c| c != client) => {
+            (ClientEvent::Stop { .. }, _)
+                if self.isolating.is_some_and(|c| c != client)
+                    && self.migrating != Some(client) =>
+            {
                 return Err(self.fail(format!(
                     "node{n} stops {client:?} while resetting only {:?}",
                     self.isolating
@@ -1012,7 +1144,11 @@ impl Sim {
             Ev::Start(n) | Ev::Restart(n) => {
                 if n == 0 {
                     self.retry_at.clear();
+                    self.migrations.clear();
                 }
+                let at = self.now + self.cfg[n].balance_period;
+                let life = self.nodes[n].life + 1;
+                self.at(at, Ev::Sample { to: n, life });
                 let node = &mut self.nodes[n];
                 node.alive = true;
                 node.started = true;
@@ -1249,6 +1385,36 @@ impl Sim {
                         );
                     }
                     _ => {}
+                }
+            }
+            Ev::Sample { to, life } => {
+                if life != self.nodes[to].life || !self.nodes[to].alive {
+                    return Ok(());
+                }
+                let period = self.cfg[to].balance_period;
+                if self.now > self.sc.heal + Duration::from_millis(500) {
+                    return Ok(());
+                }
+                let now = self.now;
+                let samples: Vec<ClientLoad> = self
+                    .sc
+                    .clients
+                    .iter()
+                    .filter(|c| {
+                        self.nodes[to]
+                            .clients
+                            .get(&c.spec.id)
+                            .is_some_and(|sc| matches!(sc.told, Told::Ready(..)))
+                    })
+                    .map(|c| ClientLoad {
+                        client: c.spec.id,
+                        bytes: (u128::from(c.load.rate(now)) * period.as_nanos() / 2_000_000_000)
+                            as u64,
+                    })
+                    .collect();
+                self.at(now + period, Ev::Sample { to, life });
+                if !samples.is_empty() {
+                    self.input(to, Input::Measured { samples })?;
                 }
             }
             Ev::RcTimeout { ic } => {

@@ -37,7 +37,7 @@
 //! | [`Heartbeat`] | link monitor | liveness of the interconnect's control channel |
 //! | [`Stop`] / [`Resume`] | 520/530 | an interconnect failed / came back, told over another interconnect |
 //! | [`ClientReset`] | 520/525 for one client | one client pair's binding failed (a VI error on a healthy link): drop that generation |
-//! | [`LoadReport`] | adaptive balancing | the sender's measured bytes per second per client, for the placer |
+//! | [`LoadReport`] | adaptive balancing | bytes each of the sender's clients posted in the last sampling period, for the placer |
 //! | [`Error`] | 415 | a typed refusal (version, cluster, authentication, protocol) before closing |
 
 use thiserror::Error;
@@ -304,12 +304,12 @@ pub struct ClientReset {
 pub struct ClientLoad {
     /// The client.
     pub client: ClientId,
-    /// Bytes per second the sender's side of the client moved, averaged over its window.
-    pub bytes_per_s: u64,
+    /// Bytes the sender's side of the client posted since its previous report (one sampling period).
+    pub bytes: u64,
 }
 
-/// Adaptive balancing: the follower's measured rates, sent each sampling period to the placer, which
-/// adds them to its own measurements of the same clients (a client pair's load is what both sides post).
+/// Adaptive balancing: the follower's measurements, sent each sampling period to the placer, which
+/// adds them to its own samples of the same clients (a client pair's load is what both sides post).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadReport {
     /// One entry per client with a measurement.
@@ -666,7 +666,7 @@ impl Message {
                 w.u16(l.clients.len() as u16);
                 for c in &l.clients {
                     w.u32(c.client.0);
-                    w.u64(c.bytes_per_s);
+                    w.u64(c.bytes);
                 }
             }
             Message::Error(e) => {
@@ -846,7 +846,7 @@ impl Message {
                 for _ in 0..n {
                     clients.push(ClientLoad {
                         client: ClientId(r.u32("load client")?),
-                        bytes_per_s: r.u64("load rate")?,
+                        bytes: r.u64("load bytes")?,
                     });
                 }
                 Message::LoadReport(LoadReport { clients })

@@ -9,8 +9,8 @@ use ccm_core::manager::{
     LinkStatus, Manager, PartnerStatus, SessionId, Step, ViRef,
 };
 use ccm_core::wire::{
-    BandwidthClass, ClientId, ClusterId, DecodeError, ErrorCode, Generation, InterconnectId,
-    MemoryWindow, Message, Mtu, NodeId, ViAddress,
+    BandwidthClass, ClientId, ClientLoad, ClusterId, DecodeError, ErrorCode, Generation,
+    InterconnectId, MemoryWindow, Message, Mtu, NodeId, ViAddress,
 };
 use ccm_core::Time;
 
@@ -714,4 +714,230 @@ fn a_control_vi_error_still_fails_the_whole_link() {
     for id in 1..=2 {
         assert_eq!(p.events_of(0, id)[1], &ClientEvent::Stop { ic: on });
     }
+}
+
+const MB: u64 = 1_000_000;
+
+/// Feeds both managers `rates` (client id, bytes/s of the pair; each node posts half) every
+/// balance period for `d`, delivering messages and timers in between.
+fn carry(p: &mut Pair, rates: &[(u32, u64)], d: Duration) {
+    let period = p.m[0].config().balance_period;
+    let until = p.now + d;
+    while p.now + period <= until {
+        p.run_for(period);
+        for n in 0..2 {
+            let samples = rates
+                .iter()
+                .map(|&(id, rate)| ClientLoad {
+                    client: ClientId(id),
+                    bytes: rate / 2 * period.as_millis() as u64 / 1000,
+                })
+                .collect();
+            p.input(n, Input::Measured { samples });
+        }
+    }
+    p.run_until(until);
+}
+
+fn migrations(p: &Pair) -> Vec<(ClientId, InterconnectId, InterconnectId)> {
+    p.steps[0]
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Step::Migrate {
+                client, from, to, ..
+            } => Some((*client, *from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two links of 100 and 200 MB/s; the mirror (client 1, high) on link 1, clients 2 and 3 on link 0,
+/// all Ready, the links healthy beyond the hold-down and the clients beyond the dwell time.
+fn balanced_pair(pin_2: bool) -> Pair {
+    let mut cfg = [Pair::config(1, 2, 2), Pair::config(2, 1, 2)];
+    for c in &mut cfg {
+        c.capacity = vec![100 * MB, 200 * MB];
+    }
+    let [a, b] = cfg;
+    let mut p = Pair::new(a, b);
+    for (id, class) in [
+        (1, BandwidthClass::High),
+        (2, BandwidthClass::Low),
+        (3, BandwidthClass::Low),
+    ] {
+        for n in 0..2 {
+            let spec = ClientSpec {
+                id: ClientId(id),
+                name: format!("client-{id}"),
+                class,
+                vi_count: 1,
+                pinned: (pin_2 && id == 2).then_some(InterconnectId(0)),
+            };
+            p.input(n, Input::Client(ClientRequest::Register(spec)));
+        }
+    }
+    carry(
+        &mut p,
+        &[(1, MB), (2, MB), (3, MB)],
+        Duration::from_millis(2500),
+    );
+    assert_eq!(p.ready_on(0, 1), Some(InterconnectId(1)));
+    assert_eq!(p.ready_on(0, 2), Some(InterconnectId(0)));
+    assert_eq!(p.ready_on(0, 3), Some(InterconnectId(0)));
+    p
+}
+
+#[test]
+fn a_heavy_client_migrates_off_its_overloaded_link_once_and_the_others_stay() {
+    let mut p = balanced_pair(false);
+    let before: Vec<[usize; 2]> = (1..=3)
+        .map(|id| [p.events_of(0, id).len(), p.events_of(1, id).len()])
+        .collect();
+    // Client 2 pushes 90 MB/s: link 0 (100 MB/s) goes above 80 %; link 1 ends at 46 %.
+    let load = [(1, MB), (2, 90 * MB), (3, MB)];
+    carry(&mut p, &load, Duration::from_millis(1500));
+    assert_eq!(
+        migrations(&p),
+        [(ClientId(2), InterconnectId(0), InterconnectId(1))]
+    );
+    for n in 0..2 {
+        let ev = p.events_of(n, 2);
+        assert_eq!(
+            ev[before[1][n]..],
+            [
+                &ClientEvent::Stop {
+                    ic: InterconnectId(0)
+                },
+                &ClientEvent::Resumed {
+                    ic: InterconnectId(1),
+                    generation: generation_of(&p, n, 2)
+                }
+            ]
+        );
+        assert_eq!(p.events_of(n, 1).len(), before[0][n], "the mirror stays");
+        assert_eq!(p.events_of(n, 3).len(), before[2][n], "client 3 stays");
+    }
+    let util = p.m[0].link_load();
+    assert_eq!(util[1].1, 200 * MB);
+    assert!(util[1].0 >= 90 * MB, "{util:?}");
+    // Constant load for a long time: no further move, no failback to the static home.
+    carry(&mut p, &load, Duration::from_secs(10));
+    assert_eq!(migrations(&p).len(), 1);
+    assert_eq!(p.ready_on(0, 2), Some(InterconnectId(1)));
+    assert_eq!(p.ready_on(1, 2), Some(InterconnectId(1)));
+}
+
+#[test]
+fn a_pinned_heavy_client_is_never_migrated_and_light_ones_are_not_churned() {
+    let mut p = balanced_pair(true);
+    carry(
+        &mut p,
+        &[(1, MB), (2, 95 * MB), (3, MB)],
+        Duration::from_secs(5),
+    );
+    assert_eq!(migrations(&p), []);
+    assert_eq!(p.ready_on(0, 2), Some(InterconnectId(0)));
+    assert_eq!(p.ready_on(0, 3), Some(InterconnectId(0)));
+}
+
+#[test]
+fn alternating_heavy_clients_move_at_most_once_per_dwell_and_never_storm() {
+    let mut p = balanced_pair(false);
+    // Clients 2 and 3 take turns pushing 90 MB/s every 300 ms.
+    for round in 0..40 {
+        let (a, b) = if round % 2 == 0 { (90, 1) } else { (1, 90) };
+        carry(
+            &mut p,
+            &[(1, MB), (2, a * MB), (3, b * MB)],
+            Duration::from_millis(300),
+        );
+    }
+    let moves: Vec<(Time, ClientId)> = p.steps[0]
+        .iter()
+        .filter_map(|(t, s)| match s {
+            Step::Migrate { client, .. } => Some((*t, *client)),
+            _ => None,
+        })
+        .collect();
+    let dwell = p.m[0].config().balance_dwell;
+    for (i, (t, c)) in moves.iter().enumerate() {
+        if let Some((t0, _)) = moves[..i].iter().rev().find(|(_, c0)| c0 == c) {
+            assert!(t.saturating_since(*t0) >= dwell, "{moves:?}");
+        }
+    }
+    // Averaged over the 1 s window both carry about 45 MB/s: 92 % on link 0, so one of them moves;
+    // then each link carries about half and nothing moves again.
+    assert_eq!(moves.len(), 1, "{moves:?}");
+}
+
+#[test]
+fn fig9_failover_goes_to_the_least_utilised_link_by_measured_load() {
+    // Three links: the mirror (high) on link 2, client 2 on link 0, client 3 on link 1.
+    let mut p = Pair::standard(3);
+    for (id, class) in [
+        (1, BandwidthClass::High),
+        (2, BandwidthClass::Low),
+        (3, BandwidthClass::Low),
+    ] {
+        p.register(0, id, class);
+        p.register(1, id, class);
+    }
+    // By class weights link 1 (one low client) would take client 2; measured, link 1 carries
+    // 500 MB/s and the mirror's link 2 is idle.
+    carry(
+        &mut p,
+        &[(1, 0), (2, MB), (3, 500 * MB)],
+        Duration::from_secs(1),
+    );
+    assert_eq!(p.ready_on(0, 2), Some(InterconnectId(0)));
+    assert_eq!(p.ready_on(0, 3), Some(InterconnectId(1)));
+    p.cut[0] = true;
+    p.input(
+        0,
+        Input::PortState {
+            ic: InterconnectId(0),
+            up: false,
+        },
+    );
+    p.input(
+        1,
+        Input::PortState {
+            ic: InterconnectId(0),
+            up: false,
+        },
+    );
+    p.run_for(Duration::from_millis(5));
+    assert_eq!(p.ready_on(0, 2), Some(InterconnectId(2)));
+    assert_eq!(p.ready_on(1, 2), Some(InterconnectId(2)));
+}
+
+#[test]
+fn without_measurements_failover_ranks_links_by_class_weight() {
+    let mut p = Pair::standard(3);
+    for (id, class) in [
+        (1, BandwidthClass::High),
+        (2, BandwidthClass::Low),
+        (3, BandwidthClass::Low),
+    ] {
+        p.register(0, id, class);
+        p.register(1, id, class);
+    }
+    p.run_for(Duration::from_millis(5));
+    p.cut[0] = true;
+    p.input(
+        0,
+        Input::PortState {
+            ic: InterconnectId(0),
+            up: false,
+        },
+    );
+    p.input(
+        1,
+        Input::PortState {
+            ic: InterconnectId(0),
+            up: false,
+        },
+    );
+    p.run_for(Duration::from_millis(5));
+    assert_eq!(p.ready_on(0, 2), Some(InterconnectId(1)));
 }

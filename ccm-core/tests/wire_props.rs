@@ -141,7 +141,7 @@ fn message() -> impl Strategy<Value = Message> {
                     .into_iter()
                     .map(|(c, b)| ClientLoad {
                         client: ClientId(c),
-                        bytes_per_s: b,
+                        bytes: b,
                     })
                     .collect(),
             })

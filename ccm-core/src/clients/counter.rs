@@ -79,8 +79,10 @@ pub fn run(handle: ClientHandle, period: Duration, stats: Arc<CounterStats>) {
                 next_send = Instant::now() + period;
             }
             seq += 1;
-            if v.send_inline(&seq.to_le_bytes()).is_err() {
-                failed = true;
+            let msg = seq.to_le_bytes();
+            match v.send_inline(&msg) {
+                Ok(_) => handle.add_bytes(msg.len() as u64),
+                Err(_) => failed = true,
             }
         }
         failed |= v.poll_messages(&mut wc, |d| match d {

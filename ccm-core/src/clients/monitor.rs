@@ -162,7 +162,11 @@ pub fn run(
         if Instant::now() >= next_beat {
             next_beat = Instant::now() + period;
             seq += 1;
-            failed |= v.send_inline(&seq.to_le_bytes()).is_err();
+            let beat = seq.to_le_bytes();
+            match v.send_inline(&beat) {
+                Ok(_) => handle.add_bytes(beat.len() as u64),
+                Err(_) => failed = true,
+            }
         }
         failed |= v.poll_messages(&mut wc, |d| {
             if let Delivery::Received(_) = d {

@@ -693,8 +693,11 @@ impl Client {
             applied_lsn: scan.applied_lsn,
             credits_total: NOTIFY_WINDOW + c.notify_reposted,
         };
-        c.vi.send_inline(&ack.encode())
-            .map_err(|e| Fault::Vi(format!("ack send: {e}")))
+        let ack = ack.encode();
+        c.vi.send_inline(&ack)
+            .map_err(|e| Fault::Vi(format!("ack send: {e}")))?;
+        self.handle.add_bytes(ack.len() as u64);
+        Ok(())
     }
 
     /// One round on the connection: completions, then new batches. True if anything happened.
@@ -828,6 +831,8 @@ impl Client {
                 break;
             };
             post_batch(c, &b).map_err(|e| Fault::Vi(format!("post: {e}")))?;
+            self.handle
+                .add_bytes(b.segments().iter().map(|s| s.len).sum());
             posted = true;
             let counters = &self.shared.counters;
             counters.batches.fetch_add(1, Ordering::Relaxed);

@@ -13,11 +13,19 @@
 //! partner_down_ms = 500
 //! failback_hold_down_ms = 500
 //!
+//! [balance]                      # optional; adaptive balancing by measured bandwidth
+//! period_ms = 100                # sampling period (and the shortest time between two migrations)
+//! window_ms = 1000               # sliding window of a client's rate
+//! high_pct = 80                  # a link above this share of its capacity is overloaded
+//! low_pct = 60                   # a migration leaves its target below this
+//! dwell_ms = 2000                # a client stays this long on a binding before it may migrate
+//!
 //! [[interconnect]]               # by device name, or by local IP (the device whose GID holds it)
 //! device = "rxe0"
 //! local_ip = "10.0.0.1"
 //! partner_ip = "10.0.0.2"
 //! tcp_port = 18515               # the initial session (step 410) listens/connects here
+//! capacity_mb_s = 1250           # the link's rate in MB/s for measured utilisation (default 1250 = 10 Gb/s)
 //!
 //! [[client]]
 //! name = "failover-monitor"
@@ -82,6 +90,8 @@ struct RawConfig {
     #[serde(default)]
     timing: RawTiming,
     #[serde(default)]
+    balance: RawBalance,
+    #[serde(default)]
     interconnect: Vec<RawInterconnect>,
     #[serde(default)]
     client: Vec<RawClient>,
@@ -98,6 +108,16 @@ struct RawTiming {
     handshake_ms: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalance {
+    period_ms: Option<u64>,
+    window_ms: Option<u64>,
+    high_pct: Option<u64>,
+    low_pct: Option<u64>,
+    dwell_ms: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInterconnect {
@@ -106,6 +126,7 @@ struct RawInterconnect {
     local_ip: IpAddr,
     partner_ip: IpAddr,
     tcp_port: Option<u16>,
+    capacity_mb_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +160,23 @@ pub struct InterconnectConfig {
     pub partner_ip: IpAddr,
     /// TCP port of the initial session.
     pub tcp_port: u16,
+    /// Its capacity in bytes/s (adaptive balancing).
+    pub capacity: u64,
+}
+
+/// Adaptive balancing (see `ccm_core::manager` for the defaults' derivation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balance {
+    /// Sampling period.
+    pub period: Duration,
+    /// Sliding window of a client's rate.
+    pub window: Duration,
+    /// Overload watermark, per mille of capacity.
+    pub high_permille: u64,
+    /// A migration's target stays below this, per mille.
+    pub low_permille: u64,
+    /// Least time on a binding before a client may migrate.
+    pub dwell: Duration,
 }
 
 /// What a configured client does.
@@ -213,6 +251,8 @@ pub struct NodeConfig {
     pub status_socket: PathBuf,
     /// Manager timings.
     pub timing: Timing,
+    /// Adaptive balancing.
+    pub balance: Balance,
     /// The interconnects, in index order.
     pub interconnects: Vec<InterconnectConfig>,
     /// The clients.
@@ -332,6 +372,61 @@ impl NodeConfig {
                 60_000,
             )?,
         };
+        let bms = |v: Option<u64>, field: &str, default: Duration, min: u64, max: u64| match v {
+            None => Ok(default),
+            Some(v) if (min..=max).contains(&v) => Ok(Duration::from_millis(v)),
+            Some(v) => Err(invalid(
+                format!("balance.{field}"),
+                format!("{v} ms is outside {min}..={max} ms"),
+            )),
+        };
+        let period = bms(
+            raw.balance.period_ms,
+            "period_ms",
+            d.balance_period,
+            10,
+            60_000,
+        )?;
+        let window = bms(
+            raw.balance.window_ms,
+            "window_ms",
+            d.balance_window,
+            10,
+            3_600_000,
+        )?;
+        if window < period {
+            return Err(invalid(
+                "balance.window_ms",
+                format!("must be at least period_ms ({period:?})"),
+            ));
+        }
+        let high_pct = raw.balance.high_pct.unwrap_or(d.balance_high_permille / 10);
+        let low_pct = raw.balance.low_pct.unwrap_or(d.balance_low_permille / 10);
+        if !(1..=100).contains(&high_pct) {
+            return Err(invalid(
+                "balance.high_pct",
+                format!("{high_pct} is outside 1..=100"),
+            ));
+        }
+        if low_pct >= high_pct {
+            return Err(invalid(
+                "balance.low_pct",
+                format!("{low_pct} must be below high_pct ({high_pct})"),
+            ));
+        }
+        let balance = Balance {
+            period,
+            window,
+            high_permille: high_pct * 10,
+            low_permille: low_pct * 10,
+            dwell: bms(
+                raw.balance.dwell_ms,
+                "dwell_ms",
+                d.balance_dwell,
+                0,
+                3_600_000,
+            )?,
+        };
         let mut interconnects = Vec::new();
         for (i, ic) in raw.interconnect.into_iter().enumerate() {
             let field = |f: &str| format!("interconnect[{i}].{f}");
@@ -372,6 +467,16 @@ impl NodeConfig {
                 local_ip: ic.local_ip,
                 partner_ip: ic.partner_ip,
                 tcp_port: ic.tcp_port.unwrap_or(DEFAULT_TCP_PORT),
+                capacity: match ic.capacity_mb_s {
+                    None => crate::manager::DEFAULT_CAPACITY,
+                    Some(c @ 1..=10_000_000) => c * 1_000_000,
+                    Some(c) => {
+                        return Err(invalid(
+                            field("capacity_mb_s"),
+                            format!("{c} is outside 1..=10000000"),
+                        ))
+                    }
+                },
             });
         }
         let mut clients: Vec<ClientConfig> = Vec::new();
@@ -488,6 +593,7 @@ impl NodeConfig {
                 .status_socket
                 .unwrap_or_else(|| PathBuf::from(format!("/run/ccm-node-{}.sock", raw.node))),
             timing,
+            balance,
             interconnects,
             clients,
         })
@@ -529,6 +635,12 @@ impl NodeConfig {
         c.failback_hold_down = self.timing.failback_hold_down;
         c.connect_timeout = self.timing.connect;
         c.handshake_timeout = self.timing.handshake;
+        c.capacity = self.interconnects.iter().map(|i| i.capacity).collect();
+        c.balance_period = self.balance.period;
+        c.balance_window = self.balance.window;
+        c.balance_high_permille = self.balance.high_permille;
+        c.balance_low_permille = self.balance.low_permille;
+        c.balance_dwell = self.balance.dwell;
         c
     }
 }
@@ -574,6 +686,47 @@ mod tests {
             "a mirror is high bandwidth by default"
         );
         assert_eq!(c.timing.heartbeat, Duration::from_millis(10));
+        assert_eq!(
+            c.interconnects[0].capacity,
+            crate::manager::DEFAULT_CAPACITY
+        );
+        assert_eq!(c.balance.high_permille, 800);
+        assert_eq!(c.balance.dwell, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn capacity_and_balance_settings_reach_the_manager() {
+        let text = GOOD
+            .replace(
+                "tcp_port = 18600",
+                "tcp_port = 18600\n        capacity_mb_s = 40",
+            )
+            .replace(
+                "secret_file = \"/tmp/s\"",
+                "secret_file = \"/tmp/s\"\n[balance]\nhigh_pct = 70\nlow_pct = 40\ndwell_ms = 500",
+            );
+        let c = NodeConfig::parse(&text)
+            .unwrap()
+            .manager_config(b"x".to_vec());
+        assert_eq!(c.capacity, [crate::manager::DEFAULT_CAPACITY, 40_000_000]);
+        assert_eq!(
+            (c.balance_high_permille, c.balance_low_permille),
+            (700, 400)
+        );
+        assert_eq!(c.balance_dwell, Duration::from_millis(500));
+        let bad = |from: &str, to: &str| error_of(&GOOD.replace(from, to));
+        assert!(bad("tcp_port = 18600", "capacity_mb_s = 0")
+            .starts_with("interconnect[1].capacity_mb_s"));
+        assert!(bad(
+            "secret_file = \"/tmp/s\"",
+            "secret_file = \"/tmp/s\"\n[balance]\nhigh_pct = 50\nlow_pct = 60"
+        )
+        .starts_with("balance.low_pct"));
+        assert!(bad(
+            "secret_file = \"/tmp/s\"",
+            "secret_file = \"/tmp/s\"\n[balance]\nperiod_ms = 500\nwindow_ms = 100"
+        )
+        .starts_with("balance.window_ms"));
     }
 
     fn error_of(text: &str) -> String {

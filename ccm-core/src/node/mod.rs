@@ -21,6 +21,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod meter;
 pub mod session;
 pub mod status;
 
@@ -43,11 +44,12 @@ use crate::manager::{
     Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, Input, Manager, SessionId, ViRef,
 };
 use crate::wire::{
-    ClientEntry, ClientId, Generation, Heartbeat, InterconnectId, MemoryWindow, Message,
+    ClientEntry, ClientId, ClientLoad, Generation, Heartbeat, InterconnectId, MemoryWindow, Message,
 };
 use crate::Time;
 use channel::{IcDevice, RcChannel, RcTiming, SEND_WR_BASE};
 use config::{InterconnectConfig, NodeConfig};
+use meter::ByteMeter;
 use session::{ReadOutcome, TcpSession};
 use status::{EventRecord, NodeStatus};
 
@@ -124,6 +126,7 @@ enum Request {
         spec: ClientSpec,
         memory: Vec<ClientMemory>,
         tx: Sender<ClientNotice>,
+        meter: ByteMeter,
     },
     Unregister(ClientId),
     ViError {
@@ -159,11 +162,18 @@ impl NodeHandle {
     ) -> Result<ClientHandle, NodeError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = spec.id;
-        self.request(Request::Register { spec, memory, tx })?;
+        let meter = ByteMeter::default();
+        self.request(Request::Register {
+            spec,
+            memory,
+            tx,
+            meter: meter.clone(),
+        })?;
         Ok(ClientHandle {
             id,
             events: rx,
             node: self.clone(),
+            meter,
         })
     }
 
@@ -189,6 +199,7 @@ pub struct ClientHandle {
     /// Notices from the node, in order.
     pub events: Receiver<ClientNotice>,
     node: NodeHandle,
+    meter: ByteMeter,
 }
 
 impl ClientHandle {
@@ -204,6 +215,17 @@ impl ClientHandle {
             ic,
             generation,
         });
+    }
+
+    /// Count `bytes` this client posted (adaptive balancing; see [`meter`]). Cheap: one atomic add.
+    #[inline]
+    pub fn add_bytes(&self, bytes: u64) {
+        self.meter.add(bytes);
+    }
+
+    /// The client's byte meter, for a thread that posts without holding the handle.
+    pub fn meter(&self) -> ByteMeter {
+        self.meter.clone()
     }
 
     /// Unregister: VIs and memory are released on both nodes.
@@ -425,6 +447,7 @@ struct ClientSlot {
     pds: BTreeMap<InterconnectId, ClientTag>,
     bindings: BTreeMap<Generation, Binding>,
     resumed: bool,
+    meter: ByteMeter,
 }
 
 struct Driver {
@@ -449,6 +472,7 @@ struct Driver {
     factory: Sender<VisJob>,
     stop: bool,
     reaper: Sender<Doomed>,
+    last_sample: Instant,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -501,6 +525,7 @@ impl Driver {
             factory,
             stop: false,
             reaper: spawn_reaper(),
+            last_sample: started,
         }
     }
 
@@ -638,6 +663,10 @@ impl Driver {
             self.input(Input::Timer);
         }
         lap("timers", &mut since);
+        if self.last_sample.elapsed() >= self.manager.config().balance_period {
+            self.last_sample = Instant::now();
+            self.sample_load();
+        }
         self.check_confirmations();
         // A turn that takes longer than a heartbeat period delays every link's heartbeats: say so.
         let busy = t.elapsed();
@@ -686,7 +715,12 @@ impl Driver {
     fn drain_requests(&mut self) {
         while let Ok(r) = self.requests.try_recv() {
             match r {
-                Request::Register { spec, memory, tx } => {
+                Request::Register {
+                    spec,
+                    memory,
+                    tx,
+                    meter,
+                } => {
                     let id = spec.id;
                     self.clients.insert(
                         id,
@@ -698,6 +732,7 @@ impl Driver {
                             pds: BTreeMap::new(),
                             bindings: BTreeMap::new(),
                             resumed: false,
+                            meter,
                         },
                     );
                     self.record(format!("client {} ({}) registered", id.0, spec.name));
@@ -1396,6 +1431,21 @@ impl Driver {
         let _ = c.tx.send(notice);
     }
 
+    /// Adaptive balancing: every client's posted bytes of the period go to the manager.
+    fn sample_load(&mut self) {
+        let samples: Vec<ClientLoad> = self
+            .clients
+            .iter()
+            .map(|(id, c)| ClientLoad {
+                client: *id,
+                bytes: c.meter.take(),
+            })
+            .collect();
+        if !samples.is_empty() {
+            self.input(Input::Measured { samples });
+        }
+    }
+
     fn publish_status(&mut self) {
         let links = self.manager.link_status();
         let now_ms = ms(self.started.elapsed());
@@ -1408,6 +1458,7 @@ impl Driver {
             clients: Vec::new(),
             events: self.events.clone(),
         };
+        let load = self.manager.link_load();
         for (i, ic) in self.ics.iter().enumerate() {
             let placed: Vec<String> = self
                 .clients
@@ -1430,6 +1481,7 @@ impl Driver {
                 port_up: ic.port_up,
                 state: links.get(i).map(|l| format!("{l:?}")).unwrap_or_default(),
                 clients: placed,
+                load: load.get(i).map(|&(r, c)| status::LinkLoad::new(r, c)),
             });
         }
         for (id, c) in &self.clients {
@@ -1443,6 +1495,7 @@ impl Driver {
                     .map(|s| format!("{s:?}"))
                     .unwrap_or_else(|| "-".into()),
                 vis: c.bindings.values().map(|b| b.vis.len()).sum(),
+                mb_s: self.manager.client_rate(*id).map_or(0.0, status::mb_s),
             });
         }
         if let Ok(mut s) = self.status.lock() {

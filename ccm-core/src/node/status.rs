@@ -24,6 +24,40 @@ pub struct InterconnectStatus {
     pub state: String,
     /// Clients whose VIs are connected on it.
     pub clients: Vec<String>,
+    /// Measured load against the configured capacity (adaptive balancing).
+    #[serde(default)]
+    pub load: Option<LinkLoad>,
+}
+
+/// An interconnect's measured load.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LinkLoad {
+    /// The clients bound on it, MB/s over the balance window (both directions on the placer).
+    pub mb_s: f64,
+    /// Its configured capacity, MB/s.
+    pub capacity_mb_s: f64,
+    /// `mb_s / capacity_mb_s`, in percent.
+    pub utilisation_pct: f64,
+}
+
+impl LinkLoad {
+    /// From bytes/s.
+    pub fn new(rate: u64, capacity: u64) -> LinkLoad {
+        LinkLoad {
+            mb_s: mb_s(rate),
+            capacity_mb_s: mb_s(capacity),
+            utilisation_pct: if capacity == 0 {
+                0.0
+            } else {
+                rate as f64 * 100.0 / capacity as f64
+            },
+        }
+    }
+}
+
+/// Bytes/s as MB/s (10^6 bytes).
+pub fn mb_s(bytes_per_s: u64) -> f64 {
+    bytes_per_s as f64 / 1e6
 }
 
 /// One client as seen by the node.
@@ -39,6 +73,9 @@ pub struct ClientStatusLine {
     pub state: String,
     /// Connected VIs.
     pub vis: usize,
+    /// Measured bandwidth over the balance window, MB/s (on the placer: both nodes' posts).
+    #[serde(default)]
+    pub mb_s: f64,
 }
 
 /// A recent event, with its time since the node started.
@@ -73,25 +110,32 @@ impl NodeStatus {
     /// The human table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "node {}  partner {} is {}  up {:.0} ms\n\nINTERCONNECT  DEVICE  ADDRESS       PORT    STATE        CLIENTS\n",
+            "node {}  partner {} is {}  up {:.0} ms\n\nINTERCONNECT  DEVICE  ADDRESS       PORT    STATE        LOAD                     CLIENTS\n",
             self.node, self.partner, self.partner_state, self.uptime_ms
         );
         for i in &self.interconnects {
+            let load = i.load.as_ref().map_or("-".to_string(), |l| {
+                format!(
+                    "{:.1}/{:.0} MB/s {:.0}%",
+                    l.mb_s, l.capacity_mb_s, l.utilisation_pct
+                )
+            });
             s += &format!(
-                "{:<13} {:<7} {:<13} {:<7} {:<12} {}\n",
+                "{:<13} {:<7} {:<13} {:<7} {:<12} {:<24} {}\n",
                 i.id,
                 i.device,
                 i.local_ip,
                 if i.port_up { "ACTIVE" } else { "DOWN" },
                 i.state,
+                load,
                 i.clients.join(",")
             );
         }
-        s += "\nCLIENT  NAME                CLASS  VIS  STATE\n";
+        s += "\nCLIENT  NAME                CLASS  VIS  MB/S      STATE\n";
         for c in &self.clients {
             s += &format!(
-                "{:<7} {:<19} {:<6} {:<4} {}\n",
-                c.id, c.name, c.class, c.vis, c.state
+                "{:<7} {:<19} {:<6} {:<4} {:<9.2} {}\n",
+                c.id, c.name, c.class, c.vis, c.mb_s, c.state
             );
         }
         s += "\nRECENT EVENTS\n";

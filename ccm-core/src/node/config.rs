@@ -25,7 +25,7 @@
 //! local_ip = "10.0.0.1"
 //! partner_ip = "10.0.0.2"
 //! tcp_port = 18515               # the initial session (step 410) listens/connects here
-//! capacity_mb_s = 1250           # the link's rate in MB/s for measured utilisation (default 1250 = 10 Gb/s)
+//! capacity_mb_s = 1250.0         # the link's rate in MB/s for measured utilisation (default 1250 = 10 Gb/s)
 //!
 //! [[client]]
 //! name = "failover-monitor"
@@ -126,7 +126,7 @@ struct RawInterconnect {
     local_ip: IpAddr,
     partner_ip: IpAddr,
     tcp_port: Option<u16>,
-    capacity_mb_s: Option<u64>,
+    capacity_mb_s: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -469,11 +469,11 @@ impl NodeConfig {
                 tcp_port: ic.tcp_port.unwrap_or(DEFAULT_TCP_PORT),
                 capacity: match ic.capacity_mb_s {
                     None => crate::manager::DEFAULT_CAPACITY,
-                    Some(c @ 1..=10_000_000) => c * 1_000_000,
+                    Some(c) if (0.001..=10_000_000.0).contains(&c) => (c * 1e6) as u64,
                     Some(c) => {
                         return Err(invalid(
                             field("capacity_mb_s"),
-                            format!("{c} is outside 1..=10000000"),
+                            format!("{c} is outside 0.001..=10000000"),
                         ))
                     }
                 },
@@ -699,7 +699,7 @@ mod tests {
         let text = GOOD
             .replace(
                 "tcp_port = 18600",
-                "tcp_port = 18600\n        capacity_mb_s = 40",
+                "tcp_port = 18600\n        capacity_mb_s = 40.5",
             )
             .replace(
                 "secret_file = \"/tmp/s\"",
@@ -708,7 +708,7 @@ mod tests {
         let c = NodeConfig::parse(&text)
             .unwrap()
             .manager_config(b"x".to_vec());
-        assert_eq!(c.capacity, [crate::manager::DEFAULT_CAPACITY, 40_000_000]);
+        assert_eq!(c.capacity, [crate::manager::DEFAULT_CAPACITY, 40_500_000]);
         assert_eq!(
             (c.balance_high_permille, c.balance_low_permille),
             (700, 400)

@@ -509,14 +509,29 @@ fn lab_a_peer_that_stops_reposting_receives_resets_only_its_client() {
         .map(|(_, e)| e)
         .filter(|e| e.contains("ClientReset {"))
         .collect();
+    let window = looping.elapsed() + Duration::from_millis(300);
     eprintln!(
-        "RESULT: {} client resets on node 1 (sender VI errors {}); the deaf client was told {:?}",
+        "RESULT: {} client resets on node 1 (sender stops {}) in {window:?}; the deaf client was told {:?}; \
+         counters (id, received in the window, stops): {:?}",
         resets.len(),
         sender.stops.load(Ordering::Relaxed),
-        deaf_notices.lock().unwrap()
+        deaf_notices.lock().unwrap(),
+        counters
+            .iter()
+            .zip(&received_before)
+            .map(|((id, s), rx)| (
+                *id,
+                s.received.load(Ordering::Relaxed) - rx,
+                s.stops.load(Ordering::Relaxed)
+            ))
+            .collect::<Vec<_>>()
     );
     for (at, e) in events.iter().filter(|(_, e)| {
-        e.contains("ClientReset") || e.contains("StopClients520") || e.contains("Reinitialize")
+        e.contains("ClientReset")
+            || e.contains("StopClients520")
+            || e.contains("Reinitialize")
+            || e.contains("driver turn")
+            || e.contains("Fail")
     }) {
         eprintln!("  {:10.1} ms {e}", *at as f64 / 1000.0);
     }

@@ -502,6 +502,8 @@ fn lab_a_peer_that_stops_reposting_receives_resets_only_its_client() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Watch the other clients for at least 3 s in all, however fast the resets came.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(looping.elapsed()));
     std::thread::sleep(Duration::from_millis(300));
     let events = rec.stop();
     let resets: Vec<&String> = events

@@ -176,3 +176,47 @@ pub fn fetch(path: &Path) -> std::io::Result<serde_json::Value> {
     s.read_to_string(&mut text)?;
     serde_json::from_str(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_each_links_load_against_its_capacity_and_each_clients_bandwidth() {
+        let s = NodeStatus {
+            node: 1,
+            partner: 2,
+            partner_state: "Up".into(),
+            interconnects: vec![InterconnectStatus {
+                id: 0,
+                device: "rxe0".into(),
+                local_ip: "10.0.0.1".into(),
+                port_up: true,
+                state: "Up".into(),
+                clients: vec!["nvram".into()],
+                load: Some(LinkLoad::new(30_000_000, 40_000_000)),
+            }],
+            clients: vec![ClientStatusLine {
+                id: 1,
+                name: "nvram".into(),
+                class: "High".into(),
+                state: "Ready".into(),
+                vis: 1,
+                mb_s: 29.5,
+            }],
+            ..NodeStatus::default()
+        };
+        let t = s.table();
+        assert!(t.contains("30.0/40 MB/s 75%"), "{t}");
+        assert!(t.contains("29.50"), "{t}");
+        // A status from a node without load figures still reads.
+        let old: NodeStatus = serde_json::from_str(
+            r#"{"node":1,"partner":2,"uptime_ms":1.0,"partner_state":"Up","events":[],
+               "interconnects":[{"id":0,"device":"rxe0","local_ip":"x","port_up":true,"state":"Up","clients":[]}],
+               "clients":[{"id":1,"name":"m","class":"Low","state":"Ready","vis":1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.interconnects[0].load, None);
+        assert!(old.table().contains(" - "), "{}", old.table());
+    }
+}

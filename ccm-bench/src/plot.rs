@@ -1,0 +1,282 @@
+//! Plots as plain SVG (written here, no plotting crate): latency percentile curves of ours next to the
+//! peer tool, and the failover timeline (entries completed per millisecond around each cut).
+
+use hdrhistogram::Histogram;
+use std::fmt::Write;
+
+/// One curve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Legend text.
+    pub label: String,
+    /// Stroke colour (any SVG colour).
+    pub color: String,
+    /// Dashed stroke (the peer tool's curves).
+    pub dashed: bool,
+    /// Points in data coordinates.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// How an axis maps data to the plot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    /// Linear.
+    Linear,
+    /// Base-10 logarithm (values must be positive).
+    Log,
+}
+
+impl Scale {
+    fn f(self, v: f64) -> f64 {
+        match self {
+            Scale::Linear => v,
+            Scale::Log => v.max(1e-12).log10(),
+        }
+    }
+}
+
+/// An axis: its label, scale, range and tick marks `(value, text)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Axis {
+    /// Label.
+    pub label: String,
+    /// Scale.
+    pub scale: Scale,
+    /// Smallest value shown.
+    pub min: f64,
+    /// Largest value shown.
+    pub max: f64,
+    /// Tick marks.
+    pub ticks: Vec<(f64, String)>,
+}
+
+/// Colours for curves, in turn.
+pub const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A line chart of `series` as an SVG document.
+pub fn line_chart(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
+    const W: f64 = 820.0;
+    const H: f64 = 480.0;
+    const L: f64 = 80.0;
+    const R: f64 = 220.0;
+    const T: f64 = 40.0;
+    const B: f64 = 60.0;
+    let (pw, ph) = (W - L - R, H - T - B);
+    let sx = |v: f64| {
+        let (a, b) = (x.scale.f(x.min), x.scale.f(x.max));
+        L + (x.scale.f(v.clamp(x.min, x.max)) - a) / (b - a) * pw
+    };
+    let sy = |v: f64| {
+        let (a, b) = (y.scale.f(y.min), y.scale.f(y.max));
+        T + ph - (y.scale.f(v.clamp(y.min, y.max)) - a) / (b - a) * ph
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        L + pw / 2.0,
+        esc(title)
+    );
+    for (v, t) in &x.ticks {
+        let px = sx(*v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{px:.1}" y1="{T}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            T + ph,
+            T + ph + 16.0,
+            esc(t)
+        );
+    }
+    for (v, t) in &y.ticks {
+        let py = sy(*v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{L}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            L + pw,
+            L - 6.0,
+            py + 4.0,
+            esc(t)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        L + pw / 2.0,
+        H - 18.0,
+        esc(&x.label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
+        T + ph / 2.0,
+        T + ph / 2.0,
+        esc(&y.label)
+    );
+    for (i, c) in series.iter().enumerate() {
+        let pts: Vec<String> = c
+            .points
+            .iter()
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .map(|&(a, b)| format!("{:.1},{:.1}", sx(a), sy(b)))
+            .collect();
+        let dash = if c.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.6"{dash} points="{}"/>"#,
+            c.color,
+            pts.join(" ")
+        );
+        let ly = T + 10.0 + i as f64 * 18.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            W - R + 12.0,
+            W - R + 40.0,
+            c.color,
+            W - R + 46.0,
+            ly + 4.0,
+            esc(&c.label)
+        );
+    }
+    s += "</svg>\n";
+    s
+}
+
+/// Percentile curve points of a nanosecond histogram: `(1 / (1 - q), microseconds)` for q from 0 to
+/// 99.99 % (fewer when there are too few samples for the tail).
+pub fn percentile_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    let n = h.len() as f64;
+    (0..=40)
+        .map(|k| 1.0 - 10f64.powf(-(k as f64) / 10.0))
+        .filter(|q| *q <= 1.0 - 1.0 / n.max(1.0))
+        .map(|q| (1.0 / (1.0 - q), h.value_at_quantile(q) as f64 / 1000.0))
+        .collect()
+}
+
+/// Decade ticks `10^k` between `min` and `max` (values), labelled by `label`.
+pub fn decade_ticks(min: f64, max: f64, label: impl Fn(f64) -> String) -> Vec<(f64, String)> {
+    let mut v = Vec::new();
+    let mut k = min.max(1e-12).log10().floor() as i32;
+    while 10f64.powi(k) <= max * 1.0001 {
+        let t = 10f64.powi(k);
+        if t >= min * 0.9999 {
+            v.push((t, label(t)));
+        }
+        k += 1;
+    }
+    v
+}
+
+/// Latency percentile curves (ours solid, peer dashed): x = percentile, log scale; y = microseconds, log.
+pub fn percentile_chart(title: &str, series: &[Series]) -> String {
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo <= hi && lo > 0.0 {
+        (
+            10f64.powf(lo.log10().floor()),
+            10f64.powf(hi.log10().ceil()),
+        )
+    } else {
+        (1.0, 10.0)
+    };
+    let x = Axis {
+        label: "percentile".into(),
+        scale: Scale::Log,
+        min: 1.0,
+        max: 10_000.0,
+        ticks: [
+            (1.0, "0%"),
+            (10.0, "90%"),
+            (100.0, "99%"),
+            (1000.0, "99.9%"),
+            (10_000.0, "99.99%"),
+        ]
+        .iter()
+        .map(|(v, t)| (*v, t.to_string()))
+        .collect(),
+    };
+    let y = Axis {
+        label: "latency, microseconds".into(),
+        scale: Scale::Log,
+        min: lo,
+        max: hi,
+        ticks: decade_ticks(lo, hi, |t| format!("{t}")),
+    };
+    line_chart(title, &x, &y, series)
+}
+
+/// The failover timeline: entries completed per ms, from `before_ms` before each cut.
+pub fn timeline_chart(title: &str, cuts: &[(String, Vec<u64>)], before_ms: usize) -> String {
+    let span = cuts.iter().map(|c| c.1.len()).max().unwrap_or(1).max(1);
+    let top = cuts
+        .iter()
+        .flat_map(|c| c.1.iter().copied())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let series: Vec<Series> = cuts
+        .iter()
+        .enumerate()
+        .map(|(i, (label, bins))| Series {
+            label: label.clone(),
+            color: PALETTE[i % PALETTE.len()].into(),
+            dashed: false,
+            points: bins
+                .iter()
+                .enumerate()
+                .map(|(ms, &n)| (ms as f64 - before_ms as f64, n as f64))
+                .collect(),
+        })
+        .collect();
+    let x0 = -(before_ms as f64);
+    let x1 = span as f64 - before_ms as f64;
+    let step = if span > 600 { 100.0 } else { 50.0 };
+    let mut xt = Vec::new();
+    let mut t = (x0 / step).ceil() * step;
+    while t <= x1 {
+        xt.push((t, format!("{t}")));
+        t += step;
+    }
+    let ystep = (top / 5.0).ceil().max(1.0);
+    let yt = (0..=5)
+        .map(|k| k as f64 * ystep)
+        .filter(|v| *v <= top * 1.05 + ystep)
+        .map(|v| (v, format!("{v}")))
+        .collect();
+    let x = Axis {
+        label: "ms from the cut".into(),
+        scale: Scale::Linear,
+        min: x0,
+        max: x1,
+        ticks: xt,
+    };
+    let y = Axis {
+        label: "entries durable per ms".into(),
+        scale: Scale::Linear,
+        min: 0.0,
+        max: (top / ystep).ceil() * ystep,
+        ticks: yt,
+    };
+    line_chart(title, &x, &y, &series)
+}

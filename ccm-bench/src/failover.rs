@@ -9,8 +9,9 @@
 //!   flows until the real cut, so its last completion is the best estimate, and never later than the real
 //!   cut: the gap and detection below are upper bounds.
 //! * **gap**: cut instant to the first completion (an entry durable on node 2) with the mirror on another link.
-//! * **detection**: cut instant to node 1's link-failure decision for that link (the manager's
-//!   `StopClients520` or `Reinitialize530` step in `NodeStatus::events`, whichever comes first).
+//! * **detection**: cut instant to the first link-failure decision for that link by either node (the
+//!   manager's `StopClients520` or `Reinitialize530` step in `NodeStatus::events`, whichever comes first; a
+//!   node that learns it from its partner records `PartnerReported`, so the first decision is the detection).
 //! * **failback gap**: after the link is restored, the longest wait between two completions until the next
 //!   cut (the clients return home after the hold-down).
 //!
@@ -165,6 +166,8 @@ pub fn parse_step(what: &str) -> NodeStep {
 pub struct TimedStep {
     /// Microseconds since the origin.
     pub t_us: f64,
+    /// Which node recorded it (1: the writer, 2: its partner).
+    pub node: u8,
     /// What.
     pub step: NodeStep,
 }
@@ -201,15 +204,18 @@ pub struct CutResult {
     pub hook_ms: f64,
     /// Cut to the first entry durable on another link (`null`: none before the next cut).
     pub gap_ms: Option<f64>,
-    /// Cut to node 1's link-failure decision (`null`: none recorded).
+    /// Cut to the first link-failure decision for the cut link by either node (`null`: none recorded).
     pub detect_ms: Option<f64>,
-    /// The reason node 1 gave.
+    /// The node that decided first (1: the writer, 2: its partner).
+    pub detected_by: Option<u8>,
+    /// The reason it gave.
     pub reason: Option<String>,
     /// Longest wait between two completions from the restore to the next cut (the failback's gap).
     pub failback_gap_ms: Option<f64>,
 }
 
-/// The figures of one cut (see the module doc for the definitions).
+/// The figures of one cut (see the module doc for the definitions); `steps` are both nodes' steps in time
+/// order.
 pub fn analyze_cut(completions: &[Completion], steps: &[TimedStep], cut: &CutTimes) -> CutResult {
     let last_before = completions
         .iter()
@@ -244,6 +250,7 @@ pub fn analyze_cut(completions: &[Completion], steps: &[TimedStep], cut: &CutTim
         hook_ms: (cut.hook_end_us - cut.hook_start_us) / 1000.0,
         gap_ms: first_elsewhere.map(|c| (c.t_us - cut_at) / 1000.0),
         detect_ms: decision.map(|s| (s.t_us - cut_at) / 1000.0),
+        detected_by: decision.map(|s| s.node),
         reason: decision.and_then(|s| match &s.step {
             NodeStep::StopClients { reason, .. } | NodeStep::Reinitialize { reason, .. } => {
                 Some(reason.clone())
@@ -315,6 +322,31 @@ pub fn entries_per_ms(completions: &[Completion], from_us: f64, ms: usize) -> Ve
     bins
 }
 
+/// The timeline around a cut at `cut_us`: `(ms from the cut, entries durable per ms)`, averaged over bins
+/// of `bin_ms`, from `before_ms` before the cut to `after_ms` after it.
+pub fn timeline(
+    completions: &[Completion],
+    cut_us: f64,
+    before_ms: usize,
+    after_ms: usize,
+    bin_ms: usize,
+) -> Vec<(f64, f64)> {
+    let bin_ms = bin_ms.max(1);
+    let per_ms = entries_per_ms(
+        completions,
+        cut_us - before_ms as f64 * 1000.0,
+        before_ms + after_ms,
+    );
+    per_ms
+        .chunks(bin_ms)
+        .enumerate()
+        .map(|(i, c)| {
+            let start = (i * bin_ms) as f64 - before_ms as f64;
+            (start, c.iter().sum::<u64>() as f64 / c.len() as f64)
+        })
+        .collect()
+}
+
 /// The nearest-rank quantile of `v` (sorted or not); `None` when empty.
 pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -371,6 +403,8 @@ pub struct FailoverReport {
     pub out_of_order: u64,
     /// Link-failure decisions during the quiet period (both nodes).
     pub needless_failovers: u64,
+    /// The needless decisions: node, time (ms since the origin), link and reason.
+    pub needless_detail: Vec<String>,
     /// Mirror stops during the quiet period.
     pub quiet_mirror_stops: u64,
     /// Length of the quiet period.
@@ -407,12 +441,14 @@ pub struct FailoverReport {
 pub struct FailoverRun {
     /// The report.
     pub report: FailoverReport,
-    /// Entries completed per ms around each cut, from 50 ms before it: `(label, bins)`.
-    pub timelines: Vec<(String, Vec<u64>)>,
+    /// Entries durable per ms around each cut ([`timeline`]): `(label, points)`.
+    pub timelines: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 /// Milliseconds of timeline before each cut.
 pub const TIMELINE_BEFORE_MS: usize = 50;
+/// Width of a timeline bin, ms.
+pub const TIMELINE_BIN_MS: usize = 5;
 
 fn payload(lsn: u64, out: &mut [u8]) {
     for (i, b) in out.iter_mut().enumerate() {
@@ -545,6 +581,7 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
                                 last[n] = t_us;
                                 steps[n].push(TimedStep {
                                     t_us,
+                                    node: n as u8 + 1,
                                     step: parse_step(&e.what),
                                 });
                             }
@@ -618,19 +655,32 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
         .join()
         .map_err(|_| "the event sampler panicked".to_string())?;
 
+    let [s1, s2] = steps;
+    let mut steps: Vec<TimedStep> = s1.into_iter().chain(s2).collect();
+    steps.sort_by(|a, b| a.t_us.total_cmp(&b.t_us));
     let per_cut: Vec<CutResult> = cuts
         .iter()
-        .map(|c| analyze_cut(&completions, &steps[0], c))
+        .map(|c| analyze_cut(&completions, &steps, c))
         .collect();
+    // Every cut's timeline runs until 150 ms after the slowest resumption.
+    let after = per_cut
+        .iter()
+        .filter_map(|c| c.gap_ms)
+        .fold(200.0f64, f64::max) as usize
+        + 150;
     let timelines = per_cut
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let from = r.cut_at_ms * 1000.0 - TIMELINE_BEFORE_MS as f64 * 1000.0;
-            let span = (o.hold.as_millis() as usize).max(TIMELINE_BEFORE_MS + 300);
             (
                 format!("cut {} {} ic{}", i + 1, r.kind.name(), r.ic),
-                entries_per_ms(&completions, from, span),
+                timeline(
+                    &completions,
+                    r.cut_at_ms * 1000.0,
+                    TIMELINE_BEFORE_MS,
+                    after,
+                    TIMELINE_BIN_MS,
+                ),
             )
         })
         .collect();
@@ -667,8 +717,19 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
         lost: d.lost,
         duplicated: d.duplicated,
         out_of_order: d.out_of_order + bad_payloads.load(Ordering::Relaxed),
-        needless_failovers: decisions_between(&steps[0], quiet_from, quiet_to)
-            + decisions_between(&steps[1], quiet_from, quiet_to),
+        needless_failovers: decisions_between(&steps, quiet_from, quiet_to),
+        needless_detail: steps
+            .iter()
+            .filter(|s| s.t_us >= quiet_from && s.t_us <= quiet_to)
+            .filter_map(|s| match &s.step {
+                NodeStep::StopClients { ic, reason } => Some(format!(
+                    "node {} at {:.1} ms: interconnect {ic} {reason}",
+                    s.node,
+                    s.t_us / 1000.0
+                )),
+                _ => None,
+            })
+            .collect(),
         quiet_mirror_stops,
         quiet_seconds: o.quiet.as_secs_f64(),
         cuts_without_failover: per_cut.iter().filter(|c| c.gap_ms.is_none()).count() as u64,
@@ -699,7 +760,7 @@ pub fn table(r: &FailoverReport) -> String {
         "failover: {} cuts, {} entries/s of {} B, heartbeats {} ms x {}\n",
         r.cuts, r.rate_per_s, r.entry_bytes, r.heartbeat_ms, r.heartbeat_misses
     );
-    s += "  cut  kind    ic -> to   hook ms   detect ms   gap ms   failback gap ms  reason\n";
+    s += "  cut  kind    ic -> to   hook ms   detect ms   gap ms   failback gap ms  decided by\n";
     for (i, c) in r.per_cut.iter().enumerate() {
         s += &format!(
             "  {:<4} {:<7} {:>2} -> {:<3} {:>8.1} {:>11} {:>8} {:>17}  {}\n",
@@ -711,7 +772,10 @@ pub fn table(r: &FailoverReport) -> String {
             f(c.detect_ms),
             f(c.gap_ms),
             f(c.failback_gap_ms),
-            c.reason.as_deref().unwrap_or("-")
+            match (c.detected_by, &c.reason) {
+                (Some(n), Some(r)) => format!("node {n}: {r}"),
+                _ => "-".into(),
+            }
         );
     }
     s += &format!(
@@ -733,6 +797,9 @@ pub fn table(r: &FailoverReport) -> String {
         "  needless failovers in {:.0} s quiet: {} (mirror stops {})\n",
         r.quiet_seconds, r.needless_failovers, r.quiet_mirror_stops
     );
+    for d in &r.needless_detail {
+        s += &format!("    {d}\n");
+    }
     let l = &r.latency_us;
     s += &format!(
         "  append->durable us: p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)\n",

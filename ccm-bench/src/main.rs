@@ -600,13 +600,11 @@ fn failover(a: FailoverArgs) -> AnyResult<ExitCode> {
     }
     if let Some(path) = &a.plot {
         let title = format!(
-            "ccm failover: mirror entries durable per ms around each cut ({} entries/s)",
-            a.rate
+            "ccm failover: entries durable per ms around each cut ({} entries/s, {} ms bins)",
+            a.rate,
+            failover::TIMELINE_BIN_MS
         );
-        write_plot(
-            path,
-            &plot::timeline_chart(&title, &run.timelines, failover::TIMELINE_BEFORE_MS),
-        )?;
+        write_plot(path, &plot::timeline_chart(&title, &run.timelines))?;
     }
     let r = &run.report;
     Ok(

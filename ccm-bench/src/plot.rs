@@ -226,43 +226,35 @@ pub fn percentile_chart(title: &str, series: &[Series]) -> String {
     line_chart(title, &x, &y, series)
 }
 
-/// The failover timeline: entries completed per ms, from `before_ms` before each cut.
-pub fn timeline_chart(title: &str, cuts: &[(String, Vec<u64>)], before_ms: usize) -> String {
-    let span = cuts.iter().map(|c| c.1.len()).max().unwrap_or(1).max(1);
-    let top = cuts
-        .iter()
-        .flat_map(|c| c.1.iter().copied())
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+/// The failover timeline: `(label, [(ms from the cut, entries durable per ms)])` per cut.
+pub fn timeline_chart(title: &str, cuts: &[(String, Vec<(f64, f64)>)]) -> String {
+    let pts = || cuts.iter().flat_map(|c| c.1.iter().copied());
+    let x0 = pts().map(|p| p.0).fold(0.0f64, f64::min);
+    let x1 = pts().map(|p| p.0).fold(1.0f64, f64::max);
+    let top = pts().map(|p| p.1).fold(1.0f64, f64::max);
     let series: Vec<Series> = cuts
         .iter()
         .enumerate()
-        .map(|(i, (label, bins))| Series {
+        .map(|(i, (label, points))| Series {
             label: label.clone(),
             color: PALETTE[i % PALETTE.len()].into(),
             dashed: false,
-            points: bins
-                .iter()
-                .enumerate()
-                .map(|(ms, &n)| (ms as f64 - before_ms as f64, n as f64))
-                .collect(),
+            points: points.clone(),
         })
         .collect();
-    let x0 = -(before_ms as f64);
-    let x1 = span as f64 - before_ms as f64;
-    let step = if span > 600 { 100.0 } else { 50.0 };
+    let step = nice_step((x1 - x0) / 8.0);
     let mut xt = Vec::new();
     let mut t = (x0 / step).ceil() * step;
     while t <= x1 {
-        xt.push((t, format!("{t}")));
+        xt.push((t, format!("{}", t + 0.0)));
         t += step;
     }
-    let ystep = (top / 5.0).ceil().max(1.0);
-    let yt = (0..=5)
+    let ystep = nice_step(top / 5.0);
+    let ymax = (top / ystep).ceil() * ystep;
+    let yt = (0..)
         .map(|k| k as f64 * ystep)
-        .filter(|v| *v <= top * 1.05 + ystep)
-        .map(|v| (v, format!("{v}")))
+        .take_while(|v| *v <= ymax + ystep / 2.0)
+        .map(|v| (v, format!("{}", v + 0.0)))
         .collect();
     let x = Axis {
         label: "ms from the cut".into(),
@@ -275,8 +267,21 @@ pub fn timeline_chart(title: &str, cuts: &[(String, Vec<u64>)], before_ms: usize
         label: "entries durable per ms".into(),
         scale: Scale::Linear,
         min: 0.0,
-        max: (top / ystep).ceil() * ystep,
+        max: ymax,
         ticks: yt,
     };
     line_chart(title, &x, &y, &series)
+}
+
+/// 1, 2 or 5 times a power of ten, at least `raw`.
+pub fn nice_step(raw: f64) -> f64 {
+    if !(raw.is_finite() && raw > 0.0) {
+        return 1.0;
+    }
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|v| *v >= raw)
+        .unwrap_or(10.0 * p)
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ccm_bench::failover::{
-    analyze_cut, decisions_between, delivery, entries_per_ms, parse_step, quantile, Completion,
-    CutKind, CutTimes, NodeStep, TimedStep,
+    analyze_cut, decisions_between, delivery, entries_per_ms, parse_step, quantile, timeline,
+    Completion, CutKind, CutTimes, NodeStep, TimedStep,
 };
 use ccm_core::manager::{LinkFailure, Step};
 use ccm_core::wire::{ClientId, InterconnectId};
@@ -83,15 +83,17 @@ fn c(t_ms: f64, durable: u64, link: u8) -> Completion {
     }
 }
 
-fn step(t_ms: f64, step: NodeStep) -> TimedStep {
+fn step(t_ms: f64, node: u8, step: NodeStep) -> TimedStep {
     TimedStep {
         t_us: t_ms * 1000.0,
+        node,
         step,
     }
 }
 
 /// Traffic on link 1 every ms until 1000.2 ms, the cut hook from 950 to 1010 ms, the decision at 1003 ms,
-/// traffic on link 0 from 1030 ms; restored at 2100 ms, then a 40 ms failback pause.
+/// traffic on link 0 from 1030 ms; restored at 2100 ms, then a 40 ms failback pause. Node 2 decides first
+/// (at 1003.5 ms), node 1 learns it from node 2 (1006 ms).
 fn one_cut() -> (Vec<Completion>, Vec<TimedStep>, CutTimes) {
     let mut v = Vec::new();
     let mut lsn = 0;
@@ -116,6 +118,7 @@ fn one_cut() -> (Vec<Completion>, Vec<TimedStep>, CutTimes) {
     let steps = vec![
         step(
             500.0,
+            1,
             NodeStep::StopClients {
                 ic: 1,
                 reason: "Old".into(),
@@ -123,6 +126,7 @@ fn one_cut() -> (Vec<Completion>, Vec<TimedStep>, CutTimes) {
         ),
         step(
             1003.0,
+            1,
             NodeStep::StopClients {
                 ic: 0,
                 reason: "Wrong link".into(),
@@ -130,12 +134,21 @@ fn one_cut() -> (Vec<Completion>, Vec<TimedStep>, CutTimes) {
         ),
         step(
             1003.5,
+            2,
             NodeStep::StopClients {
                 ic: 1,
                 reason: "PortDown".into(),
             },
         ),
-        step(1004.0, NodeStep::Failover { to: 0 }),
+        step(1004.0, 1, NodeStep::Failover { to: 0 }),
+        step(
+            1006.0,
+            1,
+            NodeStep::StopClients {
+                ic: 1,
+                reason: "PartnerReported".into(),
+            },
+        ),
     ];
     let cut = CutTimes {
         kind: CutKind::Down,
@@ -164,6 +177,7 @@ fn a_cut_is_timed_from_the_last_completion_on_the_cut_link() {
         r.detect_ms
     );
     assert_eq!(r.reason.as_deref(), Some("PortDown"));
+    assert_eq!(r.detected_by, Some(2), "the first node to decide");
     assert!((r.failback_gap_ms.unwrap() - 41.0).abs() < 1e-6);
 }
 
@@ -193,7 +207,7 @@ fn decisions_in_the_quiet_period_count_as_needless() {
     assert_eq!(decisions_between(&steps, 0.0, 600_000.0), 1);
     assert_eq!(
         decisions_between(&steps, 0.0, 2_000_000.0),
-        3,
+        4,
         "failovers are not decisions"
     );
 }
@@ -220,6 +234,20 @@ fn the_timeline_counts_entries_per_millisecond() {
     ];
     assert_eq!(entries_per_ms(&v, 1000.0, 5), vec![5, 0, 0, 1, 0]);
     assert_eq!(entries_per_ms(&v, 0.0, 2), vec![2, 5]);
+}
+
+#[test]
+fn the_timeline_averages_bins_around_the_cut() {
+    let v = vec![
+        c(0.5, 2, 0),
+        c(1.2, 3, 0),
+        c(1.9, 7, 0),
+        c(4.0, 8, 0),
+        c(9.0, 9, 0),
+    ];
+    // Cut at 2 ms: bins [-2, 0) and [0, 2), [2, 4) ms.
+    let t = timeline(&v, 2000.0, 2, 4, 2);
+    assert_eq!(t, vec![(-2.0, 3.5), (0.0, 0.0), (2.0, 0.5)]);
 }
 
 #[test]

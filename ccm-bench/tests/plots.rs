@@ -1,6 +1,6 @@
 //! Host tests: the SVG plots are complete documents with one curve per series, placed by their data.
 
-use ccm_bench::plot::{percentile_chart, percentile_points, timeline_chart, Series};
+use ccm_bench::plot::{nice_step, percentile_chart, percentile_points, timeline_chart, Series};
 use ccm_bench::stats::from_us_samples;
 
 #[test]
@@ -50,9 +50,23 @@ fn a_percentile_chart_has_every_series() {
 
 #[test]
 fn a_timeline_puts_the_cut_at_zero() {
-    let bins = vec![2, 2, 2, 0, 0, 0, 3, 2];
-    let svg = timeline_chart("t", &[("cut 1 down ic1".into(), bins)], 3);
+    let points: Vec<(f64, f64)> = [2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 3.0, 2.0]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as f64 - 3.0, *v))
+        .collect();
+    let svg = timeline_chart("t", &[("cut 1 down ic1".into(), points)]);
     assert_eq!(svg.matches("<polyline").count(), 1);
     assert!(svg.contains(">0<"), "a tick at the cut");
+    assert!(!svg.contains(">-0<"));
     assert!(svg.contains("cut 1 down ic1"));
+}
+
+#[test]
+fn steps_are_one_two_or_five() {
+    assert_eq!(nice_step(0.7), 1.0);
+    assert_eq!(nice_step(1.5), 2.0);
+    assert_eq!(nice_step(37.0), 50.0);
+    assert_eq!(nice_step(120.0), 200.0);
+    assert_eq!(nice_step(0.0), 1.0);
 }

@@ -501,8 +501,11 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
         apply,
         Duration::from_secs(30),
     )?);
-    // Let the placement settle (a failback hold-down) before the quiet period.
-    std::thread::sleep(Duration::from_millis(o.pair.hold_down_ms + 500));
+    // Let the placement settle (both links up, then a failback hold-down) before the quiet period.
+    pair.settle(
+        Duration::from_millis(o.pair.hold_down_ms * 2 + 500),
+        Duration::from_secs(60),
+    )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     // The writer: `rate` entries a second, not waiting for each (a storage engine with many writes in flight).

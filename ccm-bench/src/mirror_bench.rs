@@ -55,9 +55,15 @@ pub fn run_ours(
     bw_iters: u64,
 ) -> Result<MirrorOurs, String> {
     let pair = MirrorPair::start(lab, pair_spec, Box::new(|_, _| {}), Duration::from_secs(30))?;
-    // Let the placement settle (a failback hold-down) so no move happens during the runs.
-    std::thread::sleep(Duration::from_millis(pair_spec.hold_down_ms + 500));
-    let link = pair.a.link().ok_or("the mirror is on no link")?.0;
+    // Let the placement settle (both links up, then a failback hold-down) so no move happens during the runs.
+    let stable = Duration::from_millis(pair_spec.hold_down_ms * 2 + 500);
+    let link = match pair.settle(stable, Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(e) => {
+            pair.stop();
+            return Err(e);
+        }
+    };
     let max = pair.a.max_entry();
     let mut out = Vec::new();
     let result = (|| {

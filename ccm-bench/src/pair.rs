@@ -139,6 +139,45 @@ impl MirrorPair {
         Ok(pair)
     }
 
+    /// Waits (up to `timeout`) until every interconnect is Up on both nodes, then until the mirror stayed
+    /// synced on one link for `stable` (the placement settled: a High client moves to a link of its own once
+    /// one is up, after the failback hold-down). Returns that link.
+    pub fn settle(&self, stable: Duration, timeout: Duration) -> Result<u8, String> {
+        let t = Instant::now();
+        let all_up = |i: usize| {
+            let s = self.node(i).status();
+            !s.interconnects.is_empty() && s.interconnects.iter().all(|l| l.state == "Up")
+        };
+        while !(all_up(0) && all_up(1)) {
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "interconnects not all Up within {timeout:?}: {:?}",
+                    self.node(0).status().interconnects
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut since = Instant::now();
+        let mut link = self.a.link();
+        loop {
+            let now = self.a.link();
+            if now != link || !self.a.is_synced() {
+                link = now;
+                since = Instant::now();
+            } else if since.elapsed() >= stable {
+                if let Some(l) = link {
+                    return Ok(l.0);
+                }
+            }
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "the mirror did not settle on a link within {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Node 1's (`0`) or node 2's (`1`) handle.
     pub fn node(&self, i: usize) -> ccm_core::node::NodeHandle {
         self.nodes[i].handle()

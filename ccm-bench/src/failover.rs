@@ -461,6 +461,9 @@ fn fault(lab: &LabTopology, args: &[String]) -> Result<(), String> {
     lab.fault(&a).map_err(|e| e.to_string())
 }
 
+/// What the writer hands back: `(lsn, append time in us)` of every entry, and every completion it saw.
+type Written = (Vec<(u64, f64)>, Vec<Completion>);
+
 /// Restores a cut link if the run stops early.
 struct Restore<'a> {
     lab: &'a LabTopology,
@@ -508,14 +511,30 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
     )?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    // The writer: `rate` entries a second, not waiting for each (a storage engine with many writes in flight).
+    // The writer: `rate` entries a second, not waiting for each (a storage engine with many writes in
+    // flight). Between two appends it looks at the durable LSN and records every move of it with the link the
+    // mirror is on: the completions are seen within one append period (no extra thread to schedule).
     let writer = {
         let (pair, stop) = (pair.clone(), stop.clone());
         let (rate, bytes) = (o.rate, o.entry_bytes);
         std::thread::Builder::new()
             .name("bench-writer".into())
-            .spawn(move || -> Result<Vec<(u64, f64)>, String> {
+            .spawn(move || -> Result<Written, String> {
                 let mut appends = Vec::with_capacity(1 << 20);
+                let mut seen = Vec::with_capacity(1 << 20);
+                let mut last = 0u64;
+                let mut look = |seen: &mut Vec<Completion>| {
+                    let d = pair.a.durable_lsn().0;
+                    if d > last {
+                        seen.push(Completion {
+                            t_us: pair.us(Instant::now()),
+                            durable: d,
+                            link: pair.a.link().map(|l| l.0),
+                        });
+                        last = d;
+                    }
+                    d
+                };
                 let mut p = vec![0u8; bytes];
                 let period = Duration::from_secs_f64(1.0 / rate as f64);
                 let mut next = Instant::now();
@@ -529,6 +548,7 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
                         .map_err(|e| format!("append {}: {e}", lsn + 1))?;
                     lsn = got.0;
                     appends.push((lsn, pair.us(t)));
+                    look(&mut seen);
                     next += period;
                     let now = Instant::now();
                     if next > now {
@@ -536,34 +556,19 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
                     } else if now - next > Duration::from_millis(100) {
                         next = now; // do not burst after a long stall
                     }
+                    look(&mut seen);
                 }
-                Ok(appends)
-            })
-            .map_err(|e| e.to_string())?
-    };
-    // The watcher: every move of the durable LSN, with the link it happened on.
-    let watcher = {
-        let (pair, stop) = (pair.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("bench-watcher".into())
-            .spawn(move || {
-                let mut seen = Vec::with_capacity(1 << 20);
-                let mut last = 0u64;
-                loop {
-                    pair.a.wait_durable(Lsn(last + 1), Duration::from_millis(2));
-                    let d = pair.a.durable_lsn().0;
-                    if d > last {
-                        let now = Instant::now();
-                        seen.push(Completion {
-                            t_us: pair.us(now),
-                            durable: d,
-                            link: pair.a.link().map(|l| l.0),
-                        });
-                        last = d;
-                    } else if stop.load(Ordering::Relaxed) && last >= pair.a.stats().appended {
-                        return seen;
+                let t = Instant::now();
+                while look(&mut seen) < lsn {
+                    if t.elapsed() > Duration::from_secs(60) {
+                        return Err(format!(
+                            "not everything durable 60 s after the last cut: {:?}",
+                            pair.a.stats()
+                        ));
                     }
+                    std::thread::sleep(Duration::from_micros(200));
                 }
+                Ok((appends, seen))
             })
             .map_err(|e| e.to_string())?
     };
@@ -593,7 +598,7 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
                     if done {
                         return steps;
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             })
             .map_err(|e| e.to_string())?
@@ -609,6 +614,14 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
     let mut restore = Restore { lab, pending: None };
     for k in 0..o.cuts {
         let kind = o.kinds[k as usize % o.kinds.len()];
+        // The mirror is back on a link after the last cut (a silent-loss failback can take a while).
+        let t = Instant::now();
+        while !pair.a.is_synced() || pair.a.link().is_none() {
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err(format!("cut {}: the mirror is on no link for 20 s", k + 1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let Some(ic) = pair.a.link().map(|l| l.0) else {
             return Err(format!("cut {}: the mirror is on no link", k + 1));
         };
@@ -637,19 +650,10 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
         });
     }
     stop.store(true, Ordering::Relaxed);
-    let appends = writer
+    let (appends, completions) = writer
         .join()
         .map_err(|_| "the writer panicked".to_string())??;
     let last = appends.last().map_or(0, |a| a.0);
-    if !pair.a.wait_durable(Lsn(last), Duration::from_secs(60)) {
-        return Err(format!(
-            "not everything durable 60 s after the last cut: {:?}",
-            pair.a.stats()
-        ));
-    }
-    let completions = watcher
-        .join()
-        .map_err(|_| "the watcher panicked".to_string())?;
     let t = Instant::now();
     while pair.b.stats().partner_applied < last && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));

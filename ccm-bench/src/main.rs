@@ -84,7 +84,7 @@ struct FailoverArgs {
     /// Milliseconds after a restore before the next cut (the clients fail back meanwhile).
     #[arg(long, default_value_t = 1500)]
     settle_ms: u64,
-    /// Entries appended per second.
+    /// Entries appended per second at most (each waited for until durable on the partner).
     #[arg(long, default_value_t = 2000)]
     rate: u32,
     /// Payload bytes per entry.

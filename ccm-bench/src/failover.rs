@@ -444,8 +444,8 @@ pub struct FailoverReport {
 pub struct FailoverRun {
     /// The report.
     pub report: FailoverReport,
-    /// Entries durable per ms around each cut ([`timeline`]): `(label, points)`.
-    pub timelines: Vec<(String, Vec<(f64, f64)>)>,
+    /// Entries durable per ms around each cut ([`timeline`]), with the detection and resumption marked.
+    pub timelines: Vec<crate::plot::TimelinePanel>,
 }
 
 /// Milliseconds of timeline before each cut.
@@ -667,17 +667,19 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
     let timelines = per_cut
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            (
-                format!("cut {} {} ic{}", i + 1, r.kind.name(), r.ic),
-                timeline(
-                    &completions,
-                    r.cut_at_ms * 1000.0,
-                    TIMELINE_BEFORE_MS,
-                    after,
-                    TIMELINE_BIN_MS,
-                ),
-            )
+        .map(|(i, r)| crate::plot::TimelinePanel {
+            label: format!("{} {} ic{}", i + 1, r.kind.name(), r.ic),
+            points: timeline(
+                &completions,
+                r.cut_at_ms * 1000.0,
+                TIMELINE_BEFORE_MS,
+                after,
+                TIMELINE_BIN_MS,
+            ),
+            marks: [(r.detect_ms, "d"), (r.gap_ms, "r")]
+                .iter()
+                .filter_map(|(v, t)| v.map(|v| (v, t.to_string())))
+                .collect(),
         })
         .collect();
     let durable = pair.a.durable_lsn().0;

@@ -226,51 +226,102 @@ pub fn percentile_chart(title: &str, series: &[Series]) -> String {
     line_chart(title, &x, &y, series)
 }
 
-/// The failover timeline: `(label, [(ms from the cut, entries durable per ms)])` per cut.
-pub fn timeline_chart(title: &str, cuts: &[(String, Vec<(f64, f64)>)]) -> String {
-    let pts = || cuts.iter().flat_map(|c| c.1.iter().copied());
+/// One cut of the failover timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelinePanel {
+    /// The panel's label (cut number, kind, link).
+    pub label: String,
+    /// `(ms from the cut, entries durable per ms)`.
+    pub points: Vec<(f64, f64)>,
+    /// Vertical marks `(ms from the cut, text)`: detection, first entry on the new link.
+    pub marks: Vec<(f64, String)>,
+}
+
+/// The failover timeline: one panel per cut, stacked on a shared time axis (ms from the cut), each the
+/// entries durable per ms as a filled curve, with the cut at 0 and the panel's marks.
+pub fn timeline_chart(title: &str, panels: &[TimelinePanel]) -> String {
+    const W: f64 = 820.0;
+    const L: f64 = 150.0;
+    const R: f64 = 30.0;
+    const T: f64 = 40.0;
+    const PH: f64 = 56.0;
+    const GAP: f64 = 8.0;
+    const B: f64 = 50.0;
+    let n = panels.len().max(1) as f64;
+    let h = T + n * (PH + GAP) + B;
+    let pts = || panels.iter().flat_map(|p| p.points.iter().copied());
     let x0 = pts().map(|p| p.0).fold(0.0f64, f64::min);
     let x1 = pts().map(|p| p.0).fold(1.0f64, f64::max);
-    let top = pts().map(|p| p.1).fold(1.0f64, f64::max);
-    let series: Vec<Series> = cuts
-        .iter()
-        .enumerate()
-        .map(|(i, (label, points))| Series {
-            label: label.clone(),
-            color: PALETTE[i % PALETTE.len()].into(),
-            dashed: false,
-            points: points.clone(),
-        })
-        .collect();
+    let top = pts().map(|p| p.1).fold(0.5f64, f64::max);
+    let pw = W - L - R;
+    let sx = |v: f64| L + (v.clamp(x0, x1) - x0) / (x1 - x0) * pw;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        L + pw / 2.0,
+        esc(title)
+    );
     let step = nice_step((x1 - x0) / 8.0);
-    let mut xt = Vec::new();
+    let bottom = T + n * (PH + GAP);
     let mut t = (x0 / step).ceil() * step;
     while t <= x1 {
-        xt.push((t, format!("{}", t + 0.0)));
+        let px = sx(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{px:.1}" y1="{T}" x2="{px:.1}" y2="{:.1}" stroke="{}"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            bottom - GAP,
+            if t == 0.0 { "black" } else { "#ddd" },
+            bottom + 8.0,
+            t + 0.0
+        );
         t += step;
     }
-    let ystep = nice_step(top / 5.0);
-    let ymax = (top / ystep).ceil() * ystep;
-    let yt = (0..)
-        .map(|k| k as f64 * ystep)
-        .take_while(|v| *v <= ymax + ystep / 2.0)
-        .map(|v| (v, format!("{}", v + 0.0)))
-        .collect();
-    let x = Axis {
-        label: "ms from the cut".into(),
-        scale: Scale::Linear,
-        min: x0,
-        max: x1,
-        ticks: xt,
-    };
-    let y = Axis {
-        label: "entries durable per ms".into(),
-        scale: Scale::Linear,
-        min: 0.0,
-        max: ymax,
-        ticks: yt,
-    };
-    line_chart(title, &x, &y, &series)
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">ms from the cut (0) · entries durable per ms, full height = {top:.1} · marks: d = link-failure decision, r = first entry durable on the new link</text>"#,
+        L + pw / 2.0,
+        bottom + 30.0
+    );
+    for (i, p) in panels.iter().enumerate() {
+        let y0 = T + i as f64 * (PH + GAP);
+        let base = y0 + PH;
+        let sy = |v: f64| base - (v / top).clamp(0.0, 1.0) * PH;
+        let color = PALETTE[i % PALETTE.len()];
+        let mut poly = format!("{:.1},{base:.1}", sx(x0));
+        for &(x, y) in &p.points {
+            let _ = write!(poly, " {:.1},{:.1}", sx(x), sy(y));
+        }
+        let _ = write!(poly, " {:.1},{base:.1}", sx(x1));
+        let _ = writeln!(
+            s,
+            r##"<rect x="{L}" y="{y0:.1}" width="{pw}" height="{PH}" fill="none" stroke="#999"/><polygon points="{poly}" fill="{color}" fill-opacity="0.55" stroke="{color}" stroke-width="0.8"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            L - 8.0,
+            y0 + PH / 2.0 + 4.0,
+            esc(&p.label)
+        );
+        for (x, text) in &p.marks {
+            let px = sx(*x);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{px:.1}" y1="{y0:.1}" x2="{px:.1}" y2="{base:.1}" stroke="black" stroke-dasharray="3 2"/><text x="{:.1}" y="{:.1}" font-size="10">{}</text>"#,
+                px + 2.0,
+                y0 + 10.0,
+                esc(text)
+            );
+        }
+    }
+    s += "</svg>\n";
+    s
 }
 
 /// 1, 2 or 5 times a power of ten, at least `raw`.

@@ -1,6 +1,8 @@
 //! Host tests: the SVG plots are complete documents with one curve per series, placed by their data.
 
-use ccm_bench::plot::{nice_step, percentile_chart, percentile_points, timeline_chart, Series};
+use ccm_bench::plot::{
+    nice_step, percentile_chart, percentile_points, timeline_chart, Series, TimelinePanel,
+};
 use ccm_bench::stats::from_us_samples;
 
 #[test]
@@ -55,8 +57,18 @@ fn a_timeline_puts_the_cut_at_zero() {
         .enumerate()
         .map(|(i, v)| (i as f64 - 3.0, *v))
         .collect();
-    let svg = timeline_chart("t", &[("cut 1 down ic1".into(), points)]);
-    assert_eq!(svg.matches("<polyline").count(), 1);
+    let panel = TimelinePanel {
+        label: "cut 1 down ic1".into(),
+        points,
+        marks: vec![(1.5, "d".into()), (3.0, "r".into())],
+    };
+    let svg = timeline_chart("t", &[panel.clone(), panel]);
+    assert_eq!(svg.matches("<polygon").count(), 2, "one panel per cut");
+    assert_eq!(
+        svg.matches("stroke-dasharray").count(),
+        4,
+        "two marks per panel"
+    );
     assert!(svg.contains(">0<"), "a tick at the cut");
     assert!(!svg.contains(">-0<"));
     assert!(svg.contains("cut 1 down ic1"));

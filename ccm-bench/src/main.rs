@@ -631,32 +631,30 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         c.size.clone()
     };
     let iters = c.iters.unwrap_or(1000);
+    // The lab tests' heartbeats (30 ms x 10): a stall of the emulated guest should not move the mirror.
     let pair = PairSpec {
-        heartbeat_ms: 20,
-        heartbeat_misses: 5,
+        heartbeat_ms: 30,
+        heartbeat_misses: 10,
         hold_down_ms: 500,
         tcp_port: 19_820,
         ring_bytes: 16 << 20,
     };
     let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters)?;
-    // The peer tools on the devices of the link the mirror used, with the nodes stopped.
-    let ic = lab.ic(ours.link as usize);
-    let mut pc = c.clone();
-    pc.dev = Some(ic.a.device.clone());
-    pc.peer_dev = Some(ic.b.device.clone());
-    pc.gid_ip = Some(ic.a.ip);
-    pc.peer_gid_ip = Some(ic.b.ip);
-    pc.iters = Some(iters);
-    pc.duration = None;
-    let p = plan(&pc, false);
     let mut port = c.port;
     let mut curves = Vec::new();
-    for (i, o) in ours.sizes.iter().enumerate() {
+    for (i, (o, link)) in ours.sizes.iter().enumerate() {
+        // The peer tools on the devices of the link the mirror used, with the nodes stopped.
+        let ic = lab.ic(*link as usize);
+        let mut pc = c.clone();
+        pc.dev = Some(ic.a.device.clone());
+        pc.peer_dev = Some(ic.b.device.clone());
+        pc.gid_ip = Some(ic.a.ip);
+        pc.peer_gid_ip = Some(ic.b.ip);
+        pc.iters = Some(iters);
+        pc.duration = None;
+        let p = plan(&pc, false);
         let (lat, peer_h) = peer_latency(&p, Op::Write, o.size, 1, &mut port)?;
-        let bw = {
-            let pb = plan(&pc, true);
-            peer_bandwidth(&pb, Op::Write, o.size, 1, &mut port)?
-        };
+        let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;
         let s = stats::summarize(&o.latency);
         if let Some(dir) = &c.hgrm {
             stats::write_hgrm_file(&o.latency, dir, &format!("ours-mirror-{}", o.size))?;
@@ -680,7 +678,8 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             "bench": "mirror",
             "size": o.size,
             "iters": iters,
-            "interconnect": ours.link,
+            "interconnect": link,
+            "remeasured_sizes": ours.moves,
             "device": p.a.device,
             "peer_device": p.b.device,
             "ours": {
@@ -690,7 +689,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 "mb_per_s": o.mb_per_s, "entries": o.entries, "entries_per_batch": o.entries_per_batch,
             },
             "peer": {
-                "tool": "ib_write_lat + ib_write_bw",
+                "tool": "ib_write_lat (one-way = RTT/2) + ib_write_bw",
                 "p50_us": lat.p50_us, "p90_us": lat.p90_us, "p99_us": lat.p99_us, "p999_us": lat.p999_us,
                 "max_us": lat.max_us, "samples": lat.samples,
                 "mb_per_s": bw.mb_per_s, "messages": bw.messages,
@@ -740,8 +739,10 @@ fn compare_bringup(c: &Common) -> AnyResult<()> {
     let na = ccm_vi::Nic::open(&p.a.device, 1, a_ip, 0)?;
     let nb = ccm_vi::Nic::open(&p.b.device, 1, b_ip, 0)?;
     let mut port = c.port;
+    // Per number of connections: (ours ms, ours connect ms, peer ms, peer connect ms) of every repetition.
+    let mut all: Vec<Vec<[f64; 4]>> = vec![Vec::new(); c.vis.len()];
     for rep in 1..=c.reps {
-        for &n in &c.vis {
+        for (k, &n) in c.vis.iter().enumerate() {
             let run_peer = |port: &mut u16| {
                 let r = bringup::run_cmtime(b_ip, a_ip, n, *port);
                 *port = port.wrapping_add(1).max(1024);
@@ -762,6 +763,7 @@ fn compare_bringup(c: &Common) -> AnyResult<()> {
             let peer_connect = peer
                 .total_ms("connect")
                 .ok_or("cmtime printed no connect step")?;
+            all[k].push([ours.total_ms(), ours.connect_ms, peer_ms, peer_connect]);
             let v = serde_json::json!({
                 "bench": "bringup",
                 "vis": n,
@@ -790,6 +792,34 @@ fn compare_bringup(c: &Common) -> AnyResult<()> {
                      peer (cmtime):  {:>9.2} ms  (connect {:.2})\n  ratio:          {:>9.3}    (connect {:.3})\n",
                     p.a.device, p.b.device, ours.total_ms(), ours.create_ms, ours.exchange_ms, ours.connect_ms,
                     peer_ms, peer_connect, report::ratio(ours.total_ms(), peer_ms), report::ratio(ours.connect_ms, peer_connect)
+                );
+            }
+        }
+    }
+    if c.reps > 1 {
+        for (k, &n) in c.vis.iter().enumerate() {
+            let med = |i: usize| {
+                let v: Vec<f64> = all[k].iter().map(|r| r[i]).collect();
+                failover::quantile(&v, 0.5).unwrap_or(f64::NAN)
+            };
+            let (o, oc, q, qc) = (med(0), med(1), med(2), med(3));
+            let v = serde_json::json!({
+                "bench": "bringup", "vis": n, "stat": "median", "reps": c.reps,
+                "device": p.a.device, "peer_device": p.b.device,
+                "ours": { "tool": "ccm-vi slam connect", "ms": o, "connect_ms": oc },
+                "peer": { "tool": "cmtime (rdma_cm)", "ms": q, "connect_ms": qc },
+                "ratio": report::ratio(o, q),
+                "ratio_connect": report::ratio(oc, qc),
+            });
+            if c.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "bringup vis={n} median of {} reps: ours {o:.2} ms (connect {oc:.2}), cmtime {q:.2} ms (connect {qc:.2}), \
+                     ratio {:.3} (connect {:.3})",
+                    c.reps,
+                    report::ratio(o, q),
+                    report::ratio(oc, qc)
                 );
             }
         }

@@ -231,8 +231,10 @@ pub fn analyze_cut(completions: &[Completion], steps: &[TimedStep], cut: &CutTim
     let first_elsewhere = completions
         .iter()
         .find(|c| c.t_us > cut_at && c.t_us <= cut.until_us && c.link.is_some_and(|l| l != cut.ic));
+    // Only decisions after the cut instant: one inside the hook but before the link's last completion was a
+    // false alarm (a stall of the emulated guest) that the link recovered from before the cut.
     let decision = steps.iter().find(|s| {
-        s.t_us >= cut.hook_start_us
+        s.t_us >= cut_at
             && s.t_us <= cut.until_us
             && matches!(&s.step, NodeStep::StopClients { ic, .. } | NodeStep::Reinitialize { ic, .. } if *ic == cut.ic)
     });

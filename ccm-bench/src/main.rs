@@ -374,7 +374,14 @@ fn peer_latency(
     for _attempt in 0..4 {
         let pl = placement(p, *port)?;
         *port = port.wrapping_add(1).max(1024);
-        let out = perftest::run(tool, &pl, &args)?;
+        // Under load the client and server now and then miss each other: run both again.
+        let out = match perftest::run(tool, &pl, &args) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("ccm-bench: {e}\nccm-bench: retrying");
+                continue;
+            }
+        };
         let name = format!("peer-{}-lat-{size}-rep{rep}", op.name());
         keep_raw(p, &name, &out)?;
         for (source, text) in [("client", &out.client), ("server", &out.server)] {
@@ -424,7 +431,14 @@ fn peer_bandwidth(
     for _attempt in 0..4 {
         let pl = placement(p, *port)?;
         *port = port.wrapping_add(1).max(1024);
-        let out = perftest::run(tool, &pl, &args)?;
+        // Under load the client and server now and then miss each other: run both again.
+        let out = match perftest::run(tool, &pl, &args) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("ccm-bench: {e}\nccm-bench: retrying");
+                continue;
+            }
+        };
         keep_raw(p, &format!("peer-{}-bw-{size}-rep{rep}", op.name()), &out)?;
         if let Some(r) = perftest::parse_bw(&out.client).filter(|r| r.is_valid()) {
             return Ok(BandwidthFigures::peer(tool.program(), &r));

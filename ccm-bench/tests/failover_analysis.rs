@@ -182,6 +182,30 @@ fn a_cut_is_timed_from_the_last_completion_on_the_cut_link() {
 }
 
 #[test]
+fn a_decision_before_the_last_completion_is_not_the_cuts_detection() {
+    let (v, mut steps, cut) = one_cut();
+    // A false alarm on link 1 inside the hook, 20 ms before its last completion.
+    steps.insert(
+        1,
+        step(
+            980.0,
+            1,
+            NodeStep::StopClients {
+                ic: 1,
+                reason: "HeartbeatLoss".into(),
+            },
+        ),
+    );
+    let r = analyze_cut(&v, &steps, &cut);
+    assert!(
+        (r.detect_ms.unwrap() - 3.3).abs() < 1e-6,
+        "{:?}",
+        r.detect_ms
+    );
+    assert_eq!(r.reason.as_deref(), Some("PortDown"));
+}
+
+#[test]
 fn without_traffic_inside_the_hook_the_cut_is_the_hook_start() {
     let (mut v, steps, cut) = one_cut();
     v.retain(|c| c.t_us < 900_000.0 || c.t_us > 1_010_000.0);

@@ -653,7 +653,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         tcp_port: 19_820,
         ring_bytes: 16 << 20,
     };
-    let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters)?;
+    let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters, c.tx_depth as u64)?;
     let mut port = c.port;
     let mut curves = Vec::new();
     for (i, (o, link)) in ours.sizes.iter().enumerate() {
@@ -701,6 +701,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 "p50_us": s.p50_us, "p90_us": s.p90_us, "p99_us": s.p99_us, "p999_us": s.p999_us,
                 "max_us": s.max_us, "samples": s.samples,
                 "mb_per_s": o.mb_per_s, "entries": o.entries, "entries_per_batch": o.entries_per_batch,
+                "window": c.tx_depth,
             },
             "peer": {
                 "tool": "ib_write_lat (one-way = RTT/2) + ib_write_bw",

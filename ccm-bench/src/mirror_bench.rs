@@ -3,15 +3,18 @@
 //!
 //! * **Latency**: one entry at a time, `append` -> `wait_durable` (the entry's RDMA WRITE completed on
 //!   the RC connection: it is in node 2's memory), per size; HdrHistogram of the waits.
-//! * **Throughput**: `iters` entries appended as fast as the ring allows (back-pressure waits), the mirror
-//!   thread batching whatever has accumulated into one chain of WRITEs; bytes of payload / (first append to
-//!   the last entry durable), MB = 2^20 bytes like perftest.
+//! * **Throughput**: `iters` entries appended as fast as possible with at most `window` of them not yet
+//!   durable (perftest's tx depth, 128 by default: without a bound the whole 16 MiB ring is in flight and the
+//!   heartbeats on the same link wait behind it for so long that the link is judged dead), the mirror thread
+//!   batching whatever has accumulated into one chain of WRITEs; bytes of payload / (first append to the
+//!   last entry durable), MB = 2^20 bytes like perftest.
 //!
 //! The peer side (`ib_write_lat`, `ib_write_bw`) runs on the devices of the link the mirror used, after the
 //! nodes have stopped, in the same guest boot.
 
 use std::time::{Duration, Instant};
 
+use ccm_core::mirror::Lsn;
 use ccm_verbs::lab::LabTopology;
 use hdrhistogram::Histogram;
 
@@ -55,6 +58,7 @@ pub fn run_ours(
     sizes: &[usize],
     iters: u64,
     bw_iters: u64,
+    window: u64,
 ) -> Result<MirrorOurs, String> {
     let pair = MirrorPair::start(lab, pair_spec, Box::new(|_, _| {}), Duration::from_secs(30))?;
     // Let the placement settle (both links up, then a failback hold-down) so no move happens during the runs.
@@ -86,14 +90,28 @@ pub fn run_ours(
                     Ok(l) => l,
                     Err(e) => return Err(e),
                 };
-                let m = measure(&pair, size, iters, bw_iters)?;
+                let m = measure(&pair, size, iters, bw_iters, window)?;
                 if pair.a.link() == Some(ccm_core::wire::InterconnectId(on))
                     && pair.a.stats().stops == m.stops_before
                 {
                     break (m, on);
                 }
                 moves += 1;
-                eprintln!("ccm-bench: the mirror moved during the {size} B runs (attempt {attempt}): again");
+                let why: Vec<String> = pair
+                    .node(0)
+                    .status()
+                    .events
+                    .into_iter()
+                    .filter(|e| e.what.starts_with("StopClients520"))
+                    .map(|e| format!("{:.1} ms {}", e.at_ms, e.what))
+                    .collect();
+                eprintln!(
+                    "ccm-bench: the mirror moved during the {size} B runs (attempt {attempt}; latency phase \
+                     ended at {:.1} ms, now {:.1} ms; node 1: {:?}): again",
+                    m.latency_done_ms,
+                    pair.us(Instant::now()) / 1000.0,
+                    why.iter().rev().take(3).collect::<Vec<_>>()
+                );
                 if attempt == 3 {
                     return Err(format!(
                         "the mirror moved during all 3 attempts at {size} B"
@@ -122,9 +140,16 @@ pub fn run_ours(
 struct Measured {
     size: MirrorSize,
     stops_before: u64,
+    latency_done_ms: f64,
 }
 
-fn measure(pair: &MirrorPair, size: usize, iters: u64, bw_iters: u64) -> Result<Measured, String> {
+fn measure(
+    pair: &MirrorPair,
+    size: usize,
+    iters: u64,
+    bw_iters: u64,
+    window: u64,
+) -> Result<Measured, String> {
     let stops_before = pair.a.stats().stops;
     let mut p = vec![0u8; size];
     let wait = Duration::from_secs(30);
@@ -148,11 +173,19 @@ fn measure(pair: &MirrorPair, size: usize, iters: u64, bw_iters: u64) -> Result<
         h.record(ns.min(60_000_000_000))
             .map_err(|e| e.to_string())?;
     }
+    let latency_done_ms = pair.us(Instant::now()) / 1000.0;
     let batches0 = pair.a.stats().batches;
     let t = Instant::now();
     let mut last = None;
     for i in 0..bw_iters {
         fill(i, &mut p);
+        // At most `window` entries in flight, as ib_write_bw keeps at most its tx depth of WRITEs.
+        if let Some(l) = last {
+            let l: Lsn = l;
+            if l.0 >= window {
+                pair.a.wait_durable(Lsn(l.0 + 1 - window), wait);
+            }
+        }
         last = Some(pair.a.append_wait(&p, wait).map_err(|e| e.to_string())?);
     }
     if let Some(l) = last {
@@ -171,5 +204,6 @@ fn measure(pair: &MirrorPair, size: usize, iters: u64, bw_iters: u64) -> Result<
             entries_per_batch: bw_iters as f64 / batches as f64,
         },
         stops_before,
+        latency_done_ms,
     })
 }

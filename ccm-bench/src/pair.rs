@@ -52,13 +52,15 @@ fn config(lab: &LabTopology, node: u64, s: &PairSpec) -> Result<NodeConfig, Stri
         "node = {node}\npartner = {partner}\ncluster = 9\nsecret_file = \"{secret}\"\n\
          status_socket = \"/tmp/ccm-bench-{pid}-{node}.sock\"\n\
          [timing]\nheartbeat_ms = {hb}\nheartbeat_misses = {miss}\nconnect_ms = 200\nhandshake_ms = 1000\n\
-         failback_hold_down_ms = {hold}\n",
+         failback_hold_down_ms = {hold}\npartner_down_ms = {down}\n",
         partner = 3 - node,
         secret = secret.display(),
         pid = std::process::id(),
         hb = s.heartbeat_ms,
         miss = s.heartbeat_misses,
         hold = s.hold_down_ms,
+        // Longer than a link's detection, as the configuration requires.
+        down = (s.heartbeat_ms * s.heartbeat_misses as u64 * 2).max(500),
     );
     for ic in &lab.interconnects {
         text += &format!(

@@ -246,7 +246,7 @@ pub fn timeline_chart(title: &str, panels: &[TimelinePanel]) -> String {
     const T: f64 = 40.0;
     const PH: f64 = 56.0;
     const GAP: f64 = 8.0;
-    const B: f64 = 50.0;
+    const B: f64 = 60.0;
     let n = panels.len().max(1) as f64;
     let h = T + n * (PH + GAP) + B;
     let pts = || panels.iter().flat_map(|p| p.points.iter().copied());
@@ -284,9 +284,15 @@ pub fn timeline_chart(title: &str, panels: &[TimelinePanel]) -> String {
     }
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">ms from the cut (0) · entries durable per ms, full height = {top:.1} · marks: d = link-failure decision, r = first entry durable on the new link</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">ms from the cut (0); entries durable per ms, full panel height = {top:.1}</text>"#,
         L + pw / 2.0,
-        bottom + 30.0
+        bottom + 28.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">d: first link-failure decision (either node); r: first entry durable on the new link</text>"#,
+        L + pw / 2.0,
+        bottom + 44.0
     );
     for (i, p) in panels.iter().enumerate() {
         let y0 = T + i as f64 * (PH + GAP);

@@ -745,13 +745,12 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
 }
 
 fn compare_bringup(c: &Common) -> AnyResult<()> {
-    let lab = lab("ccm-bench compare bringup")?;
+    lab("ccm-bench compare bringup")?; // cmtime and the devices are in the lab guest only
     let p = plan(c, false);
     let (a_ip, b_ip) = match (p.a.gid_ip, p.b.gid_ip) {
         (Some(a), Some(b)) => (a, b),
         _ => return Err("compare bringup needs the devices' addresses (-x, --peer-gid-ip)".into()),
     };
-    let _ = &lab;
     let na = ccm_vi::Nic::open(&p.a.device, 1, a_ip, 0)?;
     let nb = ccm_vi::Nic::open(&p.b.device, 1, b_ip, 0)?;
     let mut port = c.port;

@@ -40,13 +40,18 @@ pub fn mirror_spec() -> ClientSpec {
     }
 }
 
+/// The cluster secret file of this process's pair.
+fn secret_path() -> PathBuf {
+    std::env::temp_dir().join(format!("ccm-bench-secret-{}", std::process::id()))
+}
+
 fn config(lab: &LabTopology, node: u64, s: &PairSpec) -> Result<NodeConfig, String> {
     let (me, other) = if node == 1 {
         (Side::A, Side::B)
     } else {
         (Side::B, Side::A)
     };
-    let secret = std::env::temp_dir().join(format!("ccm-bench-secret-{}", std::process::id()));
+    let secret = secret_path();
     std::fs::write(&secret, "ccm-bench lab secret 0123456789abcdef").map_err(|e| e.to_string())?;
     let mut text = format!(
         "node = {node}\npartner = {partner}\ncluster = 9\nsecret_file = \"{secret}\"\n\
@@ -213,5 +218,6 @@ impl MirrorPair {
                 let _ = std::fs::remove_file(f);
             }
         }
+        let _ = std::fs::remove_file(secret_path());
     }
 }

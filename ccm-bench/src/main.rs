@@ -3,17 +3,24 @@
 //! ```text
 //! ccm-bench latency   [-d DEV] [--peer-dev DEV] [--op send,write] [-s 2,4096] [-n 5000] [--json] [--hgrm DIR]
 //! ccm-bench bandwidth [-d DEV] [--peer-dev DEV] [--op write] [-s 65536] [-n 2000] [--tx-depth 128]
-//! ccm-bench compare latency|bandwidth [same flags] [--reps N]
+//! ccm-bench compare latency|bandwidth [same flags] [--reps N] [--plot FILE.svg]
+//! ccm-bench compare mirror  [-s 64,...,65536] [-n 1000] [--json] [--plot FILE.svg]
+//! ccm-bench compare bringup [--vis 1,16,64] [--reps N] [--json]
+//! ccm-bench failover [--cuts 6] [--kinds down,delete,silent] [--quiet 5] [--json] [--plot FILE.svg]
 //! ```
 #![forbid(unsafe_code)]
 
+use ccm_bench::failover::{self, CutKind, FailoverOpts};
+use ccm_bench::pair::PairSpec;
 use ccm_bench::perftest::{self, Placement, Tool};
 use ccm_bench::report::{
     bandwidth_table, latency_table, BandwidthFigures, BandwidthRun, LatencyFigures, LatencyRun,
 };
-use ccm_bench::stats;
 use ccm_bench::verbs_bench::{run_bandwidth, run_latency, Length, Op, Pair, QueueSpec, SideSpec};
+use ccm_bench::{bringup, mirror_bench, plot, report, stats};
+use ccm_verbs::lab::LabTopology;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +43,9 @@ enum Cmd {
     Latency(Common),
     /// RDMA WRITE (or SEND) stream with a window of outstanding work requests, like ib_write_bw.
     Bandwidth(Common),
-    /// Runs ours and the matching perftest tool on the same devices, sizes and iterations.
+    /// Mirrored traffic between two nodes while the link in use is cut N times: gaps, detection, loss.
+    Failover(FailoverArgs),
+    /// Runs ours and the matching peer tool (perftest, cmtime) on the same devices, sizes and iterations.
     Compare {
         /// What to compare.
         #[arg(value_enum)]
@@ -52,6 +61,53 @@ enum What {
     Latency,
     /// ib_write_bw / ib_send_bw.
     Bandwidth,
+    /// The NVRAM mirror of two ccm nodes (append -> durable, throughput) / ib_write_lat + ib_write_bw.
+    Mirror,
+    /// Slam connect of N VIs (ccm-vi) / rdma_cm (cmtime).
+    Bringup,
+}
+
+#[derive(Args, Clone)]
+struct FailoverArgs {
+    /// Cuts of the interconnect the mirror uses.
+    #[arg(long, default_value_t = 6)]
+    cuts: u32,
+    /// How links are cut, in turn: down (port down), delete (rxe device deleted), silent (100 % netem loss).
+    #[arg(long, value_delimiter = ',', default_value = "down,delete,silent")]
+    kinds: Vec<String>,
+    /// Seconds of traffic without any fault before the first cut (any failover then is needless).
+    #[arg(long, default_value_t = 5.0)]
+    quiet: f64,
+    /// Milliseconds a link stays cut.
+    #[arg(long, default_value_t = 1000)]
+    hold_ms: u64,
+    /// Milliseconds after a restore before the next cut (the clients fail back meanwhile).
+    #[arg(long, default_value_t = 1500)]
+    settle_ms: u64,
+    /// Entries appended per second at most (each waited for until durable on the partner).
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Payload bytes per entry.
+    #[arg(long, default_value_t = 256)]
+    entry_bytes: usize,
+    /// Heartbeat period of both nodes (the lab guest is emulated: the demo's 20 ms x 5).
+    #[arg(long, default_value_t = 20)]
+    heartbeat_ms: u64,
+    /// Missed heartbeats before a link fails.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_misses: u32,
+    /// Health a link needs before clients fail back to it.
+    #[arg(long, default_value_t = 500)]
+    hold_down_ms: u64,
+    /// TCP port of the nodes' initial sessions.
+    #[arg(long, default_value_t = 19_800)]
+    tcp_port: u16,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write the failover timeline (entries durable per ms around each cut) as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +171,12 @@ struct Common {
     /// (compare mode also keeps perftest's raw output there).
     #[arg(long, value_name = "DIR")]
     hgrm: Option<PathBuf>,
+    /// Compare latency|mirror: write the latency percentile curves, ours and the peer's, as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Compare bringup: numbers of connections to set up.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    vis: Vec<usize>,
 }
 
 /// Lab variables: the address of a lab device (`CCM_IC{i}_{A,B}_DEV` -> `..._IP`).
@@ -209,7 +271,12 @@ fn queue_spec(op: Op, size: usize, len: Length, send_depth: u32, inline: u32) ->
     }
 }
 
-fn ours_latency(p: &Plan, op: Op, size: usize, rep: u32) -> AnyResult<LatencyRun> {
+fn ours_latency(
+    p: &Plan,
+    op: Op,
+    size: usize,
+    rep: u32,
+) -> AnyResult<(LatencyRun, Histogram<u64>)> {
     let q = queue_spec(op, size, p.len, 16, p.c.inline);
     let mut pair = Pair::connect(&p.a, &p.b, &q)?;
     let r = run_latency(&mut pair, op, p.len)?;
@@ -217,7 +284,7 @@ fn ours_latency(p: &Plan, op: Op, size: usize, rep: u32) -> AnyResult<LatencyRun
     if let Some(dir) = &p.c.hgrm {
         stats::write_hgrm_file(&h, dir, &format!("ours-{}-lat-{size}-rep{rep}", op.name()))?;
     }
-    Ok(LatencyRun {
+    let run = LatencyRun {
         bench: "latency",
         op: op.name().into(),
         size,
@@ -229,7 +296,8 @@ fn ours_latency(p: &Plan, op: Op, size: usize, rep: u32) -> AnyResult<LatencyRun
         peer: None,
         ratio_p50: None,
         ratio_p99: None,
-    })
+    };
+    Ok((run, h))
 }
 
 fn ours_bandwidth(p: &Plan, op: Op, size: usize, rep: u32) -> AnyResult<BandwidthRun> {
@@ -290,7 +358,7 @@ fn peer_latency(
     size: usize,
     rep: u32,
     port: &mut u16,
-) -> AnyResult<LatencyFigures> {
+) -> AnyResult<(LatencyFigures, Option<Histogram<u64>>)> {
     let tool = match op {
         Op::Send => Tool::SendLat,
         Op::Write => Tool::WriteLat,
@@ -306,7 +374,14 @@ fn peer_latency(
     for _attempt in 0..4 {
         let pl = placement(p, *port)?;
         *port = port.wrapping_add(1).max(1024);
-        let out = perftest::run(tool, &pl, &args)?;
+        // Under load the client and server now and then miss each other: run both again.
+        let out = match perftest::run(tool, &pl, &args) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("ccm-bench: {e}\nccm-bench: retrying");
+                continue;
+            }
+        };
         let name = format!("peer-{}-lat-{size}-rep{rep}", op.name());
         keep_raw(p, &name, &out)?;
         for (source, text) in [("client", &out.client), ("server", &out.server)] {
@@ -322,7 +397,7 @@ fn peer_latency(
             if let (Some(dir), Some(h)) = (&p.c.hgrm, &h) {
                 stats::write_hgrm_file(h, dir, &name)?;
             }
-            return Ok(LatencyFigures::peer(tool.program(), &r, p90, source));
+            return Ok((LatencyFigures::peer(tool.program(), &r, p90, source), h));
         }
         eprintln!(
             "ccm-bench: {} printed no valid figures (CPU frequency estimate failed?), retrying",
@@ -356,7 +431,14 @@ fn peer_bandwidth(
     for _attempt in 0..4 {
         let pl = placement(p, *port)?;
         *port = port.wrapping_add(1).max(1024);
-        let out = perftest::run(tool, &pl, &args)?;
+        // Under load the client and server now and then miss each other: run both again.
+        let out = match perftest::run(tool, &pl, &args) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("ccm-bench: {e}\nccm-bench: retrying");
+                continue;
+            }
+        };
         keep_raw(p, &format!("peer-{}-bw-{size}-rep{rep}", op.name()), &out)?;
         if let Some(r) = perftest::parse_bw(&out.client).filter(|r| r.is_valid()) {
             return Ok(BandwidthFigures::peer(tool.program(), &r));
@@ -394,7 +476,7 @@ fn run(cli: Cli) -> AnyResult<()> {
             for rep in 1..=c.reps {
                 for &op in &p.ops {
                     for &size in &p.sizes {
-                        emit_latency(c.json, &ours_latency(&p, op, size, rep)?)?;
+                        emit_latency(c.json, &ours_latency(&p, op, size, rep)?.0)?;
                     }
                 }
             }
@@ -409,8 +491,18 @@ fn run(cli: Cli) -> AnyResult<()> {
                 }
             }
         }
+        Cmd::Failover(_) => unreachable!("handled in main"),
+        Cmd::Compare {
+            what: What::Mirror,
+            common: c,
+        } => compare_mirror(&c)?,
+        Cmd::Compare {
+            what: What::Bringup,
+            common: c,
+        } => compare_bringup(&c)?,
         Cmd::Compare { what, common: c } => {
             let bw = matches!(what, What::Bandwidth);
+            let mut curves = Vec::new();
             let p = plan(&c, bw);
             if !bw && c.duration.is_some() {
                 return Err(
@@ -434,17 +526,316 @@ fn run(cli: Cli) -> AnyResult<()> {
                             };
                             emit_bandwidth(c.json, &ours.with_peer(peer))?;
                         } else {
-                            let (ours, peer) = if rep % 2 == 1 {
+                            let ((ours, oh), (peer, ph)) = if rep % 2 == 1 {
                                 let o = ours_latency(&p, op, size, rep)?;
                                 (o, peer_latency(&p, op, size, rep, &mut port)?)
                             } else {
                                 let q = peer_latency(&p, op, size, rep, &mut port)?;
                                 (ours_latency(&p, op, size, rep)?, q)
                             };
+                            let color = plot::PALETTE[curves.len() / 2 % plot::PALETTE.len()];
+                            let label = format!("{} {size} B rep {rep}", op.name());
+                            curves.push(plot::Series {
+                                label: format!("ccm-verbs {label}"),
+                                color: color.into(),
+                                dashed: false,
+                                points: plot::percentile_points(&oh),
+                            });
+                            if let Some(ph) = &ph {
+                                curves.push(plot::Series {
+                                    label: format!("perftest {label}"),
+                                    color: color.into(),
+                                    dashed: true,
+                                    points: plot::percentile_points(ph),
+                                });
+                            }
                             emit_latency(c.json, &ours.with_peer(peer))?;
                         }
                     }
                 }
+            }
+            if let (Some(path), false) = (&c.plot, bw) {
+                write_plot(
+                    path,
+                    &plot::percentile_chart(
+                        "one-way latency: ccm-verbs (solid) vs perftest (dashed)",
+                        &curves,
+                    ),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lab(what: &str) -> AnyResult<LabTopology> {
+    LabTopology::from_env_or_skip(what).ok_or_else(|| {
+        format!("{what} runs inside the rxe lab: scripts/rxe-lab run -- ccm-bench ...").into()
+    })
+}
+
+fn write_plot(path: &PathBuf, svg: &str) -> AnyResult<()> {
+    std::fs::write(path, svg).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!("ccm-bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn failover(a: FailoverArgs) -> AnyResult<ExitCode> {
+    let lab = lab("ccm-bench failover")?;
+    let kinds = a
+        .kinds
+        .iter()
+        .map(|k| {
+            CutKind::parse(k)
+                .ok_or_else(|| format!("unknown cut kind {k:?} (down, delete, silent)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let o = FailoverOpts {
+        cuts: a.cuts,
+        kinds,
+        quiet: Duration::from_secs_f64(a.quiet),
+        hold: Duration::from_millis(a.hold_ms),
+        settle: Duration::from_millis(a.settle_ms),
+        rate: a.rate,
+        entry_bytes: a.entry_bytes,
+        pair: PairSpec {
+            heartbeat_ms: a.heartbeat_ms,
+            heartbeat_misses: a.heartbeat_misses,
+            hold_down_ms: a.hold_down_ms,
+            tcp_port: a.tcp_port,
+            ring_bytes: 16 << 20,
+        },
+    };
+    let run = failover::run(&lab, &o)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&run.report)?);
+    } else {
+        print!("{}", failover::table(&run.report));
+    }
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "ccm failover: entries durable per ms around each cut ({} entries/s, {} ms bins)",
+            a.rate,
+            failover::TIMELINE_BIN_MS
+        );
+        write_plot(path, &plot::timeline_chart(&title, &run.timelines))?;
+    }
+    let r = &run.report;
+    Ok(
+        if r.lost == 0
+            && r.duplicated == 0
+            && r.out_of_order == 0
+            && r.checksums_equal
+            && r.ring_check_clean
+        {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
+}
+
+const MIRROR_SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
+
+fn compare_mirror(c: &Common) -> AnyResult<()> {
+    let lab = lab("ccm-bench compare mirror")?;
+    let sizes = if c.size.is_empty() {
+        MIRROR_SIZES.to_vec()
+    } else {
+        c.size.clone()
+    };
+    let iters = c.iters.unwrap_or(1000);
+    // Slow heartbeats (50 ms x 10): a stall of the emulated guest (seen up to ~1 s on a loaded host) should
+    // not move the mirror in the middle of a measurement; detection is the failover bench's business.
+    let pair = PairSpec {
+        heartbeat_ms: 50,
+        heartbeat_misses: 10,
+        hold_down_ms: 500,
+        tcp_port: 19_820,
+        ring_bytes: 16 << 20,
+    };
+    let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters, c.tx_depth as u64)?;
+    let mut port = c.port;
+    let mut curves = Vec::new();
+    for (i, (o, link)) in ours.sizes.iter().enumerate() {
+        // The peer tools on the devices of the link the mirror used, with the nodes stopped.
+        let ic = lab.ic(*link as usize);
+        let mut pc = c.clone();
+        pc.dev = Some(ic.a.device.clone());
+        pc.peer_dev = Some(ic.b.device.clone());
+        pc.gid_ip = Some(ic.a.ip);
+        pc.peer_gid_ip = Some(ic.b.ip);
+        pc.iters = Some(iters);
+        pc.duration = None;
+        let p = plan(&pc, false);
+        let (lat, peer_h) = peer_latency(&p, Op::Write, o.size, 1, &mut port)?;
+        let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;
+        let s = stats::summarize(&o.latency);
+        if let Some(dir) = &c.hgrm {
+            stats::write_hgrm_file(&o.latency, dir, &format!("ours-mirror-{}", o.size))?;
+        }
+        let color = plot::PALETTE[i % plot::PALETTE.len()].to_string();
+        curves.push(plot::Series {
+            label: format!("mirror {} B", o.size),
+            color: color.clone(),
+            dashed: false,
+            points: plot::percentile_points(&o.latency),
+        });
+        if let Some(h) = &peer_h {
+            curves.push(plot::Series {
+                label: format!("ib_write_lat {} B", o.size),
+                color,
+                dashed: true,
+                points: plot::percentile_points(h),
+            });
+        }
+        let v = serde_json::json!({
+            "bench": "mirror",
+            "size": o.size,
+            "iters": iters,
+            "interconnect": link,
+            "remeasured_sizes": ours.moves,
+            "device": p.a.device,
+            "peer_device": p.b.device,
+            "ours": {
+                "tool": "ccm nvram mirror (append -> durable)",
+                "p50_us": s.p50_us, "p90_us": s.p90_us, "p99_us": s.p99_us, "p999_us": s.p999_us,
+                "max_us": s.max_us, "samples": s.samples,
+                "mb_per_s": o.mb_per_s, "entries": o.entries, "entries_per_batch": o.entries_per_batch,
+                "window": c.tx_depth, "moved_during_run": o.moved,
+            },
+            "peer": {
+                "tool": "ib_write_lat (one-way = RTT/2) + ib_write_bw",
+                "p50_us": lat.p50_us, "p90_us": lat.p90_us, "p99_us": lat.p99_us, "p999_us": lat.p999_us,
+                "max_us": lat.max_us, "samples": lat.samples,
+                "mb_per_s": bw.mb_per_s, "messages": bw.messages,
+            },
+            "ratio_p50": report::ratio(s.p50_us, lat.p50_us),
+            "ratio_p99": report::ratio(s.p99_us, lat.p99_us),
+            "ratio_bw": report::ratio(o.mb_per_s, bw.mb_per_s),
+        });
+        if c.json {
+            println!("{v}");
+        } else {
+            println!(
+                "mirror size={} iters={} on {}<->{} (ours: append -> durable; peer: ib_write_lat one-way, ib_write_bw)\n  \
+                 {:<26} {:>9} {:>9} {:>9} {:>9} {:>10}\n  \
+                 {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}\n  \
+                 {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}\n  \
+                 {:<26} {:>9.3} {:>9} {:>9.3} {:>9} {:>10.3}\n",
+                o.size, iters, p.a.device, p.b.device,
+                "", "p50 us", "p90 us", "p99 us", "p99.9 us", "MB/s",
+                "ccm nvram mirror", s.p50_us, s.p90_us, s.p99_us, s.p999_us, o.mb_per_s,
+                "ib_write_lat/ib_write_bw", lat.p50_us, lat.p90_us.unwrap_or(f64::NAN), lat.p99_us, lat.p999_us, bw.mb_per_s,
+                "ratio (ours/peer)", report::ratio(s.p50_us, lat.p50_us), "", report::ratio(s.p99_us, lat.p99_us), "",
+                report::ratio(o.mb_per_s, bw.mb_per_s),
+            );
+        }
+    }
+    if let Some(path) = &c.plot {
+        write_plot(
+            path,
+            &plot::percentile_chart(
+                "NVRAM mirror append -> durable (solid) vs ib_write_lat one-way (dashed)",
+                &curves,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn compare_bringup(c: &Common) -> AnyResult<()> {
+    lab("ccm-bench compare bringup")?; // cmtime and the devices are in the lab guest only
+    let p = plan(c, false);
+    let (a_ip, b_ip) = match (p.a.gid_ip, p.b.gid_ip) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return Err("compare bringup needs the devices' addresses (-x, --peer-gid-ip)".into()),
+    };
+    let na = ccm_vi::Nic::open(&p.a.device, 1, a_ip, 0)?;
+    let nb = ccm_vi::Nic::open(&p.b.device, 1, b_ip, 0)?;
+    let mut port = c.port;
+    // Per number of connections: (ours ms, ours connect ms, peer ms, peer connect ms) of every repetition.
+    let mut all: Vec<Vec<[f64; 4]>> = vec![Vec::new(); c.vis.len()];
+    for rep in 1..=c.reps {
+        for (k, &n) in c.vis.iter().enumerate() {
+            let run_peer = |port: &mut u16| {
+                let r = bringup::run_cmtime(b_ip, a_ip, n, *port);
+                *port = port.wrapping_add(1).max(1024);
+                r
+            };
+            let (ours, (peer, raw)) = if rep % 2 == 1 {
+                let o = bringup::run_slam(&na, &nb, n)?;
+                (o, run_peer(&mut port)?)
+            } else {
+                let q = run_peer(&mut port)?;
+                (bringup::run_slam(&na, &nb, n)?, q)
+            };
+            if let Some(dir) = &c.hgrm {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join(format!("peer-cmtime-{n}-rep{rep}.txt")), &raw)?;
+            }
+            let peer_ms = peer.setup_ms().ok_or("cmtime printed no setup steps")?;
+            let peer_connect = peer
+                .total_ms("connect")
+                .ok_or("cmtime printed no connect step")?;
+            all[k].push([ours.total_ms(), ours.connect_ms, peer_ms, peer_connect]);
+            let v = serde_json::json!({
+                "bench": "bringup",
+                "vis": n,
+                "rep": rep,
+                "device": p.a.device,
+                "peer_device": p.b.device,
+                "ours": {
+                    "tool": "ccm-vi slam connect",
+                    "ms": ours.total_ms(),
+                    "create_ms": ours.create_ms, "exchange_ms": ours.exchange_ms, "connect_ms": ours.connect_ms,
+                },
+                "peer": {
+                    "tool": "cmtime (rdma_cm)",
+                    "ms": peer_ms,
+                    "connect_ms": peer_connect,
+                    "steps": peer.steps,
+                },
+                "ratio": report::ratio(ours.total_ms(), peer_ms),
+                "ratio_connect": report::ratio(ours.connect_ms, peer_connect),
+            });
+            if c.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "bringup vis={n} rep={rep} {}<->{}\n  ours (slam):    {:>9.2} ms  (create {:.2}, exchange {:.2}, connect {:.2})\n  \
+                     peer (cmtime):  {:>9.2} ms  (connect {:.2})\n  ratio:          {:>9.3}    (connect {:.3})\n",
+                    p.a.device, p.b.device, ours.total_ms(), ours.create_ms, ours.exchange_ms, ours.connect_ms,
+                    peer_ms, peer_connect, report::ratio(ours.total_ms(), peer_ms), report::ratio(ours.connect_ms, peer_connect)
+                );
+            }
+        }
+    }
+    if c.reps > 1 {
+        for (k, &n) in c.vis.iter().enumerate() {
+            let med = |i: usize| {
+                let v: Vec<f64> = all[k].iter().map(|r| r[i]).collect();
+                failover::quantile(&v, 0.5).unwrap_or(f64::NAN)
+            };
+            let (o, oc, q, qc) = (med(0), med(1), med(2), med(3));
+            let v = serde_json::json!({
+                "bench": "bringup", "vis": n, "stat": "median", "reps": c.reps,
+                "device": p.a.device, "peer_device": p.b.device,
+                "ours": { "tool": "ccm-vi slam connect", "ms": o, "connect_ms": oc },
+                "peer": { "tool": "cmtime (rdma_cm)", "ms": q, "connect_ms": qc },
+                "ratio": report::ratio(o, q),
+                "ratio_connect": report::ratio(oc, qc),
+            });
+            if c.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "bringup vis={n} median of {} reps: ours {o:.2} ms (connect {oc:.2}), cmtime {q:.2} ms (connect {qc:.2}), \
+                     ratio {:.3} (connect {:.3})",
+                    c.reps,
+                    report::ratio(o, q),
+                    report::ratio(oc, qc)
+                );
             }
         }
     }
@@ -452,7 +843,14 @@ fn run(cli: Cli) -> AnyResult<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Cmd::Failover(a) = cli.cmd {
+        return failover(a).unwrap_or_else(|e| {
+            eprintln!("ccm-bench: {e}");
+            ExitCode::FAILURE
+        });
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ccm-bench: {e}");

@@ -59,6 +59,36 @@ pub struct Summary {
     pub samples: u64,
 }
 
+/// A [`Summary`] as JSON (microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SummaryJson {
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest sample.
+    pub max_us: f64,
+    /// Number of samples.
+    pub samples: u64,
+}
+
+impl From<&Summary> for SummaryJson {
+    fn from(s: &Summary) -> Self {
+        SummaryJson {
+            p50_us: s.p50_us,
+            p90_us: s.p90_us,
+            p99_us: s.p99_us,
+            p999_us: s.p999_us,
+            max_us: s.max_us,
+            samples: s.samples,
+        }
+    }
+}
+
 /// Summarises a nanosecond histogram.
 pub fn summarize(h: &Histogram<u64>) -> Summary {
     let us = |ns: u64| ns as f64 / 1000.0;

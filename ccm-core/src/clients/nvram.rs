@@ -47,9 +47,9 @@ use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use thiserror::Error;
 
 use crate::manager::ClientSpec;
+pub use crate::mirror::RingCheck;
 use crate::mirror::{
-    read_entry, Batch, Checkpoint, Digest, Lsn, MirrorError, MirrorReader, MirrorWriter, RingEntry,
-    ENTRY_ALIGN, ENTRY_HEADER,
+    compare_rings, Batch, Checkpoint, Digest, Lsn, MirrorError, MirrorReader, MirrorWriter,
 };
 use crate::node::channel::{RcChannel, SEND_WR_BASE};
 use crate::node::{ClientHandle, ClientMemory, ClientNotice, ClientRegion, NodeError, NodeHandle};
@@ -862,48 +862,6 @@ fn post_batch(c: &Conn, b: &Batch) -> Result<(), ccm_verbs::Error> {
     Ok(())
 }
 
-/// What [`verify_rings`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RingCheck {
-    /// Valid entries in the local log ring.
-    pub local_entries: u64,
-    /// Valid entries in the partner's mirror ring.
-    pub mirror_entries: u64,
-    /// Local entries found identical (same LSN, same payload) at the same offset of the mirror.
-    pub compared: u64,
-    /// Local entries missing or different in the mirror.
-    pub mismatches: u64,
-    /// The first mismatching LSN.
-    pub first_mismatch: Option<Lsn>,
-    /// Lowest and highest LSN in the local ring.
-    pub lsn_range: Option<(Lsn, Lsn)>,
-    /// Holes in the local ring's LSN sequence (it must hold one contiguous run).
-    pub lsn_gaps: u64,
-}
-
-impl RingCheck {
-    /// Both rings agree on every entry the local one holds, and those form one run of LSNs.
-    pub fn is_clean(&self) -> bool {
-        self.mismatches == 0 && self.lsn_gaps == 0 && self.compared == self.local_entries
-    }
-}
-
-fn walk(ring: &[u8], mut f: impl FnMut(u64, RingEntry, &[u8])) {
-    let cap = ring.len() as u64;
-    let mut payload = vec![0u8; (cap / 4) as usize - ENTRY_HEADER];
-    let mut off = 0;
-    while off + (ENTRY_HEADER as u64) <= cap {
-        match read_entry(ring, off, &mut payload) {
-            Some(e @ RingEntry::Entry { len, .. }) => {
-                f(off, e, &payload[..len]);
-                off += ((ENTRY_HEADER + len).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN) as u64;
-            }
-            Some(RingEntry::Pad { .. }) => break,
-            None => off += ENTRY_ALIGN as u64,
-        }
-    }
-}
-
 /// After a run: walk this node's log ring (`local_log`) and the partner's mirror of it (`partner_mirror`, the
 /// partner's `PATH.mirror`), both of `bytes`, and compare them entry by entry at the same offsets. Call it
 /// once the writer is quiescent and everything is durable; while appends continue, the newest entries may
@@ -927,36 +885,13 @@ pub fn verify_rings(
     };
     let local = read(local_log)?;
     let mirror = read(partner_mirror)?;
-    MirrorWriter::new(bytes, 0).map_err(std::io::Error::other)?;
-    let mut check = RingCheck::default();
-    let mut other = vec![0u8; (bytes / 4) as usize - ENTRY_HEADER];
-    let mut lsns = Vec::new();
-    walk(&local, |off, e, payload| {
-        check.local_entries += 1;
-        lsns.push(e.lsn().0);
-        let same = match read_entry(mirror.as_slice(), off, &mut other) {
-            Some(RingEntry::Entry { lsn, len }) => lsn == e.lsn() && other[..len] == *payload,
-            _ => false,
-        };
-        if same {
-            check.compared += 1;
-        } else {
-            check.mismatches += 1;
-            check.first_mismatch = Some(check.first_mismatch.map_or(e.lsn(), |m| m.min(e.lsn())));
-        }
-    });
-    walk(&mirror, |_, _, _| check.mirror_entries += 1);
-    lsns.sort_unstable();
-    check.lsn_gaps = lsns.windows(2).filter(|w| w[1] != w[0] + 1).count() as u64;
-    check.lsn_range = lsns
-        .first()
-        .map(|f| (Lsn(*f), Lsn(*lsns.last().expect("non-empty"))));
-    Ok(check)
+    compare_rings(local.as_slice(), mirror.as_slice()).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mirror::{read_entry, RingEntry, ENTRY_HEADER};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

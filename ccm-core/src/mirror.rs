@@ -1509,8 +1509,8 @@ mod tests {
         w.append(&mut local, b"never sent").unwrap();
         want.push(b"never sent".to_vec());
         let (last, digest, head) = (w.last_lsn(), w.digest(), w.head_pos());
-        drop(w); // SIGKILL: only the ring and the persisted checkpoint remain.
-                 // No receive credits until the partner's first report on the new connection.
+        // SIGKILL: the writer is gone; only the ring and the persisted checkpoint remain.
+        // No receive credits until the partner's first report on the new connection.
         let (mut w, found) = MirrorWriter::recover(&local, Some(persisted), 0).unwrap();
         assert_eq!(found, 4, "the entries appended after the checkpoint");
         assert_eq!(

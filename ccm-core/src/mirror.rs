@@ -319,7 +319,8 @@ pub fn read_entry<R: RingBytes + ?Sized>(
 pub struct Digest(pub u32);
 
 impl Digest {
-    fn add(self, lsn: Lsn, payload: &[u8]) -> Digest {
+    /// The digest after one more entry.
+    pub fn add(self, lsn: Lsn, payload: &[u8]) -> Digest {
         let mut h = crc32fast::Hasher::new_with_initial(self.0);
         h.update(&lsn.0.to_le_bytes());
         h.update(payload);
@@ -948,26 +949,28 @@ impl MirrorReader {
 /// What [`compare_rings`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RingCheck {
-    /// Valid entries in the local log ring.
+    /// Entries of the local log's live run: the chain of entries, each at the offset where the one before
+    /// it ended, with consecutive LSNs, that ends with the newest entry.
     pub local_entries: u64,
-    /// Valid entries in the partner's mirror ring.
+    /// Other valid entries in the local ring: leftovers of older laps (past a pad's header, or behind the
+    /// head), not part of the log any more.
+    pub stale_entries: u64,
+    /// Valid entries anywhere in the partner's mirror ring.
     pub mirror_entries: u64,
-    /// Local entries found identical (same LSN, same payload) at the same offset of the mirror.
+    /// Live entries found identical (same LSN, same payload) at the same offset of the mirror.
     pub compared: u64,
-    /// Local entries missing or different in the mirror.
+    /// Live entries missing or different in the mirror.
     pub mismatches: u64,
     /// The first mismatching LSN.
     pub first_mismatch: Option<Lsn>,
-    /// Lowest and highest LSN in the local ring.
+    /// Lowest and highest LSN of the live run.
     pub lsn_range: Option<(Lsn, Lsn)>,
-    /// Holes in the local ring's LSN sequence (it must hold one contiguous run).
-    pub lsn_gaps: u64,
 }
 
 impl RingCheck {
-    /// Both rings agree on every entry the local one holds, and those form one run of LSNs.
+    /// The mirror holds every live entry of the local log, the same.
     pub fn is_clean(&self) -> bool {
-        self.mismatches == 0 && self.lsn_gaps == 0 && self.compared == self.local_entries
+        self.mismatches == 0 && self.compared == self.local_entries
     }
 }
 
@@ -979,18 +982,17 @@ fn walk<R: RingBytes + ?Sized>(ring: &R, mut f: impl FnMut(u64, RingEntry, &[u8]
         match read_entry(ring, off, &mut payload) {
             Some(e @ RingEntry::Entry { len, .. }) => {
                 f(off, e, &payload[..len]);
-                off += ((ENTRY_HEADER + len).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN) as u64;
+                off += align_up((ENTRY_HEADER + len) as u64);
             }
-            Some(RingEntry::Pad { .. }) => break,
-            None => off += ENTRY_ALIGN as u64,
+            _ => off += ENTRY_ALIGN as u64,
         }
     }
 }
 
-/// After a run: walk a writer's log ring (`local`) and the partner's mirror of it, and compare them entry by
-/// entry at the same offsets (every whole entry of the local ring must be in the mirror, the same). Use it
-/// once the writer is quiescent and everything is durable; while appends continue, the newest entries may
-/// legitimately be missing from the mirror. The rings must have the same, valid capacity.
+/// After a run: find the live run of a writer's log ring (`local`) and compare it with the partner's
+/// mirror of it, entry by entry at the same offsets. Use it once the writer is quiescent and everything is
+/// durable; while appends continue, the newest entries may legitimately be missing from the mirror. The
+/// rings must have the same, valid capacity.
 pub fn compare_rings<L: RingBytes + ?Sized, M: RingBytes + ?Sized>(
     local: &L,
     mirror: &M,
@@ -1003,29 +1005,61 @@ pub fn compare_rings<L: RingBytes + ?Sized, M: RingBytes + ?Sized>(
             got: mirror.capacity() as usize,
         });
     }
-    let mut check = RingCheck::default();
+    struct Found {
+        off: u64,
+        end: u64,
+        lsn: Lsn,
+        same: bool,
+    }
     let mut other = vec![0u8; (bytes / 4) as usize - ENTRY_HEADER];
-    let mut lsns = Vec::new();
+    let mut found = Vec::new();
     walk(local, |off, e, payload| {
-        check.local_entries += 1;
-        lsns.push(e.lsn().0);
         let same = match read_entry(mirror, off, &mut other) {
             Some(RingEntry::Entry { lsn, len }) => lsn == e.lsn() && other[..len] == *payload,
             _ => false,
         };
-        if same {
+        found.push(Found {
+            off,
+            end: off + align_up((ENTRY_HEADER + payload.len()) as u64),
+            lsn: e.lsn(),
+            same,
+        });
+    });
+    let mut check = RingCheck::default();
+    walk(mirror, |_, _, _| check.mirror_entries += 1);
+    found.sort_unstable_by_key(|f| f.lsn);
+    // The live run, from the newest entry back: the entry before `e` has the LSN before it and ends where
+    // `e` starts (or where a pad for `e` starts, `e` then being at offset 0).
+    let mut probe = [0u8; 0];
+    let mut live = found.len();
+    while live > 1 {
+        let (p, e) = (&found[live - 2], &found[live - 1]);
+        let pad_first = matches!(read_entry(local, p.end, &mut probe),
+            Some(RingEntry::Pad { lsn }) if lsn == e.lsn);
+        let next = if p.end == bytes || pad_first {
+            0
+        } else {
+            p.end
+        };
+        if p.lsn.0 + 1 != e.lsn.0 || next != e.off {
+            break;
+        }
+        live -= 1;
+    }
+    let run = &found[live.min(found.len())..];
+    check.stale_entries = (found.len() - run.len()) as u64;
+    check.local_entries = run.len() as u64;
+    for f in run {
+        if f.same {
             check.compared += 1;
         } else {
             check.mismatches += 1;
-            check.first_mismatch = Some(check.first_mismatch.map_or(e.lsn(), |m| m.min(e.lsn())));
+            check.first_mismatch.get_or_insert(f.lsn);
         }
-    });
-    walk(mirror, |_, _, _| check.mirror_entries += 1);
-    lsns.sort_unstable();
-    check.lsn_gaps = lsns.windows(2).filter(|w| w[1] != w[0] + 1).count() as u64;
-    check.lsn_range = lsns
+    }
+    check.lsn_range = run
         .first()
-        .map(|f| (Lsn(*f), Lsn(*lsns.last().expect("non-empty"))));
+        .map(|f| (f.lsn, run.last().expect("non-empty").lsn));
     Ok(check)
 }
 

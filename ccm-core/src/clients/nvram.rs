@@ -1,7 +1,7 @@
 //! The NVRAM mirroring client: a storage engine's log, copied into the partner's memory before a write is
 //! acknowledged, over whichever interconnect the manager gives it (failover and failback included).
 //!
-//! Each node holds three files (a path on `/dev/shm`, a DAX/pmem mount or any file system with shared
+//! Each node holds four files (a path on `/dev/shm`, a DAX/pmem mount or any file system with shared
 //! mappings):
 //!
 //! | file | what | registered |
@@ -9,6 +9,7 @@
 //! | `PATH` | this node's log ring, written by [`Mirror::append`] | local only: source of RDMA WRITEs |
 //! | `PATH.mirror` | the partner's log, written by the partner's RDMA WRITEs | remote write: the client's window |
 //! | `PATH.mirror.state` | the reader's [`Checkpoint`] (two alternating slots) | not registered |
+//! | `PATH.state` | the writer's [`WriterCheckpoint`] (two alternating slots) | not registered |
 //!
 //! The protocol is the one of [`crate::mirror`]: the writer posts RDMA WRITEs of a batch's segments from its
 //! log ring to the same offsets of the partner's mirror ring, the last one WRITE_WITH_IMM (immediate: the low
@@ -35,6 +36,16 @@
 //! **Partner restart**: the mirror ring and its checkpoint survive the partner's process (SIGKILL included);
 //! a restarting node resumes its reader with [`MirrorReader::recover`], so it reports at least what it
 //! reported before and the writer resends only what is missing.
+//!
+//! **Writer restart**: the log ring and the writer's checkpoint survive the writer's process too. After
+//! every ack of the partner (the only event that frees ring space) the writer persists its
+//! [`WriterCheckpoint`] before any append may reuse the space; a restarting node continues its log with
+//! [`MirrorWriter::recover`]: the next LSN follows the last one the old process appended (none reused, none
+//! skipped), and on the first `Ready` the partner's ack tells it what to send again. Everything the old
+//! process reported durable is in the partner's surviving ring, so the partner's scan reports it applied.
+//!
+//! Each checkpoint file has two slots; a process writes first into the slot not holding the newest
+//! checkpoint, then alternates, so a write torn by a kill always leaves the newest whole one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -50,6 +61,7 @@ use crate::manager::ClientSpec;
 pub use crate::mirror::RingCheck;
 use crate::mirror::{
     compare_rings, Batch, Checkpoint, Digest, Lsn, MirrorError, MirrorReader, MirrorWriter,
+    WriterCheckpoint,
 };
 use crate::node::channel::{RcChannel, SEND_WR_BASE};
 use crate::node::{ClientHandle, ClientMemory, ClientNotice, ClientRegion, NodeError, NodeHandle};
@@ -166,6 +178,21 @@ struct Counters {
 struct WriterSide {
     writer: MirrorWriter,
     ring: Arc<SharedMemory>,
+    /// The writer's checkpoint file (`PATH.state`) and the slot to write next.
+    state: Arc<SharedMemory>,
+    slot: usize,
+}
+
+impl WriterSide {
+    /// Persist the writer's checkpoint, then let it reuse the ring space the checkpoint covers.
+    fn persist(&mut self) -> Result<(), ccm_verbs::Error> {
+        let c = self.writer.checkpoint();
+        self.state
+            .write(self.slot * WriterCheckpoint::ENCODED_LEN, &c.encode())?;
+        self.slot ^= 1;
+        self.writer.checkpoint_persisted(&c);
+        Ok(())
+    }
 }
 
 const NO_LINK: u32 = u32::MAX;
@@ -199,20 +226,26 @@ pub struct Mirror {
     thread: Option<JoinHandle<()>>,
     capacity: u64,
     max_entry: usize,
-    paths: [PathBuf; 3],
+    paths: [PathBuf; 4],
 }
 
 /// What is applied from the partner's log: called on the mirror thread for each entry, in LSN order, once.
 pub type ApplyFn = Box<dyn FnMut(Lsn, &[u8]) + Send>;
 
-/// The three files of a mirror at `path`: the local log, the partner's mirror ring, the reader's checkpoint.
-pub fn ring_paths(path: &Path) -> [PathBuf; 3] {
+/// The four files of a mirror at `path`: the local log, the partner's mirror ring, the reader's checkpoint
+/// and the writer's checkpoint.
+pub fn ring_paths(path: &Path) -> [PathBuf; 4] {
     let with = |suffix: &str| {
         let mut s = path.as_os_str().to_owned();
         s.push(suffix);
         PathBuf::from(s)
     };
-    [path.to_owned(), with(".mirror"), with(".mirror.state")]
+    [
+        path.to_owned(),
+        with(".mirror"),
+        with(".mirror.state"),
+        with(".state"),
+    ]
 }
 
 fn map(path: &Path, bytes: usize) -> Result<Arc<SharedMemory>, StartError> {
@@ -240,12 +273,24 @@ pub fn start_with(
     bytes: u64,
     mut apply: ApplyFn,
 ) -> Result<Mirror, StartError> {
-    let writer = MirrorWriter::new(bytes, 0)?;
     let paths = ring_paths(path);
     let local = map(&paths[0], bytes as usize)?;
     let mirror = map(&paths[1], bytes as usize)?;
     let state = map(&paths[2], 2 * Checkpoint::ENCODED_LEN)?;
-    let checkpoint = load_checkpoint(&state);
+    let wstate = map(&paths[3], 2 * WriterCheckpoint::ENCODED_LEN)?;
+    // The log continues where the last process left it (a fresh, zeroed log starts at LSN 1).
+    let (wcheckpoint, wslot) = load_writer_checkpoint(&wstate);
+    let (writer, found) = MirrorWriter::recover(&*local, wcheckpoint, 0)?;
+    if writer.last_lsn() > Lsn(0) {
+        tracing::info!(
+            target: "ccm::nvram",
+            last_lsn = writer.last_lsn().0,
+            after_checkpoint = found,
+            partner_applied = writer.durable_lsn().0,
+            "mirror log recovered"
+        );
+    }
+    let (checkpoint, slot) = load_checkpoint(&state);
     // What arrived after the checkpoint (while this process was down) is applied now, through `apply`:
     // this is `MirrorReader::recover` with the engine's callback.
     let mut reader = MirrorReader::resume(bytes, checkpoint.unwrap_or_default())?;
@@ -259,11 +304,14 @@ pub fn start_with(
         );
     }
     let max_entry = writer.max_entry();
+    let (appended, durable) = (writer.last_lsn(), writer.durable_lsn());
     let partner_entries = recovered.entries;
     let shared = Arc::new(Shared {
         writer: Mutex::new(WriterSide {
             writer,
             ring: local.clone(),
+            state: wstate,
+            slot: wslot,
         }),
         changed: Condvar::new(),
         counters: Counters::default(),
@@ -281,6 +329,11 @@ pub fn start_with(
         .counters
         .partner_entries
         .store(partner_entries, Ordering::Relaxed);
+    shared
+        .counters
+        .appended
+        .store(appended.0, Ordering::Relaxed);
+    shared.counters.durable.store(durable.0, Ordering::Relaxed);
     let memory = vec![
         ClientMemory {
             memory: local,
@@ -297,11 +350,13 @@ pub fn start_with(
         shared: shared.clone(),
         mirror,
         state,
-        checkpoint_seq: 0,
+        checkpoint_slot: slot,
+        checkpointed: false,
         reader,
         apply,
         conn: None,
-        max_sent: Lsn(0),
+        // What the old process may have sent: a resend of it counts as one.
+        max_sent: appended,
         wc: [Completion::default(); 32],
     };
     let thread = std::thread::Builder::new()
@@ -325,7 +380,7 @@ impl Mirror {
     pub fn append(&self, payload: &[u8]) -> Result<Lsn, MirrorError> {
         let lsn = {
             let mut g = self.shared.lock();
-            let WriterSide { writer, ring } = &mut *g;
+            let WriterSide { writer, ring, .. } = &mut *g;
             writer.append(ring, payload)?
         };
         self.shared
@@ -437,8 +492,8 @@ impl Mirror {
         self.max_entry
     }
 
-    /// The local log, the partner's mirror ring and the checkpoint file.
-    pub fn paths(&self) -> &[PathBuf; 3] {
+    /// The local log, the partner's mirror ring, the reader's and the writer's checkpoint files.
+    pub fn paths(&self) -> &[PathBuf; 4] {
         &self.paths
     }
 
@@ -462,18 +517,37 @@ impl Drop for Mirror {
     }
 }
 
-fn load_checkpoint(state: &SharedMemory) -> Option<Checkpoint> {
-    let mut best: Option<Checkpoint> = None;
+/// The newest whole reader checkpoint, and the slot to write next (the other one).
+fn load_checkpoint(state: &SharedMemory) -> (Option<Checkpoint>, usize) {
+    let mut best: Option<(Checkpoint, usize)> = None;
     for slot in 0..2 {
         let mut b = [0u8; Checkpoint::ENCODED_LEN];
-        state.read(slot * Checkpoint::ENCODED_LEN, &mut b).ok()?;
+        if state.read(slot * Checkpoint::ENCODED_LEN, &mut b).is_err() {
+            continue;
+        }
         if let Some(c) = Checkpoint::decode(&b) {
-            if best.is_none_or(|b| c.pos > b.pos) {
-                best = Some(c);
+            if best.is_none_or(|(b, _)| c.pos > b.pos) {
+                best = Some((c, slot));
             }
         }
     }
-    best
+    (best.map(|(c, _)| c), best.map_or(0, |(_, slot)| slot ^ 1))
+}
+
+/// The newest whole writer checkpoint, and the slot to write next (the other one).
+fn load_writer_checkpoint(state: &SharedMemory) -> (Option<WriterCheckpoint>, usize) {
+    let mut slots = [[0u8; WriterCheckpoint::ENCODED_LEN]; 2];
+    for (k, b) in slots.iter_mut().enumerate() {
+        if state.read(k * WriterCheckpoint::ENCODED_LEN, b).is_err() {
+            *b = [0; WriterCheckpoint::ENCODED_LEN];
+        }
+    }
+    let newest = WriterCheckpoint::newest([&slots[0], &slots[1]]);
+    let next = match newest {
+        Some(c) if WriterCheckpoint::decode(&slots[0]) == Some(c) => 1,
+        _ => 0,
+    };
+    (newest, next)
 }
 
 struct Conn {
@@ -495,7 +569,9 @@ struct Client {
     shared: Arc<Shared>,
     mirror: Arc<SharedMemory>,
     state: Arc<SharedMemory>,
-    checkpoint_seq: u64,
+    /// The reader checkpoint slot to write next, and whether this process wrote one yet.
+    checkpoint_slot: usize,
+    checkpointed: bool,
     reader: MirrorReader,
     apply: ApplyFn,
     conn: Option<Conn>,
@@ -679,10 +755,11 @@ impl Client {
         self.shared
             .mirror_digest
             .store(self.reader.digest().0, Ordering::Relaxed);
-        if scan.entries > 0 || self.checkpoint_seq == 0 {
+        if scan.entries > 0 || !self.checkpointed {
             // Persisted before it is reported: a restart never reports less than before.
-            let slot = (self.checkpoint_seq % 2) as usize * Checkpoint::ENCODED_LEN;
-            self.checkpoint_seq += 1;
+            let slot = self.checkpoint_slot * Checkpoint::ENCODED_LEN;
+            self.checkpoint_slot ^= 1;
+            self.checkpointed = true;
             self.state
                 .write(slot, &self.reader.checkpoint().encode())
                 .map_err(|e| Fault::Protocol(format!("checkpoint: {e}")))?;
@@ -792,6 +869,9 @@ impl Client {
                     .link_reset(a.applied_pos, a.applied_lsn, a.credits_total)
             };
             r.map_err(|e| Fault::Protocol(format!("partner ack {a:?}: {e}")))?;
+            // Before any append may reuse the space this ack freed.
+            g.persist()
+                .map_err(|e| Fault::Protocol(format!("writer checkpoint: {e}")))?;
             g.writer.durable_lsn()
         };
         if !c.synced {
@@ -922,12 +1002,13 @@ mod tests {
         assert_eq!(p[0], PathBuf::from("/dev/shm/nvram.log"));
         assert_eq!(p[1], PathBuf::from("/dev/shm/nvram.log.mirror"));
         assert_eq!(p[2], PathBuf::from("/dev/shm/nvram.log.mirror.state"));
+        assert_eq!(p[3], PathBuf::from("/dev/shm/nvram.log.state"));
     }
 
     #[test]
     fn the_newest_whole_checkpoint_is_loaded() {
         let state = SharedMemory::anonymous(2 * Checkpoint::ENCODED_LEN).unwrap();
-        assert_eq!(load_checkpoint(&state), None);
+        assert_eq!(load_checkpoint(&state), (None, 0));
         let old = Checkpoint {
             pos: 100,
             lsn: Lsn(3),
@@ -940,10 +1021,14 @@ mod tests {
         };
         state.write(0, &old.encode()).unwrap();
         state.write(32, &new.encode()).unwrap();
-        assert_eq!(load_checkpoint(&state), Some(new));
+        assert_eq!(
+            load_checkpoint(&state),
+            (Some(new), 0),
+            "slot 1 is newest: write 0"
+        );
         // The newer slot torn by a kill mid-write: the older one is used.
         state.write(40, &[0xff; 4]).unwrap();
-        assert_eq!(load_checkpoint(&state), Some(old));
+        assert_eq!(load_checkpoint(&state), (Some(old), 1));
     }
 
     /// Rings written through the sans-IO writer into file mappings (the "RDMA" a copy of each batch's

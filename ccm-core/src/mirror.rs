@@ -44,6 +44,22 @@
 //! in-flight writes look alike), so the reader persists a small [`Checkpoint`] (applied position, LSN and
 //! digest) before it reports progress; [`MirrorReader::recover`] resumes from it and applies what arrived
 //! after it. The position it reports is then never behind what it reported before the restart.
+//!
+//! **Restart of the writer.** The log ring survives the writer's process too, but its position, next LSN and
+//! what the partner holds do not. The writer persists a small [`WriterCheckpoint`] (head, last LSN, digest,
+//! and the position/LSN the partner reported applied) after each report of the partner, and reuses ring space
+//! only behind the `released` position of a checkpoint it was told is persisted
+//! ([`MirrorWriter::checkpoint_persisted`]): so everything from that position on is intact in the ring after a
+//! crash. [`MirrorWriter::recover`] walks the ring from the checkpoint's head exactly as a reader would (next
+//! LSN, valid checksum) to find the entries appended after it (an append torn by the crash fails its checksum
+//! and was never returned to the caller), and continues with the next LSN: none reused, none skipped, the
+//! digest unbroken. It knows the partner holds everything up to the checkpoint's `released`; the partner's
+//! first report on the new connection ([`MirrorWriter::link_reset`]) says how much more, and the rest is sent
+//! again. Whatever the old process reported durable was in the partner's memory, which survives, so the
+//! partner's scan reports it applied and nothing durable is lost.
+//!
+//! **Checking.** [`compare_rings`] compares a writer's log with the partner's mirror after a run;
+//! [`crate::sim_mirror`] drives this module through seeded faults and process crashes.
 
 use std::sync::Arc;
 

@@ -94,6 +94,25 @@ fn num(v: &Option<Value>, field: &str) -> u64 {
     v.as_ref().and_then(|v| v[field].as_u64()).unwrap_or(0)
 }
 
+/// On a failing test, the tail of both nodes' logs (they are in a directory that dies with the guest).
+struct DumpLogs(std::path::PathBuf);
+impl Drop for DumpLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for side in ["a", "b"] {
+            let log =
+                std::fs::read_to_string(self.0.join(format!("{side}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- last lines of node {side}'s log");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 struct Kill(Vec<Child>);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -155,6 +174,7 @@ fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
         return;
     };
     let dir = setup("partner");
+    let _logs = DumpLogs(dir.clone());
     let mut procs = Kill(vec![start(&dir, "a"), start(&dir, "b")]);
     wait_until(
         Duration::from_secs(20),
@@ -208,6 +228,7 @@ fn a_killed_writer_continues_its_log_and_loses_nothing() {
         return;
     };
     let dir = setup("writer");
+    let _logs = DumpLogs(dir.clone());
     let mut procs = Kill(vec![start(&dir, "a"), start(&dir, "b")]);
     wait_until(
         Duration::from_secs(20),

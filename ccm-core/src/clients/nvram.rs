@@ -1031,6 +1031,56 @@ mod tests {
         assert_eq!(load_checkpoint(&state), (Some(old), 1));
     }
 
+    /// The client's writer side over real file mappings: after every partner report it persists its
+    /// checkpoint (alternating slots); a new process maps the same files and continues the log exactly.
+    #[test]
+    fn a_writer_restarted_on_its_files_continues_the_log() {
+        let bytes = 8192u64;
+        let (lp, sp) = (tmp("wlog"), tmp("wstate"));
+        let _ = (std::fs::remove_file(&lp), std::fs::remove_file(&sp));
+        let open = || {
+            let ring = SharedMemory::map_file(&lp, bytes as usize).unwrap();
+            let state = SharedMemory::map_file(&sp, 2 * WriterCheckpoint::ENCODED_LEN).unwrap();
+            let (c, slot) = load_writer_checkpoint(&state);
+            let (writer, _) = MirrorWriter::recover(&*ring, c, 0).unwrap();
+            WriterSide {
+                writer,
+                ring,
+                state,
+                slot,
+            }
+        };
+        let mut side = open();
+        assert_eq!(side.writer.last_lsn(), Lsn(0));
+        let mut r = MirrorReader::new(bytes).unwrap();
+        let mut mirror = vec![0u8; bytes as usize];
+        let mut buf = vec![0u8; bytes as usize];
+        side.writer.link_reset(0, Lsn(0), 1_000).unwrap();
+        for i in 0..300u32 {
+            let WriterSide { writer, ring, .. } = &mut side;
+            writer.append(ring, &i.to_le_bytes().repeat(9)).unwrap();
+            if let Some(b) = writer.next_batch() {
+                for seg in b.segments() {
+                    let (o, l) = (seg.offset as usize, seg.len as usize);
+                    ring.read(o, &mut buf[..l]).unwrap();
+                    mirror[o..o + l].copy_from_slice(&buf[..l]);
+                }
+                writer.batch_completed(b.id).unwrap();
+                let s = r.scan(&mirror, |_, _| {}).unwrap();
+                writer.applied(s.applied_pos, s.applied_lsn, 1_000).unwrap();
+                side.persist().unwrap();
+            }
+        }
+        side.writer.append(&mut side.ring, b"unsent").unwrap();
+        let (last, digest, slot) = (side.writer.last_lsn(), side.writer.digest(), side.slot);
+        drop(side);
+        let side = open();
+        assert_eq!(side.writer.last_lsn(), last);
+        assert_eq!(side.writer.digest(), digest);
+        assert_eq!(side.slot, slot, "the next write goes to the older slot");
+        let _ = (std::fs::remove_file(&lp), std::fs::remove_file(&sp));
+    }
+
     /// Rings written through the sans-IO writer into file mappings (the "RDMA" a copy of each batch's
     /// segments): the checker finds them equal across laps, and finds a damaged or missing entry.
     #[test]

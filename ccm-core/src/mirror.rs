@@ -1047,9 +1047,9 @@ pub fn compare_rings<L: RingBytes + ?Sized, M: RingBytes + ?Sized>(
     // The live run, from the newest entry back: the entry before `e` has the LSN before it and ends where
     // `e` starts (or where a pad for `e` starts, `e` then being at offset 0).
     let mut probe = [0u8; 0];
-    let mut live = found.len();
-    while live > 1 {
-        let (p, e) = (&found[live - 2], &found[live - 1]);
+    let mut first = found.len().saturating_sub(1);
+    while first > 0 {
+        let (p, e) = (&found[first - 1], &found[first]);
         let pad_first = matches!(read_entry(local, p.end, &mut probe),
             Some(RingEntry::Pad { lsn }) if lsn == e.lsn);
         let next = if p.end == bytes || pad_first {
@@ -1060,9 +1060,9 @@ pub fn compare_rings<L: RingBytes + ?Sized, M: RingBytes + ?Sized>(
         if p.lsn.0 + 1 != e.lsn.0 || next != e.off {
             break;
         }
-        live -= 1;
+        first -= 1;
     }
-    let run = &found[live.min(found.len())..];
+    let run = &found[first..];
     check.stale_entries = (found.len() - run.len()) as u64;
     check.local_entries = run.len() as u64;
     for f in run {
@@ -1495,6 +1495,57 @@ mod tests {
             let c = w.checkpoint();
             w.checkpoint_persisted(&c);
         }
+    }
+
+    /// The live run is the whole log when the ring never wrapped; after wraps, an older lap's entries left
+    /// past a later pad's header are not part of it.
+    #[test]
+    fn compare_rings_finds_the_live_run() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 1_000).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        let mut seen = vec![];
+        for i in 0..10u8 {
+            w.append(&mut local, &[i; 100]).unwrap();
+        }
+        quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        let c = compare_rings(&local, &mirror).unwrap();
+        assert_eq!(
+            (
+                c.local_entries,
+                c.stale_entries,
+                c.compared,
+                c.mirror_entries
+            ),
+            (10, 0, 10, 10)
+        );
+        assert_eq!(c.lsn_range, Some((Lsn(1), Lsn(10))));
+        assert!(c.is_clean());
+        // A lap of small entries, then large ones that pad early: the small ones past the pad's header are
+        // leftovers, the large ones and the one after the pad are the live run.
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 1_000).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        for _ in 0..CAP / 64 {
+            w.append(&mut local, &[]).unwrap();
+            quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        }
+        for _ in 0..5 {
+            w.append(&mut local, &[7u8; 900]).unwrap(); // 960-byte slots: the fifth pads at 3840
+            quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        }
+        let c = compare_rings(&local, &mirror).unwrap();
+        assert!(c.is_clean(), "{c:?}");
+        assert_eq!(c.lsn_range, Some((Lsn(66), Lsn(69))), "{c:?}");
+        assert_eq!((c.local_entries, c.stale_entries), (4, 3), "{c:?}");
+        assert_eq!(c.mirror_entries, 7);
+        // A live entry damaged in the mirror is a mismatch.
+        let at = read_entry(&mirror, 0, &mut vec![0u8; w.max_entry()]).unwrap();
+        assert!(matches!(at, RingEntry::Entry { .. }));
+        mirror[ENTRY_HEADER + 3] ^= 1;
+        let c = compare_rings(&local, &mirror).unwrap();
+        assert_eq!(c.mismatches, 1);
+        assert!(!c.is_clean());
     }
 
     #[test]

@@ -879,6 +879,11 @@ impl Sim {
             return Err(fail("digests differ".into()));
         }
         let c = compare_rings(&self.local, &self.mirror).map_err(|e| fail(e.to_string()))?;
+        if w.last_lsn() > Lsn(0) && c.lsn_range.map(|r| r.1) != Some(w.last_lsn()) {
+            return Err(fail(format!(
+                "the log's live run does not end at its last LSN: {c:?}"
+            )));
+        }
         if !c.is_clean() {
             if self.cfg.trace {
                 let mut buf = vec![0u8; self.cap as usize];

@@ -1136,6 +1136,7 @@ mod tests {
         assert!(c.is_clean(), "{c:?}");
         assert!(c.local_entries > 20);
         assert_eq!(c.mirror_entries, c.local_entries + c.stale_entries);
+        assert_eq!(c.stale_entries, 0, "{c:?}");
         assert_eq!(c.lsn_range.unwrap().1, w.last_lsn());
         // One byte of one mirrored payload flipped: exactly that entry mismatches.
         let mut probe = vec![0u8; w.max_entry()];

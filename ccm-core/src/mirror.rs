@@ -426,14 +426,13 @@ impl MirrorWriter {
         let c = match from {
             Some(c) => c,
             None => {
-                // A ring that wrapped holds a later lap's entry at offset 0 (a lap always restarts there);
-                // its header says so.
-                let mut hdr = [0u8; ENTRY_HEADER];
-                ring.read_at(0, &mut hdr);
-                let magic = u32::from_le_bytes(hdr[0..4].try_into().expect("4 bytes"));
-                let lsn = Lsn(u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes")));
-                if magic == MAGIC_ENTRY && lsn != Lsn(1) {
-                    return Err(MirrorError::LogWithoutCheckpoint { lsn });
+                // A ring that wrapped holds a later lap's entry at offset 0 (a lap always restarts there). Only
+                // a whole entry counts: a first append torn by a crash is no entry.
+                let mut scratch = vec![0u8; (capacity / 4) as usize - ENTRY_HEADER];
+                if let Some(RingEntry::Entry { lsn, .. }) = read_entry(ring, 0, &mut scratch) {
+                    if lsn != Lsn(1) {
+                        return Err(MirrorError::LogWithoutCheckpoint { lsn });
+                    }
                 }
                 WriterCheckpoint::default()
             }
@@ -1701,6 +1700,11 @@ mod tests {
         for _ in 0..3 {
             w.append(&mut local, &[1u8; 900]).unwrap();
         }
+        // The very first append torn mid-header (magic written, LSN not yet): no entry, LSN 1 is next.
+        let mut torn = vec![0u8; CAP as usize];
+        torn[..4].copy_from_slice(&local[..4]);
+        let (t, found) = MirrorWriter::recover(&torn, None, 4).unwrap();
+        assert_eq!((found, t.last_lsn()), (0, Lsn(0)));
         // Never wrapped: the log is found from its start.
         let (w2, found) = MirrorWriter::recover(&local, None, 4).unwrap();
         assert_eq!((found, w2.last_lsn(), w2.digest()), (3, Lsn(3), w.digest()));

@@ -9,6 +9,8 @@
 //! * [`placement`]: pure placement decisions (Fig. 8 static balancing, Fig. 9 failover target).
 //! * [`sim`]: a deterministic simulator of two nodes and N interconnects with seeded faults that
 //!   drives the same state machine and checks invariants after every step.
+//! * [`sim_mirror`]: a deterministic simulation of the NVRAM mirror (the real writer and reader over a
+//!   simulated RC link with seeded faults and process crashes), checking its invariants after every step.
 //!
 //! Nothing here owns a thread, a clock or a socket: a driver (the real one on ccm-vi / ccm-verbs, or
 //! the simulator) feeds [`manager::Input`]s with the current [`Time`] and carries out the actions.
@@ -23,6 +25,7 @@ pub mod mirror;
 pub mod node;
 pub mod placement;
 pub mod sim;
+pub mod sim_mirror;
 pub mod wire;
 
 use std::time::Duration;

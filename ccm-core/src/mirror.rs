@@ -44,6 +44,22 @@
 //! in-flight writes look alike), so the reader persists a small [`Checkpoint`] (applied position, LSN and
 //! digest) before it reports progress; [`MirrorReader::recover`] resumes from it and applies what arrived
 //! after it. The position it reports is then never behind what it reported before the restart.
+//!
+//! **Restart of the writer.** The log ring survives the writer's process too, but its position, next LSN and
+//! what the partner holds do not. The writer persists a small [`WriterCheckpoint`] (head, last LSN, digest,
+//! and the position/LSN the partner reported applied) after each report of the partner, and reuses ring space
+//! only behind the `released` position of a checkpoint it was told is persisted
+//! ([`MirrorWriter::checkpoint_persisted`]): so everything from that position on is intact in the ring after a
+//! crash. [`MirrorWriter::recover`] walks the ring from the checkpoint's head exactly as a reader would (next
+//! LSN, valid checksum) to find the entries appended after it (an append torn by the crash fails its checksum
+//! and was never returned to the caller), and continues with the next LSN: none reused, none skipped, the
+//! digest unbroken. It knows the partner holds everything up to the checkpoint's `released`; the partner's
+//! first report on the new connection ([`MirrorWriter::link_reset`]) says how much more, and the rest is sent
+//! again. Whatever the old process reported durable was in the partner's memory, which survives, so the
+//! partner's scan reports it applied and nothing durable is lost.
+//!
+//! **Checking.** [`compare_rings`] compares a writer's log with the partner's mirror after a run;
+//! [`crate::sim_mirror`] drives this module through seeded faults and process crashes.
 
 use std::sync::Arc;
 
@@ -102,6 +118,16 @@ pub enum MirrorError {
         /// The oldest batch in flight, if any.
         expected: Option<u64>,
     },
+    /// A log ring that holds entries of a later lap, and no writer checkpoint to say where it stands: the
+    /// position and next LSN cannot be recovered (starting over would reuse LSNs).
+    #[error("log ring holds entry {lsn:?} at offset 0 but there is no writer checkpoint")]
+    LogWithoutCheckpoint {
+        /// The LSN found at offset 0.
+        lsn: Lsn,
+    },
+    /// A writer checkpoint whose fields contradict each other (or the ring's capacity).
+    #[error("writer checkpoint {0:?} is inconsistent")]
+    BadCheckpoint(WriterCheckpoint),
     /// The partner reports applying bytes that were never sent, or fewer than it reported before.
     #[error("partner reported applied position {reported}, outside [{released}, {sent}]")]
     BadApplied {
@@ -309,7 +335,8 @@ pub fn read_entry<R: RingBytes + ?Sized>(
 pub struct Digest(pub u32);
 
 impl Digest {
-    fn add(self, lsn: Lsn, payload: &[u8]) -> Digest {
+    /// The digest after one more entry.
+    pub fn add(self, lsn: Lsn, payload: &[u8]) -> Digest {
         let mut h = crc32fast::Hasher::new_with_initial(self.0);
         h.update(&lsn.0.to_le_bytes());
         h.update(payload);
@@ -328,6 +355,9 @@ struct InFlight {
 ///
 /// Positions are byte counts since the log began (`offset = pos % capacity`), so they never wrap.
 /// Invariant: `released <= durable <= sent <= head` and `head - released <= capacity`.
+///
+/// A writer made with [`new`](Self::new) is volatile: its state dies with the process. One made with
+/// [`recover`](Self::recover) continues a log that outlived its process (see [`WriterCheckpoint`]).
 #[derive(Debug)]
 pub struct MirrorWriter {
     capacity: u64,
@@ -338,6 +368,10 @@ pub struct MirrorWriter {
     durable: u64,
     durable_lsn: Lsn,
     released: u64,
+    released_lsn: Lsn,
+    /// `None` for a volatile log; otherwise ring space is reused only up to the `released` of the last
+    /// [`WriterCheckpoint`] the caller persisted (see [`MirrorWriter::checkpoint_persisted`]).
+    persisted_released: Option<u64>,
     next_batch_id: u64,
     in_flight: [InFlight; MAX_BATCHES_IN_FLIGHT],
     in_flight_first: usize,
@@ -361,6 +395,8 @@ impl MirrorWriter {
             durable: 0,
             durable_lsn: Lsn(0),
             released: 0,
+            released_lsn: Lsn(0),
+            persisted_released: None,
             next_batch_id: 0,
             in_flight: [InFlight::default(); MAX_BATCHES_IN_FLIGHT],
             in_flight_first: 0,
@@ -371,9 +407,107 @@ impl MirrorWriter {
         })
     }
 
+    /// A writer continuing the log in `ring`, which survived the writer's process, from the last
+    /// [`WriterCheckpoint`] the old process persisted (`None` for a log that never had one: a fresh, zeroed
+    /// ring, or one that never wrapped). The entries appended after the checkpoint are found by walking the
+    /// ring from the checkpoint's head while each slot holds the next LSN with a valid checksum, exactly as
+    /// a reader applies them; a torn append (killed mid-copy) fails its checksum and ends the walk, and its
+    /// LSN was never returned. The position, next LSN and digest continue from there: no LSN is reused or
+    /// skipped. Nothing is known to be in the partner beyond the checkpoint's `released`, so everything after
+    /// it is sent again once the partner's first report arrives ([`link_reset`](Self::link_reset)).
+    /// Returns the writer and how many entries the walk found after the checkpoint.
+    pub fn recover<R: RingBytes + ?Sized>(
+        ring: &R,
+        from: Option<WriterCheckpoint>,
+        initial_credits: u64,
+    ) -> Result<(MirrorWriter, u64), MirrorError> {
+        let capacity = ring.capacity();
+        check_capacity(capacity)?;
+        let c = match from {
+            Some(c) => c,
+            None => {
+                // A ring that wrapped holds a later lap's entry at offset 0 (a lap always restarts there). Only
+                // a whole entry counts: a first append torn by a crash is no entry.
+                let mut scratch = vec![0u8; (capacity / 4) as usize - ENTRY_HEADER];
+                if let Some(RingEntry::Entry { lsn, .. }) = read_entry(ring, 0, &mut scratch) {
+                    if lsn != Lsn(1) {
+                        return Err(MirrorError::LogWithoutCheckpoint { lsn });
+                    }
+                }
+                WriterCheckpoint::default()
+            }
+        };
+        let align = ENTRY_ALIGN as u64;
+        if c.released > c.head
+            || c.head - c.released > capacity
+            || c.released_lsn > c.lsn
+            || c.head % align != 0
+            || c.released % align != 0
+        {
+            return Err(MirrorError::BadCheckpoint(c));
+        }
+        let mut walker = MirrorReader::resume(
+            capacity,
+            Checkpoint {
+                pos: c.head,
+                lsn: c.lsn,
+                digest: c.digest,
+            },
+        )?;
+        let found = walker.scan(ring, |_, _| {})?;
+        let w = MirrorWriter {
+            capacity,
+            next_lsn: found.applied_lsn.0 + 1,
+            head: found.applied_pos,
+            sent: c.released,
+            sent_lsn: c.released_lsn,
+            durable: c.released,
+            durable_lsn: c.released_lsn,
+            released: c.released,
+            released_lsn: c.released_lsn,
+            persisted_released: Some(c.released),
+            next_batch_id: 0,
+            in_flight: [InFlight::default(); MAX_BATCHES_IN_FLIGHT],
+            in_flight_first: 0,
+            in_flight_len: 0,
+            credits_granted: initial_credits,
+            notifications_sent: 0,
+            digest: walker.digest(),
+        };
+        Ok((w, found.entries))
+    }
+
+    /// What to persist so that [`recover`](Self::recover) continues this log after a restart. A writer made
+    /// by `recover` reuses ring space only up to the `released` of a checkpoint reported persisted with
+    /// [`checkpoint_persisted`](Self::checkpoint_persisted): take and persist one after
+    /// [`applied`](Self::applied) / [`link_reset`](Self::link_reset) (the only calls that free space), or
+    /// the ring fills (back-pressure, never an overwrite).
+    pub fn checkpoint(&self) -> WriterCheckpoint {
+        WriterCheckpoint {
+            head: self.head,
+            lsn: self.last_lsn(),
+            digest: self.digest,
+            released: self.released,
+            released_lsn: self.released_lsn,
+        }
+    }
+
+    /// `c` (taken from this writer) is persisted: ring space up to its `released` may be reused. A volatile
+    /// writer ignores this.
+    pub fn checkpoint_persisted(&mut self, c: &WriterCheckpoint) {
+        if let Some(p) = &mut self.persisted_released {
+            *p = (*p).max(c.released.min(self.released));
+        }
+    }
+
     /// Ring capacity in bytes.
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Ring position just after the last appended entry (positions count bytes since the log began).
+    pub fn head_pos(&self) -> u64 {
+        self.head
     }
 
     /// Largest payload one entry can carry.
@@ -398,7 +532,10 @@ impl MirrorWriter {
 
     /// Bytes the ring can still take before back-pressure.
     pub fn free(&self) -> u64 {
-        self.capacity - (self.head - self.released)
+        let reusable = self
+            .persisted_released
+            .map_or(self.released, |p| p.min(self.released));
+        self.capacity - (self.head - reusable)
     }
 
     /// Batches posted and not yet completed.
@@ -536,6 +673,7 @@ impl MirrorWriter {
     pub fn applied(&mut self, pos: u64, lsn: Lsn, credits_total: u64) -> Result<(), MirrorError> {
         self.check_applied(pos, lsn)?;
         self.released = pos;
+        self.released_lsn = lsn;
         self.acknowledge(pos, lsn);
         self.credits_granted = self.credits_granted.max(credits_total);
         Ok(())
@@ -554,6 +692,7 @@ impl MirrorWriter {
         self.check_applied(partner_pos, partner_lsn)?;
         self.in_flight_len = 0;
         self.released = partner_pos;
+        self.released_lsn = partner_lsn;
         self.acknowledge(partner_pos, partner_lsn);
         // Bytes up to `durable` are in the partner's memory (an RC completion or its own report says so);
         // everything after is written again, at the same offsets, with the same bytes.
@@ -624,6 +763,72 @@ impl Checkpoint {
             pos: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
             lsn: Lsn(u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"))),
         })
+    }
+}
+
+/// Where a writer's log stands: persisted by the writer (two alternating slots, so a torn write leaves the
+/// previous one) whenever the partner's reports free ring space, so that [`MirrorWriter::recover`] continues
+/// the log after the writer's process died. Everything from `released` to the end of the log is intact in
+/// the ring (space is reused only up to the `released` of a persisted checkpoint), and `head` is an entry
+/// boundary from which the entries appended later are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WriterCheckpoint {
+    /// Ring position after the last entry appended when it was taken.
+    pub head: u64,
+    /// That entry's LSN.
+    pub lsn: Lsn,
+    /// Digest of every entry up to `lsn`.
+    pub digest: Digest,
+    /// Ring position up to which the partner had applied (and the ring may be reused).
+    pub released: u64,
+    /// Last LSN the partner had applied.
+    pub released_lsn: Lsn,
+}
+
+const MAGIC_WRITER_CHECKPOINT: u32 = u32::from_le_bytes(*b"CCMW");
+
+impl WriterCheckpoint {
+    /// Encoded size.
+    pub const ENCODED_LEN: usize = 48;
+
+    /// `{magic u32, digest u32, head u64, lsn u64, released u64, released_lsn u64, crc u32 (of the first 40
+    /// bytes), reserved u32}`, little-endian.
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        b[0..4].copy_from_slice(&MAGIC_WRITER_CHECKPOINT.to_le_bytes());
+        b[4..8].copy_from_slice(&self.digest.0.to_le_bytes());
+        b[8..16].copy_from_slice(&self.head.to_le_bytes());
+        b[16..24].copy_from_slice(&self.lsn.0.to_le_bytes());
+        b[24..32].copy_from_slice(&self.released.to_le_bytes());
+        b[32..40].copy_from_slice(&self.released_lsn.0.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// The checkpoint in `b`, if it is whole (magic and checksum match).
+    pub fn decode(b: &[u8; Self::ENCODED_LEN]) -> Option<WriterCheckpoint> {
+        let magic = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(b[40..44].try_into().expect("4 bytes"));
+        if magic != MAGIC_WRITER_CHECKPOINT || crc32fast::hash(&b[0..40]) != crc {
+            return None;
+        }
+        let u = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        Some(WriterCheckpoint {
+            digest: Digest(u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"))),
+            head: u(8..16),
+            lsn: Lsn(u(16..24)),
+            released: u(24..32),
+            released_lsn: Lsn(u(32..40)),
+        })
+    }
+
+    /// The newer of two persisted slots (either may be torn or empty).
+    pub fn newest(slots: [&[u8; Self::ENCODED_LEN]; 2]) -> Option<WriterCheckpoint> {
+        slots
+            .into_iter()
+            .filter_map(WriterCheckpoint::decode)
+            .max_by_key(|c| (c.head, c.released))
     }
 }
 
@@ -754,6 +959,123 @@ impl MirrorReader {
             applied_pos: self.applied_pos,
         })
     }
+}
+
+/// What [`compare_rings`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RingCheck {
+    /// Entries of the local log's live run: the chain of entries, each at the offset where the one before
+    /// it ended, with consecutive LSNs, that ends with the newest entry.
+    pub local_entries: u64,
+    /// Other valid entries in the local ring: leftovers of older laps (past a pad's header, or behind the
+    /// head), not part of the log any more.
+    pub stale_entries: u64,
+    /// Valid entries anywhere in the partner's mirror ring.
+    pub mirror_entries: u64,
+    /// Live entries found identical (same LSN, same payload) at the same offset of the mirror.
+    pub compared: u64,
+    /// Live entries missing or different in the mirror.
+    pub mismatches: u64,
+    /// The first mismatching LSN.
+    pub first_mismatch: Option<Lsn>,
+    /// Lowest and highest LSN of the live run.
+    pub lsn_range: Option<(Lsn, Lsn)>,
+}
+
+impl RingCheck {
+    /// The mirror holds every live entry of the local log, the same.
+    pub fn is_clean(&self) -> bool {
+        self.mismatches == 0 && self.compared == self.local_entries
+    }
+}
+
+fn walk<R: RingBytes + ?Sized>(ring: &R, mut f: impl FnMut(u64, RingEntry, &[u8])) {
+    let cap = ring.capacity();
+    let mut payload = vec![0u8; (cap / 4) as usize - ENTRY_HEADER];
+    let mut off = 0;
+    while off + (ENTRY_HEADER as u64) <= cap {
+        match read_entry(ring, off, &mut payload) {
+            Some(e @ RingEntry::Entry { len, .. }) => {
+                f(off, e, &payload[..len]);
+                off += align_up((ENTRY_HEADER + len) as u64);
+            }
+            _ => off += ENTRY_ALIGN as u64,
+        }
+    }
+}
+
+/// After a run: find the live run of a writer's log ring (`local`) and compare it with the partner's
+/// mirror of it, entry by entry at the same offsets. Use it once the writer is quiescent and everything is
+/// durable; while appends continue, the newest entries may legitimately be missing from the mirror. The
+/// rings must have the same, valid capacity.
+pub fn compare_rings<L: RingBytes + ?Sized, M: RingBytes + ?Sized>(
+    local: &L,
+    mirror: &M,
+) -> Result<RingCheck, MirrorError> {
+    let bytes = local.capacity();
+    check_capacity(bytes)?;
+    if mirror.capacity() != bytes {
+        return Err(MirrorError::RingSize {
+            expected: bytes,
+            got: mirror.capacity() as usize,
+        });
+    }
+    struct Found {
+        off: u64,
+        end: u64,
+        lsn: Lsn,
+        same: bool,
+    }
+    let mut other = vec![0u8; (bytes / 4) as usize - ENTRY_HEADER];
+    let mut found = Vec::new();
+    walk(local, |off, e, payload| {
+        let same = match read_entry(mirror, off, &mut other) {
+            Some(RingEntry::Entry { lsn, len }) => lsn == e.lsn() && other[..len] == *payload,
+            _ => false,
+        };
+        found.push(Found {
+            off,
+            end: off + align_up((ENTRY_HEADER + payload.len()) as u64),
+            lsn: e.lsn(),
+            same,
+        });
+    });
+    let mut check = RingCheck::default();
+    walk(mirror, |_, _, _| check.mirror_entries += 1);
+    found.sort_unstable_by_key(|f| f.lsn);
+    // The live run, from the newest entry back: the entry before `e` has the LSN before it and ends where
+    // `e` starts (or where a pad for `e` starts, `e` then being at offset 0).
+    let mut probe = [0u8; 0];
+    let mut first = found.len().saturating_sub(1);
+    while first > 0 {
+        let (p, e) = (&found[first - 1], &found[first]);
+        let pad_first = matches!(read_entry(local, p.end, &mut probe),
+            Some(RingEntry::Pad { lsn }) if lsn == e.lsn);
+        let next = if p.end == bytes || pad_first {
+            0
+        } else {
+            p.end
+        };
+        if p.lsn.0 + 1 != e.lsn.0 || next != e.off {
+            break;
+        }
+        first -= 1;
+    }
+    let run = &found[first..];
+    check.stale_entries = (found.len() - run.len()) as u64;
+    check.local_entries = run.len() as u64;
+    for f in run {
+        if f.same {
+            check.compared += 1;
+        } else {
+            check.mismatches += 1;
+            check.first_mismatch.get_or_insert(f.lsn);
+        }
+    }
+    check.lsn_range = run
+        .first()
+        .map(|f| (f.lsn, run.last().expect("non-empty").lsn));
+    Ok(check)
 }
 
 #[cfg(test)]
@@ -1154,5 +1476,257 @@ mod tests {
         assert_eq!(read_entry(&local, 2880, &mut buf[..100]), None, "too small");
         local[2880 + ENTRY_HEADER + 5] ^= 1;
         assert_eq!(read_entry(&local, 2880, &mut buf), None, "damaged payload");
+    }
+    /// Drive `w` until everything is durable and applied by `r`, persisting the writer's checkpoint after
+    /// each report of the partner (as the client does).
+    fn quiesce(
+        w: &mut MirrorWriter,
+        r: &mut MirrorReader,
+        local: &[u8],
+        mirror: &mut [u8],
+        seen: &mut Vec<(Lsn, Vec<u8>)>,
+    ) {
+        while let Some(b) = w.next_batch() {
+            copy(&b, local, mirror);
+            w.batch_completed(b.id).unwrap();
+            let s = r.scan(&*mirror, |l, p| seen.push((l, p.to_vec()))).unwrap();
+            w.applied(s.applied_pos, s.applied_lsn, 1_000).unwrap();
+            let c = w.checkpoint();
+            w.checkpoint_persisted(&c);
+        }
+    }
+
+    /// The live run is the whole log when the ring never wrapped; after wraps, an older lap's entries left
+    /// past a later pad's header are not part of it.
+    #[test]
+    fn compare_rings_finds_the_live_run() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 1_000).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        let mut seen = vec![];
+        for i in 0..10u8 {
+            w.append(&mut local, &[i; 100]).unwrap();
+        }
+        quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        let c = compare_rings(&local, &mirror).unwrap();
+        assert_eq!(
+            (
+                c.local_entries,
+                c.stale_entries,
+                c.compared,
+                c.mirror_entries
+            ),
+            (10, 0, 10, 10)
+        );
+        assert_eq!(c.lsn_range, Some((Lsn(1), Lsn(10))));
+        assert!(c.is_clean());
+        // A lap of small entries, then large ones that pad early: the small ones past the pad's header are
+        // leftovers, the large ones and the one after the pad are the live run.
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 1_000).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        for _ in 0..CAP / 64 {
+            w.append(&mut local, &[]).unwrap();
+            quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        }
+        for _ in 0..5 {
+            w.append(&mut local, &[7u8; 900]).unwrap(); // 960-byte slots: the fifth pads at 3840
+            quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        }
+        let c = compare_rings(&local, &mirror).unwrap();
+        assert!(c.is_clean(), "{c:?}");
+        assert_eq!(c.lsn_range, Some((Lsn(66), Lsn(69))), "{c:?}");
+        assert_eq!((c.local_entries, c.stale_entries), (4, 3), "{c:?}");
+        assert_eq!(c.mirror_entries, 7);
+        // A live entry damaged in the mirror is a mismatch.
+        let at = read_entry(&mirror, 0, &mut vec![0u8; w.max_entry()]).unwrap();
+        assert!(matches!(at, RingEntry::Entry { .. }));
+        mirror[ENTRY_HEADER + 3] ^= 1;
+        let c = compare_rings(&local, &mirror).unwrap();
+        assert_eq!(c.mismatches, 1);
+        assert!(!c.is_clean());
+    }
+
+    #[test]
+    fn writer_checkpoints_round_trip_and_the_newest_whole_slot_wins() {
+        let old = WriterCheckpoint {
+            head: 4096,
+            lsn: Lsn(40),
+            digest: Digest(7),
+            released: 1024,
+            released_lsn: Lsn(10),
+        };
+        let new = WriterCheckpoint {
+            released: 2048,
+            released_lsn: Lsn(20),
+            ..old
+        };
+        let (a, b) = (old.encode(), new.encode());
+        assert_eq!(WriterCheckpoint::decode(&a), Some(old));
+        for i in 0..44 {
+            let mut t = a;
+            t[i] ^= 0x10;
+            assert_eq!(WriterCheckpoint::decode(&t), None, "byte {i} flipped");
+        }
+        assert_eq!(WriterCheckpoint::newest([&a, &b]), Some(new));
+        assert_eq!(WriterCheckpoint::newest([&b, &a]), Some(new));
+        let mut torn = b;
+        torn[30] ^= 1;
+        assert_eq!(WriterCheckpoint::newest([&a, &torn]), Some(old));
+        assert_eq!(WriterCheckpoint::newest([&[0u8; 48], &[0u8; 48]]), None);
+    }
+
+    /// The writer process dies with entries appended, some sent but not completed, some never sent; a new
+    /// process continues the log from the ring and its checkpoint: same LSNs, same digest, and once the
+    /// partner reports where it stands everything after that is sent again and applied once.
+    #[test]
+    fn a_restarted_writer_continues_its_log_and_resends_what_the_partner_lacks() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let (mut w, _) = MirrorWriter::recover(&local, None, 1_000).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        let mut seen = vec![];
+        let mut want: Vec<Vec<u8>> = vec![];
+        let mut persisted = WriterCheckpoint::default();
+        // Several laps, acknowledged and checkpointed as they go.
+        for i in 0..60u32 {
+            let p = i.to_le_bytes().repeat(1 + (i as usize * 7) % 60);
+            w.append(&mut local, &p).unwrap();
+            want.push(p);
+            quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+            persisted = w.checkpoint();
+        }
+        assert!(w.head_pos() > 2 * CAP, "wrapped");
+        // Then: one batch placed but its completion lost, one posted and lost, one entry never sent.
+        for i in 60..63u32 {
+            let p = i.to_le_bytes().repeat(20);
+            w.append(&mut local, &p).unwrap();
+            want.push(p);
+            let b = w.next_batch().unwrap();
+            if i == 60 {
+                copy(&b, &local, &mut mirror);
+            }
+        }
+        w.append(&mut local, b"never sent").unwrap();
+        want.push(b"never sent".to_vec());
+        let (last, digest, head) = (w.last_lsn(), w.digest(), w.head_pos());
+        // SIGKILL: the writer is gone; only the ring and the persisted checkpoint remain.
+        // No receive credits until the partner's first report on the new connection.
+        let (mut w, found) = MirrorWriter::recover(&local, Some(persisted), 0).unwrap();
+        assert_eq!(found, 4, "the entries appended after the checkpoint");
+        assert_eq!(
+            (w.last_lsn(), w.digest(), w.head_pos()),
+            (last, digest, head)
+        );
+        assert_eq!(w.durable_lsn(), persisted.released_lsn);
+        assert!(
+            w.next_batch().is_none(),
+            "nothing before the partner's report"
+        );
+        // The partner applies what reached it and reports on the new connection.
+        let s = r.scan(&mirror, |l, p| seen.push((l, p.to_vec()))).unwrap();
+        assert_eq!(s.applied_lsn, Lsn(61));
+        w.link_reset(s.applied_pos, s.applied_lsn, 8).unwrap();
+        assert_eq!(w.durable_lsn(), Lsn(61));
+        quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        // New appends continue the LSNs.
+        assert_eq!(w.append(&mut local, b"after").unwrap(), Lsn(65));
+        want.push(b"after".to_vec());
+        quiesce(&mut w, &mut r, &local, &mut mirror, &mut seen);
+        let lsns: Vec<u64> = seen.iter().map(|(l, _)| l.0).collect();
+        assert_eq!(lsns, (1..=65).collect::<Vec<u64>>(), "once, in order");
+        for ((_, got), want) in seen.iter().zip(&want) {
+            assert_eq!(got, want);
+        }
+        assert_eq!(r.digest(), w.digest());
+        assert!(compare_rings(&local, &mirror).unwrap().is_clean());
+    }
+
+    /// Killed in the middle of an append: the torn entry fails its checksum, ends the walk, and its LSN
+    /// (never returned) is given to the next append.
+    #[test]
+    fn a_torn_append_is_not_recovered() {
+        let mut local = vec![0u8; CAP as usize];
+        let (mut w, _) = MirrorWriter::recover(&local, None, 4).unwrap();
+        w.append(&mut local, b"one").unwrap();
+        let c = w.checkpoint();
+        w.append(&mut local, &[2u8; 300]).unwrap();
+        // The third append's payload was copied, its header only half.
+        let mut copy_of = local.clone();
+        let mut w3 = MirrorWriter::recover(&copy_of, Some(c), 4).unwrap().0;
+        w3.append(&mut copy_of, &[3u8; 100]).unwrap();
+        let at = 64 + 384;
+        local[at..at + 16].copy_from_slice(&copy_of[at..at + 16]);
+        local[at + ENTRY_HEADER..at + ENTRY_HEADER + 100].fill(3);
+        let (mut w2, found) = MirrorWriter::recover(&local, Some(c), 4).unwrap();
+        assert_eq!(found, 1);
+        assert_eq!(w2.last_lsn(), Lsn(2));
+        assert_eq!(w2.append(&mut local, b"three").unwrap(), Lsn(3));
+    }
+
+    /// A recovering writer reuses ring space only once a checkpoint saying so is persisted: otherwise a
+    /// second crash would walk from a head whose entries were overwritten.
+    #[test]
+    fn space_is_reused_only_after_a_persisted_checkpoint() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let (mut w, _) = MirrorWriter::recover(&local, None, 64).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        while w.append(&mut local, &[1u8; 200]).is_ok() {}
+        let b = w.next_batch().unwrap();
+        copy(&b, &local, &mut mirror);
+        w.batch_completed(b.id).unwrap();
+        let s = r.scan(&mirror, |_, _| {}).unwrap();
+        w.applied(s.applied_pos, s.applied_lsn, 64).unwrap();
+        assert!(matches!(
+            w.append(&mut local, &[2u8; 200]),
+            Err(MirrorError::RingFull { .. })
+        ));
+        let c = w.checkpoint();
+        w.checkpoint_persisted(&c);
+        assert!(w.append(&mut local, &[2u8; 200]).is_ok());
+        // A volatile writer never waits for checkpoints.
+        let mut v = MirrorWriter::new(CAP, 64).unwrap();
+        let mut l2 = vec![0u8; CAP as usize];
+        while v.append(&mut l2, &[1u8; 200]).is_ok() {}
+        let b = v.next_batch().unwrap();
+        v.batch_completed(b.id).unwrap();
+        v.applied(256, Lsn(1), 64).unwrap();
+        assert!(v.append(&mut l2, &[2u8; 200]).is_ok());
+    }
+
+    #[test]
+    fn a_wrapped_log_without_a_checkpoint_or_a_bad_checkpoint_is_refused() {
+        let mut local = vec![0u8; CAP as usize];
+        let mut w = MirrorWriter::new(CAP, 1_000).unwrap();
+        for _ in 0..3 {
+            w.append(&mut local, &[1u8; 900]).unwrap();
+        }
+        // The very first append torn mid-header (magic written, LSN not yet): no entry, LSN 1 is next.
+        let mut torn = vec![0u8; CAP as usize];
+        torn[..4].copy_from_slice(&local[..4]);
+        let (t, found) = MirrorWriter::recover(&torn, None, 4).unwrap();
+        assert_eq!((found, t.last_lsn()), (0, Lsn(0)));
+        // Never wrapped: the log is found from its start.
+        let (w2, found) = MirrorWriter::recover(&local, None, 4).unwrap();
+        assert_eq!((found, w2.last_lsn(), w2.digest()), (3, Lsn(3), w.digest()));
+        let b = w.next_batch().unwrap();
+        w.batch_completed(b.id).unwrap();
+        w.applied(w.head_pos(), Lsn(3), 1_000).unwrap();
+        w.append(&mut local, &[1u8; 900]).unwrap(); // 2880..3840
+        w.append(&mut local, &[1u8; 900]).unwrap(); // wraps: LSN 5 at offset 0
+        assert_eq!(
+            MirrorWriter::recover(&local, None, 4).unwrap_err(),
+            MirrorError::LogWithoutCheckpoint { lsn: Lsn(5) }
+        );
+        let bad = WriterCheckpoint {
+            head: 64,
+            released: 128,
+            ..WriterCheckpoint::default()
+        };
+        assert_eq!(
+            MirrorWriter::recover(&local, Some(bad), 4).unwrap_err(),
+            MirrorError::BadCheckpoint(bad)
+        );
+        let (w3, found) = MirrorWriter::recover(&local, Some(w.checkpoint()), 4).unwrap();
+        assert_eq!((found, w3.last_lsn()), (0, Lsn(5)));
     }
 }

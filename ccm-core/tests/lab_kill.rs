@@ -1,7 +1,13 @@
-//! Two `ccm node` processes on the lab's rxe devices; node B is killed with SIGKILL in the middle of
-//! mirrored traffic and started again. Node A's failover monitor must declare the partner down for the kill
-//! (and only for it), node A's NVRAM mirror must resume into B's surviving mirror ring, and in the end every
-//! entry A acknowledged is on B, in order, exactly once, with equal checksums.
+//! Two `ccm node` processes on the lab's rxe devices; one of them is killed with SIGKILL in the middle of
+//! mirrored traffic (node A writes its log, node B holds A's mirror) and started again.
+//!
+//! * B killed: A's failover monitor must declare the partner down for the kill (and only for it), A's NVRAM
+//!   mirror must resume into B's surviving mirror ring.
+//! * A (the writer) killed: the restarted A continues its log from the surviving ring and its writer
+//!   checkpoint (no LSN reused), resends what B lacks, and B's monitor declares A down once.
+//!
+//! Either way, in the end every entry A acknowledged is on B, in order, exactly once, with equal checksums
+//! (the digest covers the whole log, both of A's processes).
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -88,6 +94,25 @@ fn num(v: &Option<Value>, field: &str) -> u64 {
     v.as_ref().and_then(|v| v[field].as_u64()).unwrap_or(0)
 }
 
+/// On a failing test, the tail of both nodes' logs (they are in a directory that dies with the guest).
+struct DumpLogs(std::path::PathBuf);
+impl Drop for DumpLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for side in ["a", "b"] {
+            let log =
+                std::fs::read_to_string(self.0.join(format!("{side}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- last lines of node {side}'s log");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 struct Kill(Vec<Child>);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -98,6 +123,49 @@ impl Drop for Kill {
     }
 }
 
+/// A fresh test directory with both nodes' configurations, and no mirror files left from an earlier test.
+fn setup(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ccm-kill-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret"), "kill test secret 0123456789\n").unwrap();
+    for side in ["a", "b"] {
+        for suffix in ["", ".mirror", ".mirror.state", ".state"] {
+            let _ = std::fs::remove_file(format!("/dev/shm/ccm-kill-nvram-{side}{suffix}"));
+        }
+        write_config(&dir, side);
+    }
+    dir
+}
+
+/// Wait until node A's writer is done (its load runs 8 s) and B applied everything; then A's log and B's
+/// mirror of it must have the same checksum. Returns A's and B's mirror details.
+fn wait_caught_up(dir: &Path) -> (Value, Value) {
+    wait_until(
+        Duration::from_secs(30),
+        "the writer done and B caught up",
+        || {
+            let (a, b) = (detail(dir, "a", "mirror"), detail(dir, "b", "mirror"));
+            let appended = num(&a, "appended");
+            appended > 0
+                && appended == num(&a, "durable")
+                && num(&b, "partner_applied") == appended
+                && {
+                    std::thread::sleep(Duration::from_millis(300));
+                    num(&detail(dir, "a", "mirror"), "appended") == appended
+                }
+        },
+    );
+    let (a, b) = (
+        detail(dir, "a", "mirror").unwrap(),
+        detail(dir, "b", "mirror").unwrap(),
+    );
+    assert_eq!(
+        a["local_digest"], b["mirror_digest"],
+        "B's mirror holds exactly A's log: {a} / {b}"
+    );
+    (a, b)
+}
+
 #[test]
 fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
     let Some(_lab) = LabTopology::from_env_or_skip(
@@ -105,15 +173,8 @@ fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
     ) else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("ccm-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("secret"), "kill test secret 0123456789\n").unwrap();
-    for side in ["a", "b"] {
-        for suffix in ["", ".mirror", ".mirror.state"] {
-            let _ = std::fs::remove_file(format!("/dev/shm/ccm-kill-nvram-{side}{suffix}"));
-        }
-        write_config(&dir, side);
-    }
+    let dir = setup("partner");
+    let _logs = DumpLogs(dir.clone());
     let mut procs = Kill(vec![start(&dir, "a"), start(&dir, "b")]);
     wait_until(
         Duration::from_secs(20),
@@ -145,29 +206,7 @@ fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
         || num(&detail(&dir, "a", "mirror"), "durable") > durable_at_kill + 200,
     );
     // The writer stops after its 8 s; then everything must be on B.
-    wait_until(
-        Duration::from_secs(30),
-        "the writer done and B caught up",
-        || {
-            let (a, b) = (detail(&dir, "a", "mirror"), detail(&dir, "b", "mirror"));
-            let appended = num(&a, "appended");
-            appended > 0
-                && appended == num(&a, "durable")
-                && num(&b, "partner_applied") == appended
-                && {
-                    std::thread::sleep(Duration::from_millis(300));
-                    num(&detail(&dir, "a", "mirror"), "appended") == appended
-                }
-        },
-    );
-    let (a, b) = (
-        detail(&dir, "a", "mirror").unwrap(),
-        detail(&dir, "b", "mirror").unwrap(),
-    );
-    assert_eq!(
-        a["local_digest"], b["mirror_digest"],
-        "B's mirror holds exactly A's log: {a} / {b}"
-    );
+    let (a, b) = wait_caught_up(&dir);
     assert_eq!(
         num(&monitor(), "partner_down_decisions"),
         1,
@@ -176,6 +215,70 @@ fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
     eprintln!(
         "mirror: {} entries appended and durable, {} applied on B (after its restart), checksums equal",
         a["appended"], b["partner_applied"]
+    );
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_writer_continues_its_log_and_loses_nothing() {
+    let Some(_lab) =
+        LabTopology::from_env_or_skip("a_killed_writer_continues_its_log_and_loses_nothing")
+    else {
+        return;
+    };
+    let dir = setup("writer");
+    let _logs = DumpLogs(dir.clone());
+    let mut procs = Kill(vec![start(&dir, "a"), start(&dir, "b")]);
+    wait_until(
+        Duration::from_secs(20),
+        "node A's mirror appending and durable",
+        || num(&detail(&dir, "a", "mirror"), "durable") > 500,
+    );
+    // SIGKILL the writer mid-traffic. What it had reported (a lower bound: the status lags a little).
+    let before = detail(&dir, "a", "mirror");
+    let (appended_before, durable_before) = (num(&before, "appended"), num(&before, "durable"));
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    let b_monitor = || detail(&dir, "b", "monitor");
+    wait_until(
+        Duration::from_secs(10),
+        "node B's monitor declares node A down",
+        || num(&b_monitor(), "partner_down_decisions") == 1,
+    );
+    // A restarts on its surviving log: its next LSN follows every LSN the dead process handed out.
+    procs.0[0] = start(&dir, "a");
+    let mut resumed_at = 0;
+    wait_until(Duration::from_secs(20), "node A's mirror back", || {
+        let a = detail(&dir, "a", "mirror");
+        resumed_at = num(&a, "appended");
+        a.is_some()
+    });
+    assert!(
+        resumed_at >= appended_before,
+        "the restarted writer continues at LSN {resumed_at}, the old one had appended {appended_before}"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "new entries durable after A's restart",
+        || num(&detail(&dir, "a", "mirror"), "durable") > resumed_at + 200,
+    );
+    let (a, b) = wait_caught_up(&dir);
+    assert!(num(&Some(b.clone()), "partner_applied") >= durable_before);
+    assert_eq!(
+        num(&b_monitor(), "partner_down_decisions"),
+        1,
+        "PartnerDown only for the kill"
+    );
+    let log = std::fs::read_to_string(dir.join("a.log")).unwrap();
+    assert!(
+        log.contains("mirror log recovered"),
+        "the restarted writer recovered its log"
+    );
+    eprintln!(
+        "writer killed at >= {appended_before} appended / {durable_before} durable; restarted at LSN {resumed_at}; \
+         {} entries in all, applied once on B, checksums equal",
+        a["appended"]
     );
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);

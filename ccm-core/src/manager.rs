@@ -27,8 +27,10 @@
 //! * **430** the receiver hands the partner's addresses to its client ([`ClientEvent::PartnerInfo`]),
 //!   creates its own VIs (follower), and answers with its own batch.
 //! * **435** each side slam connects a client's VIs ([`Action::SlamConnect`]) as soon as it has both
-//!   its own and the partner's addresses,
-//! * **440** and then sends [`Ready`] for it.
+//!   its own and the partner's addresses; the driver answers [`Input::ClientVisConnected`] once the
+//!   queue pairs are connected (a real driver does this off its event loop: it costs milliseconds per
+//!   VI on rxe, and a batch of 64 done in one go would hold back every link's heartbeats),
+//! * **440** and only then sends [`Ready`] for it.
 //! * **445** on the partner's [`Ready`] the client is told [`ClientEvent::Ready`] (or
 //!   [`ClientEvent::Resumed`] after a stop). A client is therefore never told Ready before the
 //!   partner's client has slam connected the other end.
@@ -320,6 +322,13 @@ pub enum Input {
         /// Its memory windows.
         windows: Vec<MemoryWindow>,
     },
+    /// 435: the VIs of [`Action::SlamConnect`] are connected (a failure is an [`Input::ViError`]).
+    ClientVisConnected {
+        /// The client.
+        client: ClientId,
+        /// The generation of the request.
+        generation: Generation,
+    },
     /// 510: a client request.
     Client(ClientRequest),
     /// The timer armed with [`Action::ArmTimer`] expired (spurious expiries are harmless).
@@ -485,7 +494,7 @@ pub enum Step {
         /// The interconnect.
         ic: InterconnectId,
     },
-    /// 435: a client's VIs slam connected.
+    /// 435: a client's VIs slam connected (reported by the driver).
     SlamConnect435 {
         /// The client.
         client: ClientId,
@@ -621,7 +630,8 @@ pub enum Action {
         /// How many VIs.
         count: u8,
     },
-    /// 435: slam connect a client's VIs, the i-th local to the i-th remote.
+    /// 435: slam connect a client's VIs, the i-th local to the i-th remote; answered with
+    /// [`Input::ClientVisConnected`] (or [`Input::ViError`]).
     SlamConnect {
         /// The client.
         client: ClientId,
@@ -802,7 +812,10 @@ struct Binding {
     vi_count: u8,
     local: Option<Vec<ViAddress>>,
     remote: Option<ClientEntry>,
+    /// Slam connect asked for.
     connected: bool,
+    /// Slam connect done (the driver said so).
+    slammed: bool,
     partner_ready: bool,
     live: bool,
 }
@@ -1076,6 +1089,9 @@ impl Manager {
                 vis,
                 windows,
             } => self.on_vis_created(now, client, generation, vis, windows),
+            Input::ClientVisConnected { client, generation } => {
+                self.on_vis_connected(now, client, generation)
+            }
             Input::Client(req) => self.on_client_request(now, req),
             Input::Timer => {
                 // Always re-arm after an expiry, even for an unchanged deadline.
@@ -1560,7 +1576,7 @@ impl Manager {
             self.tell(id, ClientEvent::PartnerInfo(e));
             self.step(now, Step::PartnerInfo430 { client: id, ic });
             if first {
-                self.try_connect(now, id);
+                self.try_connect(id);
             }
             return;
         }
@@ -1585,6 +1601,7 @@ impl Manager {
             local: None,
             remote: Some(e.clone()),
             connected: false,
+            slammed: false,
             partner_ready: false,
             live: false,
         });
@@ -1678,7 +1695,7 @@ impl Manager {
             windows: c.windows.clone(),
         };
         self.queue_entry(now, ic, entry);
-        self.try_connect(now, id);
+        self.try_connect(id);
     }
 
     fn queue_entry(&mut self, now: Time, ic: InterconnectId, entry: ClientEntry) {
@@ -1690,8 +1707,8 @@ impl Manager {
         }
     }
 
-    /// 435/440: slam connect once both ends' addresses are known, then queue Ready.
-    fn try_connect(&mut self, now: Time, id: ClientId) {
+    /// 435: slam connect once both ends' addresses are known ([`Self::on_vis_connected`] follows).
+    fn try_connect(&mut self, id: ClientId) {
         let Some(b) = self.clients.get_mut(&id).and_then(|c| c.binding.as_mut()) else {
             return;
         };
@@ -1709,11 +1726,25 @@ impl Manager {
             local: local.clone(),
             remote: remote.vis.clone(),
         };
-        let (ic, generation, partner_ready) = (b.ic, b.generation, b.partner_ready);
         self.push(a);
+    }
+
+    /// 435 done, 440: queue Ready for the partner; 445 if the partner's Ready is already here.
+    fn on_vis_connected(&mut self, now: Time, id: ClientId, generation: Generation) {
+        let Some(b) = self
+            .clients
+            .get_mut(&id)
+            .and_then(|c| c.binding.as_mut())
+            .filter(|b| b.generation == generation && b.connected && !b.slammed)
+        else {
+            return; // a generation released meanwhile: its VIs are released too
+        };
+        b.slammed = true;
+        let (ic, partner_ready) = (b.ic, b.partner_ready);
         self.step(now, Step::SlamConnect435 { client: id, ic });
         let window = self.cfg.batch_window;
-        if let Some(u) = self.links[ic.0 as usize].up_mut() {
+        let i = ic.0 as usize;
+        if let Some(u) = self.links[i].up_mut() {
             u.out_ready.push(ClientRef {
                 client: id,
                 generation,
@@ -1721,6 +1752,12 @@ impl Manager {
             u.batch_deadline.get_or_insert(now + window);
         }
         if partner_ready {
+            // The partner's client waits for this end only: no reason to batch.
+            let ready = self.links[i]
+                .up_mut()
+                .map(|u| std::mem::take(&mut u.out_ready))
+                .unwrap_or_default();
+            self.send_ready(now, i, ready);
             self.go(now, id);
         }
     }
@@ -1735,7 +1772,7 @@ impl Manager {
             return;
         };
         b.partner_ready = true;
-        if b.connected {
+        if b.slammed {
             self.go(now, r.client);
         }
     }
@@ -2152,6 +2189,7 @@ impl Manager {
                 local: None,
                 remote: None,
                 connected: false,
+                slammed: false,
                 partner_ready: false,
                 live: false,
             });
@@ -2170,11 +2208,12 @@ impl Manager {
             let Some(deadline) = u.batch_deadline else {
                 continue;
             };
-            // A creation still outstanding on this link holds the batch back (until the window ends).
+            // A creation or slam connect still outstanding on this link holds the batch back (until the
+            // window ends), so a bring-up sends one ClientInfo and one Ready, not one per client.
             let waiting = self.clients.values().any(|c| {
-                c.binding
-                    .as_ref()
-                    .is_some_and(|b| b.ic == ic && b.local.is_none())
+                c.binding.as_ref().is_some_and(|b| {
+                    b.ic == ic && (b.local.is_none() || (b.connected && !b.slammed))
+                })
             });
             if waiting && now < deadline {
                 continue;
@@ -2193,16 +2232,22 @@ impl Manager {
                 );
                 self.send(i, Message::ClientInfo(ClientInfo { entries: info }));
             }
-            if !ready.is_empty() {
-                self.step(
-                    now,
-                    Step::SendReady440 {
-                        ic,
-                        clients: ready.len(),
-                    },
-                );
-                self.send(i, Message::Ready(Ready { clients: ready }));
-            }
+            self.send_ready(now, i, ready);
         }
+    }
+
+    fn send_ready(&mut self, now: Time, i: usize, ready: Vec<ClientRef>) {
+        if ready.is_empty() {
+            return;
+        }
+        let ic = self.links[i].id;
+        self.step(
+            now,
+            Step::SendReady440 {
+                ic,
+                clients: ready.len(),
+            },
+        );
+        self.send(i, Message::Ready(Ready { clients: ready }));
     }
 }

@@ -149,11 +149,13 @@ impl Pair {
                         },
                     );
                 }
+                Action::SlamConnect {
+                    client, generation, ..
+                } => self.later(n, Input::ClientVisConnected { client, generation }),
                 Action::Tell { client, event } => self.told[n].push((client, event)),
                 Action::LinkRefused { ic, error } => self.refused[n].push((ic, error)),
                 Action::Step { at, step } => self.steps[n].push((at, step)),
-                Action::SlamConnect { .. }
-                | Action::SlamConnectControl { .. }
+                Action::SlamConnectControl { .. }
                 | Action::ReleaseClientVis { .. }
                 | Action::ArmTimer { .. } => {}
             }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::wire::{BandwidthClass, ClientId, ClusterId, InterconnectId, NodeId};
+use crate::wire::{BandwidthClass, ClientId, ClusterId, InterconnectId, NodeId, ProtocolVersion};
 
 /// A configuration that cannot be used, naming the field and what was wrong.
 #[derive(Debug, Error)]
@@ -81,6 +81,7 @@ struct RawConfig {
     status_socket: Option<PathBuf>,
     #[serde(default)]
     timing: RawTiming,
+    protocol: Option<RawProtocol>,
     #[serde(default)]
     interconnect: Vec<RawInterconnect>,
     #[serde(default)]
@@ -96,6 +97,13 @@ struct RawTiming {
     failback_hold_down_ms: Option<u64>,
     connect_ms: Option<u64>,
     handshake_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProtocol {
+    min_version: ProtocolVersion,
+    max_version: ProtocolVersion,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +221,11 @@ pub struct NodeConfig {
     pub status_socket: PathBuf,
     /// Manager timings.
     pub timing: Timing,
+    /// The protocol versions spoken, `min..=max`. Normally this build's
+    /// [`PROTOCOL_VERSION`](crate::manager::PROTOCOL_VERSION) only; the optional `[protocol]` section
+    /// (`min_version`, `max_version`) overrides it, for compatibility tests (a node that speaks an
+    /// incompatible range is refused by its partner on every interconnect).
+    pub versions: (ProtocolVersion, ProtocolVersion),
     /// The interconnects, in index order.
     pub interconnects: Vec<InterconnectConfig>,
     /// The clients.
@@ -479,7 +492,24 @@ impl NodeConfig {
                 pin,
             });
         }
+        let versions = match raw.protocol {
+            None => (
+                crate::manager::PROTOCOL_VERSION,
+                crate::manager::PROTOCOL_VERSION,
+            ),
+            Some(p) if p.min_version <= p.max_version => (p.min_version, p.max_version),
+            Some(p) => {
+                return Err(invalid(
+                    "protocol.min_version",
+                    format!(
+                        "{} is above protocol.max_version ({})",
+                        p.min_version, p.max_version
+                    ),
+                ))
+            }
+        };
         Ok(NodeConfig {
+            versions,
             node: NodeId(raw.node),
             partner: NodeId(raw.partner),
             cluster: ClusterId(raw.cluster),
@@ -529,6 +559,7 @@ impl NodeConfig {
         c.failback_hold_down = self.timing.failback_hold_down;
         c.connect_timeout = self.timing.connect;
         c.handshake_timeout = self.timing.handshake;
+        (c.min_version, c.max_version) = self.versions;
         c
     }
 }
@@ -574,6 +605,26 @@ mod tests {
             "a mirror is high bandwidth by default"
         );
         assert_eq!(c.timing.heartbeat, Duration::from_millis(10));
+        let v = crate::manager::PROTOCOL_VERSION;
+        assert_eq!(c.versions, (v, v));
+    }
+
+    #[test]
+    fn a_protocol_range_is_read_and_an_empty_one_refused() {
+        let with = |section: &str| {
+            GOOD.replace(
+                "secret_file = \"/tmp/s\"",
+                &format!("secret_file = \"/tmp/s\"\n{section}"),
+            )
+        };
+        let c = NodeConfig::parse(&with("[protocol]\nmin_version = 7\nmax_version = 9")).unwrap();
+        assert_eq!(c.versions, (7, 9));
+        let m = c.manager_config(b"0123456789abcdef".to_vec());
+        assert_eq!((m.min_version, m.max_version), (7, 9));
+        assert!(
+            error_of(&with("[protocol]\nmin_version = 9\nmax_version = 7"))
+                .starts_with("protocol.min_version")
+        );
     }
 
     fn error_of(text: &str) -> String {

@@ -73,6 +73,10 @@ pub enum NodeError {
     Client(u32, String),
 }
 
+/// Nice value of the driver's helper threads (VI factory, reaper): their bursts of device work get a
+/// ninth of the CPU weight of the driver thread, which sends every heartbeat.
+const HELPER_NICE: i32 = 10;
+
 /// The heartbeat sequence number of the driver's own control VI probe (never given to the manager).
 const PROBE_SEQ: u64 = u64::MAX;
 
@@ -321,6 +325,7 @@ fn spawn_reaper() -> Sender<Doomed> {
     let _ = std::thread::Builder::new()
         .name("ccm-reaper".into())
         .spawn(move || {
+            let _ = ccm_verbs::thread::set_current_thread_nice(HELPER_NICE);
             for doomed in rx {
                 match doomed {
                     Doomed::Session(s) => s.control.fail(),
@@ -429,6 +434,7 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Sender<Fac
     let _ = std::thread::Builder::new()
         .name("ccm-vi-factory".into())
         .spawn(move || {
+            let _ = ccm_verbs::thread::set_current_thread_nice(HELPER_NICE);
             for job in rx {
                 let request = match job {
                     FactoryJob::Create(job) => {
@@ -498,6 +504,8 @@ struct Driver {
     last_status: Instant,
     first_heartbeat_logged: bool,
     first_heartbeat_received: bool,
+    first_heartbeat_ms: Option<f64>,
+    link_failures: u64,
     factory: Sender<FactoryJob>,
     stop: bool,
     reaper: Sender<Doomed>,
@@ -550,6 +558,8 @@ impl Driver {
             last_status: started,
             first_heartbeat_logged: false,
             first_heartbeat_received: false,
+            first_heartbeat_ms: None,
+            link_failures: 0,
             factory,
             stop: false,
             reaper: spawn_reaper(),
@@ -853,6 +863,9 @@ impl Driver {
             }
             Action::ArmTimer { deadline } => self.timer = Some(deadline),
             Action::Step { step, .. } => {
+                if matches!(step, crate::manager::Step::StopClients520 { .. }) {
+                    self.link_failures += 1;
+                }
                 let text = format!("{step:?}");
                 self.record(text);
             }
@@ -1151,6 +1164,7 @@ impl Driver {
                     Ok(Message::Heartbeat(h)) if h.seq == PROBE_SEQ => {}
                     Ok(msg @ Message::Heartbeat(_)) if !self.first_heartbeat_received => {
                         self.first_heartbeat_received = true;
+                        self.first_heartbeat_ms = Some(ms(self.started.elapsed()));
                         self.record(format!(
                             "first heartbeat received over the control VI of interconnect {}",
                             ic.0
@@ -1491,6 +1505,8 @@ impl Driver {
             interconnects: Vec::new(),
             clients: Vec::new(),
             events: self.events.clone(),
+            link_failures: self.link_failures,
+            first_heartbeat_ms: self.first_heartbeat_ms,
         };
         for (i, ic) in self.ics.iter().enumerate() {
             let placed: Vec<String> = self

@@ -117,9 +117,34 @@ fn start_pair_with(tcp_port: u16, specs: &[ClientSpec], period: Duration, limit:
         counters.extend(c);
     }
     let pair = Pair { nodes, counters };
-    wait_until(limit, "every client Ready on both nodes", || {
-        all_ready(&pair, specs.len())
-    });
+    while !all_ready(&pair, specs.len()) {
+        if t0.elapsed() > limit {
+            let report: Vec<String> = (0..2)
+                .map(|i| {
+                    let s = pair.handle(i).status();
+                    let ready = s.clients.iter().filter(|c| c.state.starts_with("Ready"));
+                    let tail = s.events.len().saturating_sub(40);
+                    format!(
+                        "node {}: {} of {} clients Ready, {} link failures; last events:\n{}",
+                        s.node,
+                        ready.count(),
+                        s.clients.len(),
+                        s.link_failures,
+                        s.events[tail..]
+                            .iter()
+                            .map(|e| format!("  {:.1} {}", e.at_ms, e.what))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "timed out after {limit:?} waiting for every client Ready on both nodes\n{}",
+                report.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     eprintln!(
         "bring-up of {} clients per node: {:.1} ms",
         specs.len(),

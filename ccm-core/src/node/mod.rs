@@ -138,6 +138,11 @@ enum Request {
     Shutdown,
     VisCreated(Box<VisDone>),
     VisConnected(Box<ConnectDone>),
+    SpareControlVi {
+        ic: usize,
+        epoch: u64,
+        result: Result<Box<RcChannel>, ccm_verbs::Error>,
+    },
 }
 
 /// A handle on a running node, cheap to clone, usable from any thread.
@@ -298,6 +303,12 @@ struct Ic {
     listen: bool,
     listener: Option<TcpListener>,
     last_probe: Instant,
+    /// A control VI made ahead of time, so a new session never creates one on the driver thread.
+    spare: Option<RcChannel>,
+    /// Whether the factory is making the next spare.
+    spare_asked: bool,
+    /// Bumped each time the device is (re)opened: a spare made on an older one is dropped.
+    epoch: u64,
 }
 
 struct Sess {
@@ -375,6 +386,18 @@ struct ConnectDone {
 enum FactoryJob {
     Create(VisJob),
     Connect(ConnectJob),
+    /// The next spare control VI of interconnect `ic`.
+    Control {
+        ic: usize,
+        epoch: u64,
+        dev: IcDevice,
+        pd: ProtectionDomain,
+    },
+}
+
+/// A control VI: 32 receive slots of 256 bytes, 128 sends in flight.
+fn make_control_vi(dev: &IcDevice, pd: &ProtectionDomain) -> Result<RcChannel, ccm_verbs::Error> {
+    RcChannel::create(dev, pd, 32, 256, 128)
 }
 
 /// What the factory made.
@@ -429,13 +452,41 @@ fn connect_vis(job: &mut ConnectJob) -> Result<(), ccm_verbs::Error> {
 /// The VI factory thread: creates client VIs (420) and slam connects them (435), in request order.
 /// Both cost milliseconds per VI on rxe (RTR alone ~0.1 ms, far more in the emulated lab); done on the
 /// driver thread for a batch of 64 clients they held back every link's heartbeats for hundreds of ms.
-fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Sender<FactoryJob> {
+/// The factory's two queues: spare control VIs go ahead of client work (a link coming back must not
+/// wait for 64 client VIs to be made).
+struct Factory {
+    jobs: Sender<FactoryJob>,
+    urgent: Sender<FactoryJob>,
+}
+
+impl Factory {
+    /// Queue `job`; it comes back if the factory is gone.
+    fn send(&self, job: FactoryJob) -> Result<(), Box<FactoryJob>> {
+        let queue = match job {
+            FactoryJob::Control { .. } => &self.urgent,
+            _ => &self.jobs,
+        };
+        queue.send(job).map_err(|e| Box::new(e.into_inner()))
+    }
+}
+
+fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
     let (tx, rx) = crossbeam_channel::unbounded::<FactoryJob>();
+    let (urgent_tx, urgent) = crossbeam_channel::unbounded::<FactoryJob>();
     let _ = std::thread::Builder::new()
         .name("ccm-vi-factory".into())
         .spawn(move || {
             let _ = ccm_verbs::thread::set_current_thread_nice(HELPER_NICE);
-            for job in rx {
+            loop {
+                let next = match urgent.try_recv() {
+                    Ok(job) => Ok(job),
+                    Err(_) => crossbeam_channel::select! {
+                        recv(urgent) -> job => job,
+                        recv(rx) -> job => job,
+                    },
+                };
+                // Both senders belong to the driver: one gone means the node stopped.
+                let Ok(job) = next else { return };
                 let request = match job {
                     FactoryJob::Create(job) => {
                         let result = make_vis(&job);
@@ -446,6 +497,11 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Sender<Fac
                             result,
                         }))
                     }
+                    FactoryJob::Control { ic, epoch, dev, pd } => Request::SpareControlVi {
+                        ic,
+                        epoch,
+                        result: make_control_vi(&dev, &pd).map(Box::new),
+                    },
                     FactoryJob::Connect(mut job) => {
                         let result = connect_vis(&mut job);
                         Request::VisConnected(Box::new(ConnectDone {
@@ -463,7 +519,10 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Sender<Fac
                 let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
             }
         });
-    tx
+    Factory {
+        jobs: tx,
+        urgent: urgent_tx,
+    }
 }
 
 struct Binding {
@@ -506,7 +565,7 @@ struct Driver {
     first_heartbeat_received: bool,
     first_heartbeat_ms: Option<f64>,
     link_failures: u64,
-    factory: Sender<FactoryJob>,
+    factory: Factory,
     stop: bool,
     reaper: Sender<Doomed>,
 }
@@ -523,7 +582,7 @@ impl Driver {
         requests: Receiver<Request>,
         wake: OwnedFd,
         status: Arc<Mutex<NodeStatus>>,
-        factory: Sender<FactoryJob>,
+        factory: Factory,
     ) -> Driver {
         let ics = cfg
             .interconnects
@@ -537,6 +596,9 @@ impl Driver {
                 listen: false,
                 listener: None,
                 last_probe: started,
+                spare: None,
+                spare_asked: false,
+                epoch: 0,
             })
             .collect();
         Driver {
@@ -640,11 +702,17 @@ impl Driver {
                     .query_port(dev.port)
                     .map(|p| p.state == PortState::Active)
                     .unwrap_or(false);
+                // The first control VI is made here, before any session: a session then takes it
+                // without creating verbs objects on this thread (see `open_session`).
+                let spare = pd.as_ref().and_then(|pd| make_control_vi(&dev, pd).ok());
                 let ic = &mut self.ics[i];
                 ic.dev = Some(dev);
                 ic.pd = pd;
                 ic.events = events;
                 ic.port_up = up;
+                ic.epoch += 1;
+                ic.spare = spare;
+                ic.spare_asked = false;
             }
             Err(e) => {
                 let what = format!(
@@ -786,6 +854,22 @@ impl Driver {
                 Request::Shutdown => self.stop = true,
                 Request::VisCreated(done) => self.vis_created(*done),
                 Request::VisConnected(done) => self.vis_connected(*done),
+                Request::SpareControlVi { ic, epoch, result } => {
+                    let slot = &mut self.ics[ic];
+                    match result {
+                        Ok(vi) if slot.epoch == epoch && slot.dev.is_some() => {
+                            slot.spare_asked = false;
+                            slot.spare = Some(*vi);
+                        }
+                        Ok(vi) => self.reap(Doomed::Channels(vec![*vi])),
+                        Err(e) => {
+                            if slot.epoch == epoch {
+                                slot.spare_asked = false;
+                            }
+                            self.record(format!("interconnect {ic}: spare control VI: {e}"));
+                        }
+                    }
+                }
             }
         }
     }
@@ -892,13 +976,26 @@ impl Driver {
         }
     }
 
-    /// A new session on `ic` with its control VI created (410).
+    /// A new session on `ic` with its control VI (410): the spare made ahead of time, and the factory
+    /// thread makes the next one. Creating verbs objects here would stall every link's heartbeats for as
+    /// long as the factory holds the device (hundreds of ms in the lab while 64 client VIs are made).
     fn open_session(&mut self, ic: InterconnectId, stream: TcpStream) -> Option<SessionId> {
         let i = ic.0 as usize;
-        let (Some(dev), Some(pd)) = (&self.ics[i].dev, &self.ics[i].pd) else {
+        let (Some(dev), Some(pd)) = (self.ics[i].dev.clone(), self.ics[i].pd.clone()) else {
             return None;
         };
-        let control = match RcChannel::create(dev, pd, 32, 256, 128) {
+        let spare = self.ics[i].spare.take();
+        if !self.ics[i].spare_asked {
+            self.ics[i].spare_asked = true;
+            let job = FactoryJob::Control {
+                ic: i,
+                epoch: self.ics[i].epoch,
+                dev: dev.clone(),
+                pd: pd.clone(),
+            };
+            let _ = self.factory.send(job);
+        }
+        let control = match spare.map_or_else(|| make_control_vi(&dev, &pd), Ok) {
             Ok(c) => c,
             Err(e) => {
                 let what = format!("interconnect {i}: control VI: {e}");
@@ -1269,6 +1366,9 @@ impl Driver {
                     let dev = &mut self.ics[i];
                     dev.listener = None;
                     dev.events = None;
+                    if let Some(vi) = dev.spare.take() {
+                        drop(vi); // before the device: the deletion waits for every object on it
+                    }
                     dev.pd = None;
                     dev.dev = None;
                     dev.port_up = false;
@@ -1411,7 +1511,7 @@ impl Driver {
             remote,
         };
         if let Err(e) = self.factory.send(FactoryJob::Connect(job)) {
-            if let FactoryJob::Connect(job) = e.into_inner() {
+            if let FactoryJob::Connect(job) = *e {
                 self.reap(Doomed::Channels(job.vis));
             }
             self.input(Input::ViError {

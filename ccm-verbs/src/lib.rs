@@ -37,7 +37,6 @@ pub mod lab;
 pub mod mr;
 pub mod qp;
 pub mod shared;
-pub mod thread;
 pub mod types;
 
 pub use cq::{Completion, CompletionChannel, CompletionQueue, CqEvent};

@@ -73,10 +73,6 @@ pub enum NodeError {
     Client(u32, String),
 }
 
-/// Nice value of the driver's helper threads (VI factory, reaper): their bursts of device work get a
-/// ninth of the CPU weight of the driver thread, which sends every heartbeat.
-const HELPER_NICE: i32 = 10;
-
 /// The heartbeat sequence number of the driver's own control VI probe (never given to the manager).
 const PROBE_SEQ: u64 = u64::MAX;
 
@@ -336,7 +332,6 @@ fn spawn_reaper() -> Sender<Doomed> {
     let _ = std::thread::Builder::new()
         .name("ccm-reaper".into())
         .spawn(move || {
-            let _ = ccm_verbs::thread::set_current_thread_nice(HELPER_NICE);
             for doomed in rx {
                 match doomed {
                     Doomed::Session(s) => s.control.fail(),
@@ -476,7 +471,6 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
     let _ = std::thread::Builder::new()
         .name("ccm-vi-factory".into())
         .spawn(move || {
-            let _ = ccm_verbs::thread::set_current_thread_nice(HELPER_NICE);
             loop {
                 let next = match urgent.try_recv() {
                     Ok(job) => Ok(job),
@@ -902,11 +896,12 @@ impl Driver {
             } => {
                 // Normally done already when the partner's PeerInfo arrived (`session_message`): then
                 // this is the same remote again, a no-op.
+                let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
                 let Some(s) = self.sessions.get_mut(&session) else {
                     return;
                 };
                 let access = AccessFlags::LOCAL_WRITE;
-                if let Err(e) = s.control.slam_connect(&remote, RcTiming::CONTROL, access) {
+                if let Err(e) = s.control.slam_connect(&remote, timing, access) {
                     self.record(format!(
                         "interconnect {}: control VI slam connect failed: {e}",
                         ic.0
@@ -1157,10 +1152,11 @@ impl Driver {
         let timeout =
             (self.manager.config().heartbeat_timeout() * 3).max(Duration::from_millis(100));
         let deadline = self.now() + timeout;
+        let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
         let s = self.sessions.get_mut(&id).expect("session");
         match s
             .control
-            .slam_connect(&remote, RcTiming::CONTROL, AccessFlags::LOCAL_WRITE)
+            .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
         {
             Ok(_) => {
                 s.connected = true;

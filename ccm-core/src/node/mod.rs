@@ -663,6 +663,14 @@ impl Driver {
             "driver running {:.2} ms after process start",
             ms(t0)
         ));
+        // The follower's listeners come first: binding needs only the address, and the kernel completes
+        // the placer's TCP connect from the backlog while the devices open, so the placer's first
+        // connect succeeds instead of being refused and waiting out a back-off.
+        if !self.manager.config().is_placer() {
+            for i in 0..self.ics.len() {
+                self.bind_listener(i);
+            }
+        }
         for i in 0..self.ics.len() {
             self.open_device(i);
         }

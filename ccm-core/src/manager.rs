@@ -149,6 +149,10 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Heartbeat timeouts a link stays up while the partner's host acknowledges but its manager is silent
+/// ([`Input::PathAlive`]).
+pub const STALLED_PARTNER_TIMEOUTS: u32 = 4;
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: ProtocolVersion = 1;
 
@@ -321,6 +325,17 @@ pub enum Input {
         vis: Vec<ViAddress>,
         /// Its memory windows.
         windows: Vec<MemoryWindow>,
+    },
+    /// The partner's transport acknowledged a message sent on the link's control VI (a send completed):
+    /// the path and the partner's host are alive, even if its manager is slow to speak (a starved
+    /// process). This extends the link's silence deadline, but never beyond four heartbeat timeouts
+    /// after the partner's last message: a partner whose host acknowledges while its manager says
+    /// nothing fails the link then (or sooner: its receive ring fills and RC reports an error).
+    PathAlive {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session whose control VI the send went on.
+        session: SessionId,
     },
     /// 435: the VIs of [`Action::SlamConnect`] are connected (a failure is an [`Input::ViError`]).
     ClientVisConnected {
@@ -757,6 +772,8 @@ struct UpLink {
     incarnation: u64,
     next_heartbeat: Time,
     rx_deadline: Time,
+    /// When the partner last said something on this link.
+    last_rx: Time,
     heartbeat_seq: u64,
     out_info: Vec<ClientEntry>,
     out_ready: Vec<ClientRef>,
@@ -1089,6 +1106,15 @@ impl Manager {
                 vis,
                 windows,
             } => self.on_vis_created(now, client, generation, vis, windows),
+            Input::PathAlive { ic, session } => {
+                let t = self.cfg.heartbeat_timeout();
+                if let Some(i) = self.session_link(ic, session) {
+                    if let Some(u) = self.links[i].up_mut() {
+                        let acked = (now + t).min(u.last_rx + t * STALLED_PARTNER_TIMEOUTS);
+                        u.rx_deadline = u.rx_deadline.max(acked);
+                    }
+                }
+            }
             Input::ClientVisConnected { client, generation } => {
                 self.on_vis_connected(now, client, generation)
             }
@@ -1267,6 +1293,7 @@ impl Manager {
         let heartbeat_timeout = self.cfg.heartbeat_timeout();
         if let Some(u) = self.links[i].up_mut() {
             u.rx_deadline = now + heartbeat_timeout;
+            u.last_rx = now;
             self.on_up_message(now, i, msg);
         } else {
             self.on_handshake_message(now, i, msg);
@@ -1391,6 +1418,7 @@ impl Manager {
             incarnation: hello.incarnation,
             next_heartbeat: now,
             rx_deadline: now + self.cfg.heartbeat_timeout(),
+            last_rx: now,
             heartbeat_seq: 0,
             out_info: Vec::new(),
             out_ready: Vec::new(),

@@ -534,7 +534,22 @@ fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
     assert_eq!(
         first.stops.load(Ordering::Relaxed),
         stops_before,
-        "the first client was never stopped"
+        "the first client was never stopped; node events: {:#?}",
+        [&h1, &h2]
+            .iter()
+            .flat_map(|h| h.status().events)
+            .filter(|e| [
+                "StopClients",
+                "driver turn",
+                "Reinit",
+                "path",
+                "completion",
+                "failed"
+            ]
+            .iter()
+            .any(|k| e.what.contains(k)))
+            .map(|e| format!("{:.1} {}", e.at_ms, e.what))
+            .collect::<Vec<_>>()
     );
     eprintln!(
         "client 1 while client 2 came and went: {} messages, longest gap {} us",

@@ -570,3 +570,39 @@ fn a_partner_restart_is_told_as_partner_down_and_its_clients_are_readmitted() {
     ));
     assert!(p.ready_on(0, 1).is_some() && p.ready_on(1, 1).is_some());
 }
+
+#[test]
+fn acknowledged_sends_keep_a_link_up_through_a_partner_stall_for_at_most_four_heartbeat_timeouts() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    // Node 1's manager goes quiet, but its host keeps acknowledging node 0's heartbeats.
+    let quiet_at = p.now;
+    p.cut[0] = true;
+    let ic = InterconnectId(0);
+    let stopped = |p: &Pair| {
+        p.steps[0]
+            .iter()
+            .find(|(_, s)| matches!(s, Step::StopClients520 { .. }))
+            .map(|(t, _)| *t)
+    };
+    while stopped(&p).is_none() && p.now.saturating_since(quiet_at) < Duration::from_millis(500) {
+        p.input(
+            0,
+            Input::PathAlive {
+                ic,
+                session: SessionId(0),
+            },
+        );
+        p.run_for(Duration::from_millis(5));
+    }
+    let after = stopped(&p)
+        .expect("failed at last")
+        .saturating_since(quiet_at);
+    let timeout = Duration::from_millis(30);
+    assert!(
+        after > timeout * 3 && after <= timeout * 4 + Duration::from_millis(5),
+        "up through acknowledged silence, failed after four heartbeat timeouts: {after:?}"
+    );
+}

@@ -1240,6 +1240,10 @@ impl Driver {
                     continue;
                 }
                 if c.wr_id() >= SEND_WR_BASE {
+                    // The partner's RC transport acknowledged a heartbeat: its host and the path are alive.
+                    if s.confirmed {
+                        self.input(Input::PathAlive { ic, session: id });
+                    }
                     continue;
                 }
                 let decoded = Message::decode_exact(s.control.received(&c));

@@ -13,6 +13,10 @@
 //! partner_down_ms = 500
 //! failback_hold_down_ms = 500
 //!
+//! [protocol]                     # optional, for compatibility tests only: the protocol versions spoken
+//! min_version = 1                # (default: this build's version only); a partner with no version in
+//! max_version = 1                # common is refused on both sides with "incompatible version"
+//!
 //! [[interconnect]]               # by device name, or by local IP (the device whose GID holds it)
 //! device = "rxe0"
 //! local_ip = "10.0.0.1"

@@ -337,6 +337,13 @@ pub enum Input {
         /// The session whose control VI the send went on.
         session: SessionId,
     },
+    /// The driver did not run for `duration` (it woke that late: its process or machine was not
+    /// scheduled). Nothing could be observed meanwhile, so the silence deadlines of up links move by as
+    /// much: a stalled node does not fail its links for silence it could not have heard.
+    Paused {
+        /// How long.
+        duration: Duration,
+    },
     /// 435: the VIs of [`Action::SlamConnect`] are connected (a failure is an [`Input::ViError`]).
     ClientVisConnected {
         /// The client.
@@ -1112,6 +1119,13 @@ impl Manager {
                     if let Some(u) = self.links[i].up_mut() {
                         let acked = (now + t).min(u.last_rx + t * STALLED_PARTNER_TIMEOUTS);
                         u.rx_deadline = u.rx_deadline.max(acked);
+                    }
+                }
+            }
+            Input::Paused { duration } => {
+                for l in &mut self.links {
+                    if let Some(u) = l.up_mut() {
+                        u.rx_deadline = u.rx_deadline.max(now) + duration;
                     }
                 }
             }

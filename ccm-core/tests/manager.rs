@@ -606,3 +606,32 @@ fn acknowledged_sends_keep_a_link_up_through_a_partner_stall_for_at_most_four_he
         "up through acknowledged silence, failed after four heartbeat timeouts: {after:?}"
     );
 }
+
+#[test]
+fn silence_while_the_node_itself_was_paused_is_not_counted() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let cut_at = p.now;
+    p.cut[0] = true;
+    p.run_for(Duration::from_millis(20));
+    // Node 0 was not scheduled for 25 ms (it woke that late): that time is not silence it heard.
+    p.input(
+        0,
+        Input::Paused {
+            duration: Duration::from_millis(25),
+        },
+    );
+    p.run_for(Duration::from_millis(100));
+    let detected = p.steps[0]
+        .iter()
+        .find(|(_, s)| matches!(s, Step::StopClients520 { .. }))
+        .expect("detected")
+        .0
+        .saturating_since(cut_at);
+    assert!(
+        detected > Duration::from_millis(50) && detected <= Duration::from_millis(56),
+        "heartbeat timeout (30 ms) plus the pause (25 ms): {detected:?}"
+    );
+}

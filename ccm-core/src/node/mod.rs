@@ -741,6 +741,13 @@ impl Driver {
         let waited = Instant::now();
         self.wait(timeout);
         let overslept = waited.elapsed().saturating_sub(timeout);
+        // Woken much later than asked: this thread (or the whole machine) was not running, and could
+        // not have heard anything meanwhile. Tell the manager before it judges any silence.
+        if overslept > self.manager.config().heartbeat_period / 2 {
+            self.input(Input::Paused {
+                duration: overslept,
+            });
+        }
         let t = Instant::now();
         let mut slowest = (Duration::ZERO, "");
         let mut lap = |what: &'static str, since: &mut Instant| {

@@ -27,8 +27,10 @@
 //! * **430** the receiver hands the partner's addresses to its client ([`ClientEvent::PartnerInfo`]),
 //!   creates its own VIs (follower), and answers with its own batch.
 //! * **435** each side slam connects a client's VIs ([`Action::SlamConnect`]) as soon as it has both
-//!   its own and the partner's addresses,
-//! * **440** and then sends [`Ready`] for it.
+//!   its own and the partner's addresses; the driver answers [`Input::ClientVisConnected`] once the
+//!   queue pairs are connected (a real driver does this off its event loop: it costs milliseconds per
+//!   VI on rxe, and a batch of 64 done in one go would hold back every link's heartbeats),
+//! * **440** and only then sends [`Ready`] for it.
 //! * **445** on the partner's [`Ready`] the client is told [`ClientEvent::Ready`] (or
 //!   [`ClientEvent::Resumed`] after a stop). A client is therefore never told Ready before the
 //!   partner's client has slam connected the other end.
@@ -208,6 +210,10 @@ impl std::fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+/// Heartbeat timeouts a link stays up while the partner's host acknowledges but its manager is silent
+/// ([`Input::PathAlive`]).
+pub const STALLED_PARTNER_TIMEOUTS: u32 = 4;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: ProtocolVersion = 1;
@@ -395,6 +401,31 @@ pub enum Input {
         /// Its memory windows.
         windows: Vec<MemoryWindow>,
     },
+    /// The partner's transport acknowledged a message sent on the link's control VI (a send completed):
+    /// the path and the partner's host are alive, even if its manager is slow to speak (a starved
+    /// process). This extends the link's silence deadline, but never beyond four heartbeat timeouts
+    /// after the partner's last message: a partner whose host acknowledges while its manager says
+    /// nothing fails the link then (or sooner: its receive ring fills and RC reports an error).
+    PathAlive {
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The session whose control VI the send went on.
+        session: SessionId,
+    },
+    /// The driver did not run for `duration` (it woke that late: its process or machine was not
+    /// scheduled). Nothing could be observed meanwhile, so the silence deadlines of up links move by as
+    /// much: a stalled node does not fail its links for silence it could not have heard.
+    Paused {
+        /// How long.
+        duration: Duration,
+    },
+    /// 435: the VIs of [`Action::SlamConnect`] are connected (a failure is an [`Input::ViError`]).
+    ClientVisConnected {
+        /// The client.
+        client: ClientId,
+        /// The generation of the request.
+        generation: Generation,
+    },
     /// 510: a client request.
     Client(ClientRequest),
     /// Adaptive balancing: bytes each local client posted in the sampling period ending now (the
@@ -566,7 +597,7 @@ pub enum Step {
         /// The interconnect.
         ic: InterconnectId,
     },
-    /// 435: a client's VIs slam connected.
+    /// 435: a client's VIs slam connected (reported by the driver).
     SlamConnect435 {
         /// The client.
         client: ClientId,
@@ -728,7 +759,8 @@ pub enum Action {
         /// How many VIs.
         count: u8,
     },
-    /// 435: slam connect a client's VIs, the i-th local to the i-th remote.
+    /// 435: slam connect a client's VIs, the i-th local to the i-th remote; answered with
+    /// [`Input::ClientVisConnected`] (or [`Input::ViError`]).
     SlamConnect {
         /// The client.
         client: ClientId,
@@ -861,6 +893,8 @@ struct UpLink {
     incarnation: u64,
     next_heartbeat: Time,
     rx_deadline: Time,
+    /// When the partner last said something on this link.
+    last_rx: Time,
     heartbeat_seq: u64,
     out_info: Vec<ClientEntry>,
     out_ready: Vec<ClientRef>,
@@ -916,7 +950,10 @@ struct Binding {
     vi_count: u8,
     local: Option<Vec<ViAddress>>,
     remote: Option<ClientEntry>,
+    /// Slam connect asked for.
     connected: bool,
+    /// Slam connect done (the driver said so).
+    slammed: bool,
     partner_ready: bool,
     live: bool,
 }
@@ -1225,6 +1262,25 @@ impl Manager {
                 vis,
                 windows,
             } => self.on_vis_created(now, client, generation, vis, windows),
+            Input::PathAlive { ic, session } => {
+                let t = self.cfg.heartbeat_timeout();
+                if let Some(i) = self.session_link(ic, session) {
+                    if let Some(u) = self.links[i].up_mut() {
+                        let acked = (now + t).min(u.last_rx + t * STALLED_PARTNER_TIMEOUTS);
+                        u.rx_deadline = u.rx_deadline.max(acked);
+                    }
+                }
+            }
+            Input::Paused { duration } => {
+                for l in &mut self.links {
+                    if let Some(u) = l.up_mut() {
+                        u.rx_deadline = u.rx_deadline.max(now) + duration;
+                    }
+                }
+            }
+            Input::ClientVisConnected { client, generation } => {
+                self.on_vis_connected(now, client, generation)
+            }
             Input::Client(req) => self.on_client_request(now, req),
             Input::Measured { samples } => {
                 self.add_samples(now, &samples);
@@ -1412,6 +1468,7 @@ impl Manager {
         let heartbeat_timeout = self.cfg.heartbeat_timeout();
         if let Some(u) = self.links[i].up_mut() {
             u.rx_deadline = now + heartbeat_timeout;
+            u.last_rx = now;
             self.on_up_message(now, i, msg);
         } else {
             self.on_handshake_message(now, i, msg);
@@ -1536,6 +1593,7 @@ impl Manager {
             incarnation: hello.incarnation,
             next_heartbeat: now,
             rx_deadline: now + self.cfg.heartbeat_timeout(),
+            last_rx: now,
             heartbeat_seq: 0,
             out_info: Vec::new(),
             out_ready: Vec::new(),
@@ -1727,7 +1785,7 @@ impl Manager {
             self.tell(id, ClientEvent::PartnerInfo(e));
             self.step(now, Step::PartnerInfo430 { client: id, ic });
             if first {
-                self.try_connect(now, id);
+                self.try_connect(id);
             }
             return;
         }
@@ -1752,6 +1810,7 @@ impl Manager {
             local: None,
             remote: Some(e.clone()),
             connected: false,
+            slammed: false,
             partner_ready: false,
             live: false,
         });
@@ -1845,7 +1904,7 @@ impl Manager {
             windows: c.windows.clone(),
         };
         self.queue_entry(now, ic, entry);
-        self.try_connect(now, id);
+        self.try_connect(id);
     }
 
     fn queue_entry(&mut self, now: Time, ic: InterconnectId, entry: ClientEntry) {
@@ -1857,8 +1916,8 @@ impl Manager {
         }
     }
 
-    /// 435/440: slam connect once both ends' addresses are known, then queue Ready.
-    fn try_connect(&mut self, now: Time, id: ClientId) {
+    /// 435: slam connect once both ends' addresses are known ([`Self::on_vis_connected`] follows).
+    fn try_connect(&mut self, id: ClientId) {
         let Some(b) = self.clients.get_mut(&id).and_then(|c| c.binding.as_mut()) else {
             return;
         };
@@ -1876,11 +1935,25 @@ impl Manager {
             local: local.clone(),
             remote: remote.vis.clone(),
         };
-        let (ic, generation, partner_ready) = (b.ic, b.generation, b.partner_ready);
         self.push(a);
+    }
+
+    /// 435 done, 440: queue Ready for the partner; 445 if the partner's Ready is already here.
+    fn on_vis_connected(&mut self, now: Time, id: ClientId, generation: Generation) {
+        let Some(b) = self
+            .clients
+            .get_mut(&id)
+            .and_then(|c| c.binding.as_mut())
+            .filter(|b| b.generation == generation && b.connected && !b.slammed)
+        else {
+            return; // a generation released meanwhile: its VIs are released too
+        };
+        b.slammed = true;
+        let (ic, partner_ready) = (b.ic, b.partner_ready);
         self.step(now, Step::SlamConnect435 { client: id, ic });
         let window = self.cfg.batch_window;
-        if let Some(u) = self.links[ic.0 as usize].up_mut() {
+        let i = ic.0 as usize;
+        if let Some(u) = self.links[i].up_mut() {
             u.out_ready.push(ClientRef {
                 client: id,
                 generation,
@@ -1888,6 +1961,12 @@ impl Manager {
             u.batch_deadline.get_or_insert(now + window);
         }
         if partner_ready {
+            // The partner's client waits for this end only: no reason to batch.
+            let ready = self.links[i]
+                .up_mut()
+                .map(|u| std::mem::take(&mut u.out_ready))
+                .unwrap_or_default();
+            self.send_ready(now, i, ready);
             self.go(now, id);
         }
     }
@@ -1902,7 +1981,7 @@ impl Manager {
             return;
         };
         b.partner_ready = true;
-        if b.connected {
+        if b.slammed {
             self.go(now, r.client);
         }
     }
@@ -2417,6 +2496,7 @@ impl Manager {
             local: None,
             remote: None,
             connected: false,
+            slammed: false,
             partner_ready: false,
             live: false,
         });
@@ -2576,11 +2656,12 @@ impl Manager {
             let Some(deadline) = u.batch_deadline else {
                 continue;
             };
-            // A creation still outstanding on this link holds the batch back (until the window ends).
+            // A creation or slam connect still outstanding on this link holds the batch back (until the
+            // window ends), so a bring-up sends one ClientInfo and one Ready, not one per client.
             let waiting = self.clients.values().any(|c| {
-                c.binding
-                    .as_ref()
-                    .is_some_and(|b| b.ic == ic && b.local.is_none())
+                c.binding.as_ref().is_some_and(|b| {
+                    b.ic == ic && (b.local.is_none() || (b.connected && !b.slammed))
+                })
             });
             if waiting && now < deadline {
                 continue;
@@ -2599,16 +2680,22 @@ impl Manager {
                 );
                 self.send(i, Message::ClientInfo(ClientInfo { entries: info }));
             }
-            if !ready.is_empty() {
-                self.step(
-                    now,
-                    Step::SendReady440 {
-                        ic,
-                        clients: ready.len(),
-                    },
-                );
-                self.send(i, Message::Ready(Ready { clients: ready }));
-            }
+            self.send_ready(now, i, ready);
         }
+    }
+
+    fn send_ready(&mut self, now: Time, i: usize, ready: Vec<ClientRef>) {
+        if ready.is_empty() {
+            return;
+        }
+        let ic = self.links[i].id;
+        self.step(
+            now,
+            Step::SendReady440 {
+                ic,
+                clients: ready.len(),
+            },
+        );
+        self.send(i, Message::Ready(Ready { clients: ready }));
     }
 }

@@ -404,6 +404,12 @@ enum Ev {
         ic: u8,
         count: u8,
     },
+    VisConnected {
+        to: NodeIx,
+        life: u32,
+        client: ClientId,
+        gen: Generation,
+    },
     Register {
         to: NodeIx,
         client: usize,
@@ -812,7 +818,18 @@ impl Sim {
                     }
                     self.nodes[n].vis.get_mut(&l.qpn).expect("checked").remote = Some(r.qpn);
                 }
-                self.nodes[n].slammed.insert((client, generation));
+                // Connecting queue pairs takes a while (the driver does it off its event loop).
+                let d = Duration::from_nanos(self.rng.gen_range(10_000..=200_000));
+                let at = self.now + d;
+                self.at(
+                    at,
+                    Ev::VisConnected {
+                        to: n,
+                        life,
+                        client,
+                        gen: generation,
+                    },
+                );
             }
             Action::ReleaseClientVis {
                 client, generation, ..
@@ -1350,6 +1367,30 @@ impl Sim {
                         windows,
                     },
                 )?;
+            }
+            Ev::VisConnected {
+                to,
+                life,
+                client,
+                gen,
+            } => {
+                if life != self.nodes[to].life || !self.nodes[to].alive {
+                    return Ok(());
+                }
+                let live = self.nodes[to]
+                    .vis
+                    .values()
+                    .any(|v| v.client == client && v.gen == gen);
+                if live {
+                    self.nodes[to].slammed.insert((client, gen));
+                    self.input(
+                        to,
+                        Input::ClientVisConnected {
+                            client,
+                            generation: gen,
+                        },
+                    )?;
+                }
             }
             Ev::Fault(f) => self.fault(f)?,
             Ev::HealLink { ic, kind, node } => {

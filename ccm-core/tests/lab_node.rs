@@ -74,31 +74,77 @@ fn counter_spec(id: u32, class: BandwidthClass, pinned: Option<u8>) -> ClientSpe
     }
 }
 
+/// Start node `n` (1 or 2) with a counter client per spec, sending every `period`.
+fn start_node(
+    n: u64,
+    tcp_port: u16,
+    specs: &[ClientSpec],
+    period: Duration,
+) -> (Node, Vec<Arc<CounterStats>>) {
+    let node = Node::start(
+        config(n, tcp_port, "lab secret 0123456789abcdef"),
+        Instant::now(),
+    )
+    .unwrap();
+    let mut counters = Vec::new();
+    for spec in specs {
+        let client = node.handle().register(spec.clone(), Vec::new()).unwrap();
+        let stats = Arc::new(CounterStats::default());
+        counters.push(stats.clone());
+        std::thread::spawn(move || counter::run(client, period, stats));
+    }
+    (node, counters)
+}
+
 /// Start both nodes with counters; returns once every client is Ready on both sides.
 fn start_pair(tcp_port: u16, specs: &[ClientSpec]) -> Pair {
+    start_pair_with(
+        tcp_port,
+        specs,
+        Duration::from_millis(2),
+        Duration::from_secs(20),
+    )
+}
+
+/// [`start_pair`] with the counters' period and the bound on the bring-up.
+fn start_pair_with(tcp_port: u16, specs: &[ClientSpec], period: Duration, limit: Duration) -> Pair {
     let t0 = Instant::now();
     let mut nodes = Vec::new();
     let mut counters = Vec::new();
     for n in [1, 2] {
-        let node = Node::start(
-            config(n, tcp_port, "lab secret 0123456789abcdef"),
-            Instant::now(),
-        )
-        .unwrap();
-        for spec in specs {
-            let client = node.handle().register(spec.clone(), Vec::new()).unwrap();
-            let stats = Arc::new(CounterStats::default());
-            counters.push(stats.clone());
-            std::thread::spawn(move || counter::run(client, Duration::from_millis(2), stats));
-        }
+        let (node, c) = start_node(n, tcp_port, specs, period);
         nodes.push(node);
+        counters.extend(c);
     }
     let pair = Pair { nodes, counters };
-    wait_until(
-        Duration::from_secs(20),
-        "every client Ready on both nodes",
-        || all_ready(&pair, specs.len()),
-    );
+    while !all_ready(&pair, specs.len()) {
+        if t0.elapsed() > limit {
+            let report: Vec<String> = (0..2)
+                .map(|i| {
+                    let s = pair.handle(i).status();
+                    let ready = s.clients.iter().filter(|c| c.state.starts_with("Ready"));
+                    let tail = s.events.len().saturating_sub(40);
+                    format!(
+                        "node {}: {} of {} clients Ready, {} link failures; last events:\n{}",
+                        s.node,
+                        ready.count(),
+                        s.clients.len(),
+                        s.link_failures,
+                        s.events[tail..]
+                            .iter()
+                            .map(|e| format!("  {:.1} {}", e.at_ms, e.what))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "timed out after {limit:?} waiting for every client Ready on both nodes\n{}",
+                report.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     eprintln!(
         "bring-up of {} clients per node: {:.1} ms",
         specs.len(),
@@ -488,7 +534,22 @@ fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
     assert_eq!(
         first.stops.load(Ordering::Relaxed),
         stops_before,
-        "the first client was never stopped"
+        "the first client was never stopped; node events: {:#?}",
+        [&h1, &h2]
+            .iter()
+            .flat_map(|h| h.status().events)
+            .filter(|e| [
+                "StopClients",
+                "driver turn",
+                "Reinit",
+                "path",
+                "completion",
+                "failed"
+            ]
+            .iter()
+            .any(|k| e.what.contains(k)))
+            .map(|e| format!("{:.1} {}", e.at_ms, e.what))
+            .collect::<Vec<_>>()
     );
     eprintln!(
         "client 1 while client 2 came and went: {} messages, longest gap {} us",
@@ -598,6 +659,221 @@ fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link()
         Duration::from_secs(15),
         "partner Up again after its restart",
         up,
+    );
+    for n in [a, b] {
+        n.handle().shutdown();
+        n.join();
+    }
+}
+
+/// Passed in one run (host load ~3: 64 clients Ready on both nodes in 1.6 s, no flap, no stop) and failed in
+/// the others (host load 4-9: links fail on heartbeat loss after the clients are Ready; see
+/// docs/performance.md). Run it with `--ignored` until it passes reliably.
+#[test]
+#[ignore = "64 clients per node still flap in the loaded emulated guest (docs/performance.md, bring-up)"]
+fn sixty_four_clients_per_node_all_come_up_with_no_link_flap() {
+    let Some(_lab) = LabTopology::from_env_or_skip("sixty_four_clients_per_node_all_come_up")
+    else {
+        return;
+    };
+    let specs: Vec<ClientSpec> = (1..=64)
+        .map(|id| counter_spec(id, BandwidthClass::Low, None))
+        .collect();
+    let pair = start_pair_with(
+        19108,
+        &specs,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    );
+    // Every pair exchanges messages, and stays up with traffic flowing for a while.
+    wait_until(Duration::from_secs(10), "every counter receiving", || {
+        pair.counters
+            .iter()
+            .all(|c| c.received.load(Ordering::Relaxed) > 0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(all_ready(&pair, 64), "still all Ready");
+    for i in 0..2 {
+        let s = pair.handle(i).status();
+        assert_eq!(
+            s.link_failures,
+            0,
+            "node {}: no interconnect that was up failed during the bring-up of 64 clients: {:#?}",
+            s.node,
+            s.events
+                .iter()
+                .filter(
+                    |e| ["StopClients", "driver turn", "Reinit", "path", "failed"]
+                        .iter()
+                        .any(|k| e.what.contains(k))
+                )
+                .map(|e| format!("{:.1} {}", e.at_ms, e.what))
+                .collect::<Vec<_>>()
+        );
+    }
+    let stopped = pair
+        .counters
+        .iter()
+        .filter(|c| c.stops.load(Ordering::Relaxed) > 0)
+        .count();
+    assert_eq!(stopped, 0, "no client was ever stopped");
+    pair.shutdown();
+}
+
+#[test]
+fn a_restarted_node_is_back_in_heartbeat_contact_and_the_survivor_keeps_its_clients() {
+    let Some(_lab) = LabTopology::from_env_or_skip("a_restarted_node_is_back_in_heartbeat_contact")
+    else {
+        return;
+    };
+    let specs = [
+        counter_spec(1, BandwidthClass::Low, None),
+        counter_spec(2, BandwidthClass::Low, None),
+    ];
+    let period = Duration::from_millis(5);
+    let (a, survivors) = start_node(1, 19109, &specs, period);
+    let (b, _) = start_node(2, 19109, &specs, period);
+    let ready = |h: &NodeHandle| {
+        let s = h.status();
+        s.clients.len() == 2 && s.clients.iter().all(|c| c.state.starts_with("Ready"))
+    };
+    wait_until(Duration::from_secs(20), "both nodes Ready", || {
+        ready(&a.handle()) && ready(&b.handle())
+    });
+    // Node 2 goes away and comes back as a new process would: a new node, its clients registered anew.
+    b.handle().shutdown();
+    b.join();
+    wait_until(
+        Duration::from_secs(10),
+        "the survivor sees the partner go",
+        || a.handle().status().partner_state.starts_with("Down"),
+    );
+    let before: Vec<u64> = survivors
+        .iter()
+        .map(|c| c.received.load(Ordering::Relaxed))
+        .collect();
+    let restarted = Instant::now();
+    let (b, _) = start_node(2, 19109, &specs, period);
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted node in heartbeat contact",
+        || b.handle().status().first_heartbeat_ms.is_some(),
+    );
+    let contact_ms = b.handle().status().first_heartbeat_ms.unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the survivor's clients re-admitted",
+        || ready(&a.handle()) && ready(&b.handle()),
+    );
+    eprintln!(
+        "restarted node: first heartbeat with the survivor {contact_ms:.1} ms after its start; \
+         clients Ready again {:.1} ms after it",
+        restarted.elapsed().as_secs_f64() * 1e3
+    );
+    // The survivor kept its clients: the same registrations (never re-registered) carry traffic again.
+    let s = a.handle().status();
+    assert_eq!(
+        s.clients.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the survivor's counters flowing again",
+        || {
+            survivors
+                .iter()
+                .zip(&before)
+                .all(|(c, b)| c.received.load(Ordering::Relaxed) > b + 10)
+        },
+    );
+    for n in [a, b] {
+        n.handle().shutdown();
+        n.join();
+    }
+}
+
+#[test]
+fn a_partner_speaking_an_incompatible_version_is_refused_on_both_sides_and_retried_with_back_off() {
+    let Some(_lab) = LabTopology::from_env_or_skip("a_partner_speaking_an_incompatible_version")
+    else {
+        return;
+    };
+    let spec = counter_spec(1, BandwidthClass::Low, None);
+    let period = Duration::from_millis(5);
+    let (a, counters) = start_node(1, 19110, std::slice::from_ref(&spec), period);
+    let ca = counters[0].clone();
+    // Node 2 speaks only versions 5..=6 (the `[protocol]` section of its configuration).
+    let mut cfg = config(2, 19110, "lab secret 0123456789abcdef");
+    cfg.versions = (5, 6);
+    let b = Node::start(cfg, Instant::now()).unwrap();
+    let client_b = b.handle().register(spec.clone(), Vec::new()).unwrap();
+    let refusal = |h: &NodeHandle| {
+        h.status()
+            .events
+            .iter()
+            .filter(|e| {
+                e.what.contains("refused")
+                    && (e.what.contains("incompatible version")
+                        || e.what.contains("IncompatibleVersion"))
+            })
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "a typed refusal on both nodes",
+        || refusal(&a.handle()) > 0 && refusal(&b.handle()) > 0,
+    );
+    let t = Instant::now();
+    let start = refusal(&a.handle());
+    std::thread::sleep(Duration::from_millis(1500));
+    let retries = refusal(&a.handle()) - start;
+    let elapsed = t.elapsed();
+    // The placer keeps retrying, each after its back-off (at least backoff_max / 2 = 50 ms once it has
+    // grown): two interconnects, so at most 2 x (1.5 s / 50 ms + the few short first back-offs).
+    let bound = 2 * (elapsed.as_millis() as usize / 50 + 5);
+    assert!(
+        retries >= 2 && retries <= bound,
+        "{retries} refusals in {elapsed:?} on node 1 (at most {bound} with the back-off)"
+    );
+    assert!(
+        a.handle()
+            .status()
+            .interconnects
+            .iter()
+            .all(|i| i.state != "Up"),
+        "never up"
+    );
+    assert!(
+        !client_b
+            .events
+            .try_iter()
+            .any(|n| matches!(n, ClientNotice::Ready { .. })),
+        "no client told Ready across incompatible versions"
+    );
+    assert_eq!(ca.received.load(Ordering::Relaxed), 0);
+    let text = a
+        .handle()
+        .status()
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.what.contains("refused"))
+        .map(|e| e.what.clone())
+        .unwrap();
+    eprintln!("node 1 says: {text}");
+    // Node 2 comes back speaking this build's version: node 1, which kept retrying, brings it up.
+    b.handle().shutdown();
+    b.join();
+    let (b, _) = start_node(
+        2,
+        19110,
+        std::slice::from_ref(&spec),
+        Duration::from_millis(5),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "up once the versions match",
+        || ca.received.load(Ordering::Relaxed) > 10,
     );
     for n in [a, b] {
         n.handle().shutdown();

@@ -149,11 +149,13 @@ impl Pair {
                         },
                     );
                 }
+                Action::SlamConnect {
+                    client, generation, ..
+                } => self.later(n, Input::ClientVisConnected { client, generation }),
                 Action::Tell { client, event } => self.told[n].push((client, event)),
                 Action::LinkRefused { ic, error } => self.refused[n].push((ic, error)),
                 Action::Step { at, step } => self.steps[n].push((at, step)),
-                Action::SlamConnect { .. }
-                | Action::SlamConnectControl { .. }
+                Action::SlamConnectControl { .. }
                 | Action::ReleaseClientVis { .. }
                 | Action::ArmTimer { .. } => {}
             }
@@ -940,4 +942,69 @@ fn without_measurements_failover_ranks_links_by_class_weight() {
     );
     p.run_for(Duration::from_millis(5));
     assert_eq!(p.ready_on(0, 2), Some(InterconnectId(1)));
+}
+
+#[test]
+fn acknowledged_sends_keep_a_link_up_through_a_partner_stall_for_at_most_four_heartbeat_timeouts() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    // Node 1's manager goes quiet, but its host keeps acknowledging node 0's heartbeats.
+    let quiet_at = p.now;
+    p.cut[0] = true;
+    let ic = InterconnectId(0);
+    let stopped = |p: &Pair| {
+        p.steps[0]
+            .iter()
+            .find(|(_, s)| matches!(s, Step::StopClients520 { .. }))
+            .map(|(t, _)| *t)
+    };
+    while stopped(&p).is_none() && p.now.saturating_since(quiet_at) < Duration::from_millis(500) {
+        p.input(
+            0,
+            Input::PathAlive {
+                ic,
+                session: SessionId(0),
+            },
+        );
+        p.run_for(Duration::from_millis(5));
+    }
+    let after = stopped(&p)
+        .expect("failed at last")
+        .saturating_since(quiet_at);
+    let timeout = Duration::from_millis(30);
+    assert!(
+        after > timeout * 3 && after <= timeout * 4 + Duration::from_millis(5),
+        "up through acknowledged silence, failed after four heartbeat timeouts: {after:?}"
+    );
+}
+
+#[test]
+fn silence_while_the_node_itself_was_paused_is_not_counted() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let cut_at = p.now;
+    p.cut[0] = true;
+    p.run_for(Duration::from_millis(20));
+    // Node 0 was not scheduled for 25 ms (it woke that late): that time is not silence it heard.
+    p.input(
+        0,
+        Input::Paused {
+            duration: Duration::from_millis(25),
+        },
+    );
+    p.run_for(Duration::from_millis(100));
+    let detected = p.steps[0]
+        .iter()
+        .find(|(_, s)| matches!(s, Step::StopClients520 { .. }))
+        .expect("detected")
+        .0
+        .saturating_since(cut_at);
+    assert!(
+        detected > Duration::from_millis(50) && detected <= Duration::from_millis(56),
+        "heartbeat timeout (30 ms) plus the pause (25 ms): {detected:?}"
+    );
 }

@@ -89,8 +89,8 @@ pub struct RcTiming {
 }
 
 impl RcTiming {
-    /// Control VIs: RC gives up after about 7 x 16.8 ms = 117 ms (timeout code 12, 6 retries), well
-    /// after the heartbeat timeout, so heartbeats stay the primary detector and a busy (or, in the lab,
+    /// Control VIs (at least; see [`control_for`](Self::control_for)): RC gives up after about
+    /// 7 x 16.8 ms = 117 ms (timeout code 12, 6 retries), well after the default heartbeat timeout, so heartbeats stay the primary detector and a busy (or, in the lab,
     /// software-emulated) partner that acknowledges late is not mistaken for a dead path.
     pub const CONTROL: RcTiming = RcTiming {
         timeout: 12,
@@ -98,6 +98,26 @@ impl RcTiming {
         rnr_retry: 6,
         min_rnr_timer: 1,
     };
+    /// Control VIs for a link monitor that fails a link after `heartbeat_timeout` of silence: the RC
+    /// transport must not give up first (a RETRY_EXC_ERR fails the link as surely as heartbeat loss), so
+    /// the ACK timeout grows from [`CONTROL`](Self::CONTROL)'s until the retries span the heartbeat
+    /// timeout. With the lab's 30 ms x 10 heartbeats that is code 14 (7 x 67 ms); with the defaults
+    /// (10 ms x 3) it stays 12.
+    pub fn control_for(heartbeat_timeout: std::time::Duration) -> RcTiming {
+        let mut t = RcTiming::CONTROL;
+        while t.gives_up_after() < heartbeat_timeout && t.timeout < 20 {
+            t.timeout += 1;
+        }
+        t
+    }
+
+    /// How long RC retries before RETRY_EXC_ERR: (retries + 1) x 4.096 us x 2^timeout.
+    pub fn gives_up_after(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(
+            (u64::from(self.retry_cnt) + 1) * 4096 * (1u64 << self.timeout),
+        )
+    }
+
     /// Client VIs: ccm-vi's defaults (docs/decisions/0002-vi-defaults.md): 67 ms x (3 + 1) retries, so a
     /// client's own RC notices a dead path within the failover budget even when idle of heartbeats.
     pub const CLIENT: RcTiming = RcTiming {
@@ -359,5 +379,26 @@ impl RcChannel {
     /// Put the queue pair in the error state: every outstanding work request completes flushed.
     pub fn fail(&self) {
         let _ = self.qp.to_error();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_control_vi_never_gives_up_before_the_heartbeat_timeout() {
+        assert_eq!(RcTiming::control_for(Duration::from_millis(30)).timeout, 12);
+        assert_eq!(
+            RcTiming::control_for(Duration::from_millis(100)).timeout,
+            12
+        );
+        let lab = RcTiming::control_for(Duration::from_millis(300));
+        assert_eq!(lab.timeout, 14);
+        for ms in [1, 30, 117, 118, 300, 1000, 4000] {
+            let hb = Duration::from_millis(ms);
+            assert!(RcTiming::control_for(hb).gives_up_after() >= hb, "{ms} ms");
+        }
     }
 }

@@ -20,6 +20,10 @@
 //! low_pct = 60                   # a migration leaves its target below this
 //! dwell_ms = 2000                # a client stays this long on a binding before it may migrate
 //!
+//! [protocol]                     # optional, for compatibility tests only: the protocol versions spoken
+//! min_version = 1                # (default: this build's version only); a partner with no version in
+//! max_version = 1                # common is refused on both sides with "incompatible version"
+//!
 //! [[interconnect]]               # by device name, or by local IP (the device whose GID holds it)
 //! device = "rxe0"
 //! local_ip = "10.0.0.1"
@@ -41,7 +45,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::wire::{BandwidthClass, ClientId, ClusterId, InterconnectId, NodeId};
+use crate::wire::{BandwidthClass, ClientId, ClusterId, InterconnectId, NodeId, ProtocolVersion};
 
 /// A configuration that cannot be used, naming the field and what was wrong.
 #[derive(Debug, Error)]
@@ -89,6 +93,7 @@ struct RawConfig {
     status_socket: Option<PathBuf>,
     #[serde(default)]
     timing: RawTiming,
+    protocol: Option<RawProtocol>,
     #[serde(default)]
     balance: RawBalance,
     #[serde(default)]
@@ -116,6 +121,13 @@ struct RawBalance {
     high_pct: Option<u64>,
     low_pct: Option<u64>,
     dwell_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProtocol {
+    min_version: ProtocolVersion,
+    max_version: ProtocolVersion,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +265,11 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Adaptive balancing.
     pub balance: Balance,
+    /// The protocol versions spoken, `min..=max`. Normally this build's
+    /// [`PROTOCOL_VERSION`](crate::manager::PROTOCOL_VERSION) only; the optional `[protocol]` section
+    /// (`min_version`, `max_version`) overrides it, for compatibility tests (a node that speaks an
+    /// incompatible range is refused by its partner on every interconnect).
+    pub versions: (ProtocolVersion, ProtocolVersion),
     /// The interconnects, in index order.
     pub interconnects: Vec<InterconnectConfig>,
     /// The clients.
@@ -584,7 +601,24 @@ impl NodeConfig {
                 pin,
             });
         }
+        let versions = match raw.protocol {
+            None => (
+                crate::manager::PROTOCOL_VERSION,
+                crate::manager::PROTOCOL_VERSION,
+            ),
+            Some(p) if p.min_version <= p.max_version => (p.min_version, p.max_version),
+            Some(p) => {
+                return Err(invalid(
+                    "protocol.min_version",
+                    format!(
+                        "{} is above protocol.max_version ({})",
+                        p.min_version, p.max_version
+                    ),
+                ))
+            }
+        };
         Ok(NodeConfig {
+            versions,
             node: NodeId(raw.node),
             partner: NodeId(raw.partner),
             cluster: ClusterId(raw.cluster),
@@ -641,6 +675,7 @@ impl NodeConfig {
         c.balance_high_permille = self.balance.high_permille;
         c.balance_low_permille = self.balance.low_permille;
         c.balance_dwell = self.balance.dwell;
+        (c.min_version, c.max_version) = self.versions;
         c
     }
 }
@@ -692,6 +727,8 @@ mod tests {
         );
         assert_eq!(c.balance.high_permille, 800);
         assert_eq!(c.balance.dwell, Duration::from_secs(2));
+        let v = crate::manager::PROTOCOL_VERSION;
+        assert_eq!(c.versions, (v, v));
     }
 
     #[test]
@@ -727,6 +764,24 @@ mod tests {
             "secret_file = \"/tmp/s\"\n[balance]\nperiod_ms = 500\nwindow_ms = 100"
         )
         .starts_with("balance.window_ms"));
+    }
+
+    #[test]
+    fn a_protocol_range_is_read_and_an_empty_one_refused() {
+        let with = |section: &str| {
+            GOOD.replace(
+                "secret_file = \"/tmp/s\"",
+                &format!("secret_file = \"/tmp/s\"\n{section}"),
+            )
+        };
+        let c = NodeConfig::parse(&with("[protocol]\nmin_version = 7\nmax_version = 9")).unwrap();
+        assert_eq!(c.versions, (7, 9));
+        let m = c.manager_config(b"0123456789abcdef".to_vec());
+        assert_eq!((m.min_version, m.max_version), (7, 9));
+        assert!(
+            error_of(&with("[protocol]\nmin_version = 9\nmax_version = 7"))
+                .starts_with("protocol.min_version")
+        );
     }
 
     fn error_of(text: &str) -> String {

@@ -11,7 +11,7 @@
 //! | `Send` | heartbeats over the control VI once it is confirmed, everything else over the TCP session |
 //! | `SlamConnectControl` (415) | control VI RESET -> INIT -> RTR -> RTS, then a probe; unconfirmed after the heartbeat timeout = VI error |
 //! | `CreateClientVis` (420) | a protection domain per client and device, its memory registered, its VIs created |
-//! | `SlamConnect` (435) | the client's VIs slam connected |
+//! | `SlamConnect` (435) | the client's VIs slam connected on the VI factory thread, then `ClientVisConnected` |
 //! | `Tell` (445, 520, ...) | a [`ClientNotice`] on the client's channel; `Ready` carries the connected VIs |
 //! | `ReleaseClientVis` (525) | the VIs go to the error state (outstanding work flushes) and are dropped |
 //!
@@ -136,6 +136,12 @@ enum Request {
     },
     Shutdown,
     VisCreated(Box<VisDone>),
+    VisConnected(Box<ConnectDone>),
+    SpareControlVi {
+        ic: usize,
+        epoch: u64,
+        result: Result<Box<RcChannel>, ccm_verbs::Error>,
+    },
 }
 
 /// A handle on a running node, cheap to clone, usable from any thread.
@@ -315,6 +321,12 @@ struct Ic {
     listen: bool,
     listener: Option<TcpListener>,
     last_probe: Instant,
+    /// A control VI made ahead of time, so a new session never creates one on the driver thread.
+    spare: Option<RcChannel>,
+    /// Whether the factory is making the next spare.
+    spare_asked: bool,
+    /// Bumped each time the device is (re)opened: a spare made on an older one is dropped.
+    epoch: u64,
 }
 
 struct Sess {
@@ -334,6 +346,7 @@ struct Sess {
 enum Doomed {
     Session(Box<Sess>),
     Binding(Binding),
+    Channels(Vec<RcChannel>),
 }
 
 fn spawn_reaper() -> Sender<Doomed> {
@@ -347,6 +360,7 @@ fn spawn_reaper() -> Sender<Doomed> {
                     // Released VIs go to the error state at once, so their peers' posts fail fast
                     // and the manager re-places them (the client also gets its Stop).
                     Doomed::Binding(b) => b.vis.iter().for_each(|vi| vi.fail()),
+                    Doomed::Channels(c) => drop(c),
                 }
             }
         });
@@ -365,6 +379,42 @@ struct VisJob {
     dev: IcDevice,
     memory: Vec<ClientMemory>,
     tag: Option<ClientTag>,
+}
+
+/// A slam connect (435) for the factory thread: `vis[i]` to `remote[i]`.
+struct ConnectJob {
+    client: ClientId,
+    ic: InterconnectId,
+    generation: Generation,
+    vis: Vec<RcChannel>,
+    remote: Vec<crate::wire::ViAddress>,
+}
+
+/// What the factory connected: the VIs come back either way (on an error, to be torn down).
+struct ConnectDone {
+    client: ClientId,
+    ic: InterconnectId,
+    generation: Generation,
+    vis: Vec<RcChannel>,
+    result: Result<(), ccm_verbs::Error>,
+}
+
+/// Work for the VI factory thread.
+enum FactoryJob {
+    Create(VisJob),
+    Connect(ConnectJob),
+    /// The next spare control VI of interconnect `ic`.
+    Control {
+        ic: usize,
+        epoch: u64,
+        dev: IcDevice,
+        pd: ProtectionDomain,
+    },
+}
+
+/// A control VI: 32 receive slots of 256 bytes, 128 sends in flight.
+fn make_control_vi(dev: &IcDevice, pd: &ProtectionDomain) -> Result<RcChannel, ccm_verbs::Error> {
+    RcChannel::create(dev, pd, 32, 256, 128)
 }
 
 /// What the factory made.
@@ -408,26 +458,87 @@ fn make_vis(job: &VisJob) -> Result<(Vec<RcChannel>, ClientTag), ccm_verbs::Erro
     Ok((vis, tag))
 }
 
-fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Sender<VisJob> {
-    let (tx, rx) = crossbeam_channel::unbounded::<VisJob>();
+fn connect_vis(job: &mut ConnectJob) -> Result<(), ccm_verbs::Error> {
+    let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
+    for (vi, r) in job.vis.iter_mut().zip(&job.remote) {
+        vi.slam_connect(r, RcTiming::CLIENT, access)?;
+    }
+    Ok(())
+}
+
+/// The VI factory thread: creates client VIs (420) and slam connects them (435), in request order.
+/// Both cost milliseconds per VI on rxe (RTR alone ~0.1 ms, far more in the emulated lab); done on the
+/// driver thread for a batch of 64 clients they held back every link's heartbeats for hundreds of ms.
+/// The factory's two queues: spare control VIs go ahead of client work (a link coming back must not
+/// wait for 64 client VIs to be made).
+struct Factory {
+    jobs: Sender<FactoryJob>,
+    urgent: Sender<FactoryJob>,
+}
+
+impl Factory {
+    /// Queue `job`; it comes back if the factory is gone.
+    fn send(&self, job: FactoryJob) -> Result<(), Box<FactoryJob>> {
+        let queue = match job {
+            FactoryJob::Control { .. } => &self.urgent,
+            _ => &self.jobs,
+        };
+        queue.send(job).map_err(|e| Box::new(e.into_inner()))
+    }
+}
+
+fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
+    let (tx, rx) = crossbeam_channel::unbounded::<FactoryJob>();
+    let (urgent_tx, urgent) = crossbeam_channel::unbounded::<FactoryJob>();
     let _ = std::thread::Builder::new()
         .name("ccm-vi-factory".into())
         .spawn(move || {
-            for job in rx {
-                let result = make_vis(&job);
-                let done = VisDone {
-                    client: job.client,
-                    ic: job.ic,
-                    generation: job.generation,
-                    result,
+            loop {
+                let next = match urgent.try_recv() {
+                    Ok(job) => Ok(job),
+                    Err(_) => crossbeam_channel::select! {
+                        recv(urgent) -> job => job,
+                        recv(rx) -> job => job,
+                    },
                 };
-                if requests.send(Request::VisCreated(Box::new(done))).is_err() {
+                // Both senders belong to the driver: one gone means the node stopped.
+                let Ok(job) = next else { return };
+                let request = match job {
+                    FactoryJob::Create(job) => {
+                        let result = make_vis(&job);
+                        Request::VisCreated(Box::new(VisDone {
+                            client: job.client,
+                            ic: job.ic,
+                            generation: job.generation,
+                            result,
+                        }))
+                    }
+                    FactoryJob::Control { ic, epoch, dev, pd } => Request::SpareControlVi {
+                        ic,
+                        epoch,
+                        result: make_control_vi(&dev, &pd).map(Box::new),
+                    },
+                    FactoryJob::Connect(mut job) => {
+                        let result = connect_vis(&mut job);
+                        Request::VisConnected(Box::new(ConnectDone {
+                            client: job.client,
+                            ic: job.ic,
+                            generation: job.generation,
+                            vis: job.vis,
+                            result,
+                        }))
+                    }
+                };
+                if requests.send(request).is_err() {
                     return;
                 }
                 let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
             }
         });
-    tx
+    Factory {
+        jobs: tx,
+        urgent: urgent_tx,
+    }
 }
 
 struct Binding {
@@ -469,7 +580,9 @@ struct Driver {
     last_status: Instant,
     first_heartbeat_logged: bool,
     first_heartbeat_received: bool,
-    factory: Sender<VisJob>,
+    first_heartbeat_ms: Option<f64>,
+    link_failures: u64,
+    factory: Factory,
     stop: bool,
     reaper: Sender<Doomed>,
     last_sample: Instant,
@@ -487,7 +600,7 @@ impl Driver {
         requests: Receiver<Request>,
         wake: OwnedFd,
         status: Arc<Mutex<NodeStatus>>,
-        factory: Sender<VisJob>,
+        factory: Factory,
     ) -> Driver {
         let ics = cfg
             .interconnects
@@ -501,6 +614,9 @@ impl Driver {
                 listen: false,
                 listener: None,
                 last_probe: started,
+                spare: None,
+                spare_asked: false,
+                epoch: 0,
             })
             .collect();
         Driver {
@@ -522,6 +638,8 @@ impl Driver {
             last_status: started,
             first_heartbeat_logged: false,
             first_heartbeat_received: false,
+            first_heartbeat_ms: None,
+            link_failures: 0,
             factory,
             stop: false,
             reaper: spawn_reaper(),
@@ -570,6 +688,14 @@ impl Driver {
             "driver running {:.2} ms after process start",
             ms(t0)
         ));
+        // The follower's listeners come first: binding needs only the address, and the kernel completes
+        // the placer's TCP connect from the backlog while the devices open, so the placer's first
+        // connect succeeds instead of being refused and waiting out a back-off.
+        if !self.manager.config().is_placer() {
+            for i in 0..self.ics.len() {
+                self.bind_listener(i);
+            }
+        }
         for i in 0..self.ics.len() {
             self.open_device(i);
         }
@@ -603,11 +729,17 @@ impl Driver {
                     .query_port(dev.port)
                     .map(|p| p.state == PortState::Active)
                     .unwrap_or(false);
+                // The first control VI is made here, before any session: a session then takes it
+                // without creating verbs objects on this thread (see `open_session`).
+                let spare = pd.as_ref().and_then(|pd| make_control_vi(&dev, pd).ok());
                 let ic = &mut self.ics[i];
                 ic.dev = Some(dev);
                 ic.pd = pd;
                 ic.events = events;
                 ic.port_up = up;
+                ic.epoch += 1;
+                ic.spare = spare;
+                ic.spare_asked = false;
             }
             Err(e) => {
                 let what = format!(
@@ -634,6 +766,13 @@ impl Driver {
         let waited = Instant::now();
         self.wait(timeout);
         let overslept = waited.elapsed().saturating_sub(timeout);
+        // Woken much later than asked: this thread (or the whole machine) was not running, and could
+        // not have heard anything meanwhile. Tell the manager before it judges any silence.
+        if overslept > self.manager.config().heartbeat_period / 2 {
+            self.input(Input::Paused {
+                duration: overslept,
+            });
+        }
         let t = Instant::now();
         let mut slowest = (Duration::ZERO, "");
         let mut lap = |what: &'static str, since: &mut Instant| {
@@ -758,6 +897,23 @@ impl Driver {
                 }
                 Request::Shutdown => self.stop = true,
                 Request::VisCreated(done) => self.vis_created(*done),
+                Request::VisConnected(done) => self.vis_connected(*done),
+                Request::SpareControlVi { ic, epoch, result } => {
+                    let slot = &mut self.ics[ic];
+                    match result {
+                        Ok(vi) if slot.epoch == epoch && slot.dev.is_some() => {
+                            slot.spare_asked = false;
+                            slot.spare = Some(*vi);
+                        }
+                        Ok(vi) => self.reap(Doomed::Channels(vec![*vi])),
+                        Err(e) => {
+                            if slot.epoch == epoch {
+                                slot.spare_asked = false;
+                            }
+                            self.record(format!("interconnect {ic}: spare control VI: {e}"));
+                        }
+                    }
+                }
             }
         }
     }
@@ -790,11 +946,12 @@ impl Driver {
             } => {
                 // Normally done already when the partner's PeerInfo arrived (`session_message`): then
                 // this is the same remote again, a no-op.
+                let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
                 let Some(s) = self.sessions.get_mut(&session) else {
                     return;
                 };
                 let access = AccessFlags::LOCAL_WRITE;
-                if let Err(e) = s.control.slam_connect(&remote, RcTiming::CONTROL, access) {
+                if let Err(e) = s.control.slam_connect(&remote, timing, access) {
                     self.record(format!(
                         "interconnect {}: control VI slam connect failed: {e}",
                         ic.0
@@ -835,6 +992,9 @@ impl Driver {
             }
             Action::ArmTimer { deadline } => self.timer = Some(deadline),
             Action::Step { step, .. } => {
+                if matches!(step, crate::manager::Step::StopClients520 { .. }) {
+                    self.link_failures += 1;
+                }
                 let text = format!("{step:?}");
                 self.record(text);
             }
@@ -861,13 +1021,26 @@ impl Driver {
         }
     }
 
-    /// A new session on `ic` with its control VI created (410).
+    /// A new session on `ic` with its control VI (410): the spare made ahead of time, and the factory
+    /// thread makes the next one. Creating verbs objects here would stall every link's heartbeats for as
+    /// long as the factory holds the device (hundreds of ms in the lab while 64 client VIs are made).
     fn open_session(&mut self, ic: InterconnectId, stream: TcpStream) -> Option<SessionId> {
         let i = ic.0 as usize;
-        let (Some(dev), Some(pd)) = (&self.ics[i].dev, &self.ics[i].pd) else {
+        let (Some(dev), Some(pd)) = (self.ics[i].dev.clone(), self.ics[i].pd.clone()) else {
             return None;
         };
-        let control = match RcChannel::create(dev, pd, 32, 256, 128) {
+        let spare = self.ics[i].spare.take();
+        if !self.ics[i].spare_asked {
+            self.ics[i].spare_asked = true;
+            let job = FactoryJob::Control {
+                ic: i,
+                epoch: self.ics[i].epoch,
+                dev: dev.clone(),
+                pd: pd.clone(),
+            };
+            let _ = self.factory.send(job);
+        }
+        let control = match spare.map_or_else(|| make_control_vi(&dev, &pd), Ok) {
             Ok(c) => c,
             Err(e) => {
                 let what = format!("interconnect {i}: control VI: {e}");
@@ -1029,10 +1202,11 @@ impl Driver {
         let timeout =
             (self.manager.config().heartbeat_timeout() * 3).max(Duration::from_millis(100));
         let deadline = self.now() + timeout;
+        let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
         let s = self.sessions.get_mut(&id).expect("session");
         match s
             .control
-            .slam_connect(&remote, RcTiming::CONTROL, AccessFlags::LOCAL_WRITE)
+            .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
         {
             Ok(_) => {
                 s.connected = true;
@@ -1108,6 +1282,10 @@ impl Driver {
                     continue;
                 }
                 if c.wr_id() >= SEND_WR_BASE {
+                    // The partner's RC transport acknowledged a heartbeat: its host and the path are alive.
+                    if s.confirmed {
+                        self.input(Input::PathAlive { ic, session: id });
+                    }
                     continue;
                 }
                 let decoded = Message::decode_exact(s.control.received(&c));
@@ -1133,6 +1311,7 @@ impl Driver {
                     Ok(Message::Heartbeat(h)) if h.seq == PROBE_SEQ => {}
                     Ok(msg @ Message::Heartbeat(_)) if !self.first_heartbeat_received => {
                         self.first_heartbeat_received = true;
+                        self.first_heartbeat_ms = Some(ms(self.started.elapsed()));
                         self.record(format!(
                             "first heartbeat received over the control VI of interconnect {}",
                             ic.0
@@ -1237,6 +1416,9 @@ impl Driver {
                     let dev = &mut self.ics[i];
                     dev.listener = None;
                     dev.events = None;
+                    if let Some(vi) = dev.spare.take() {
+                        drop(vi); // before the device: the deletion waits for every object on it
+                    }
                     dev.pd = None;
                     dev.dev = None;
                     dev.port_up = false;
@@ -1306,7 +1488,7 @@ impl Driver {
             memory: c.memory.clone(),
             tag: c.pds.get(&ic).cloned(),
         };
-        if self.factory.send(job).is_err() {
+        if self.factory.send(FactoryJob::Create(job)).is_err() {
             self.input(Input::ViError {
                 ic,
                 vi: ViRef::Client(client, generation),
@@ -1371,26 +1553,57 @@ impl Driver {
         let Some(b) = c.bindings.get_mut(&generation) else {
             return;
         };
-        let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
-        let mut failed = None;
-        for (vi, r) in b.pending.iter_mut().zip(&remote) {
-            if let Err(e) = vi.slam_connect(r, RcTiming::CLIENT, access) {
-                failed = Some(e);
-                break;
+        let job = ConnectJob {
+            client,
+            ic,
+            generation,
+            vis: std::mem::take(&mut b.pending),
+            remote,
+        };
+        if let Err(e) = self.factory.send(FactoryJob::Connect(job)) {
+            if let FactoryJob::Connect(job) = *e {
+                self.reap(Doomed::Channels(job.vis));
             }
-        }
-        if let Some(e) = failed {
-            self.record(format!(
-                "client {}: slam connect on interconnect {}: {e}",
-                client.0, ic.0
-            ));
             self.input(Input::ViError {
                 ic,
                 vi: ViRef::Client(client, generation),
             });
-            return;
         }
-        b.vis = b.pending.drain(..).map(Arc::new).collect();
+    }
+
+    /// 435 done on the factory thread: the VIs join their binding and the manager is told (440 follows).
+    fn vis_connected(&mut self, done: ConnectDone) {
+        let ConnectDone {
+            client,
+            ic,
+            generation,
+            vis,
+            result,
+        } = done;
+        let binding = self
+            .clients
+            .get_mut(&client)
+            .and_then(|c| c.bindings.get_mut(&generation))
+            .filter(|b| b.pending.is_empty() && b.vis.is_empty());
+        match (binding, result) {
+            (Some(b), Ok(())) => {
+                b.vis = vis.into_iter().map(Arc::new).collect();
+                self.input(Input::ClientVisConnected { client, generation });
+            }
+            (Some(_), Err(e)) => {
+                self.reap(Doomed::Channels(vis));
+                self.record(format!(
+                    "client {}: slam connect on interconnect {}: {e}",
+                    client.0, ic.0
+                ));
+                self.input(Input::ViError {
+                    ic,
+                    vi: ViRef::Client(client, generation),
+                });
+            }
+            // Released (or the client left) while they were being connected.
+            (None, _) => self.reap(Doomed::Channels(vis)),
+        }
     }
 
     fn tell(&mut self, client: ClientId, event: ClientEvent) {
@@ -1457,6 +1670,8 @@ impl Driver {
             interconnects: Vec::new(),
             clients: Vec::new(),
             events: self.events.clone(),
+            link_failures: self.link_failures,
+            first_heartbeat_ms: self.first_heartbeat_ms,
         };
         let load = self.manager.link_load();
         for (i, ic) in self.ics.iter().enumerate() {

@@ -104,6 +104,12 @@ pub struct NodeStatus {
     pub clients: Vec<ClientStatusLine>,
     /// Recent events, oldest first.
     pub events: Vec<EventRecord>,
+    /// Interconnects that were up and failed since start (any reason: a flap shows here).
+    #[serde(default)]
+    pub link_failures: u64,
+    /// When the first heartbeat from the partner arrived, in milliseconds since start.
+    #[serde(default)]
+    pub first_heartbeat_ms: Option<f64>,
 }
 
 impl NodeStatus {

@@ -74,6 +74,14 @@ pub const BATCH_TAG: u64 = 1 << 62;
 
 const ACK_MAGIC: u32 = u32::from_le_bytes(*b"CCMA");
 
+/// How long [`Mirror::wait_durable`] spins (yielding the CPU) on the durable counter before it sleeps on the
+/// condition variable. Waking a sleeping thread costs tens of microseconds in the emulated lab guest, as
+/// much as the RDMA round trip itself (docs/performance.md, "NVRAM mirror vs raw RDMA WRITE").
+pub const WAIT_SPIN: Duration = Duration::from_micros(200);
+/// How long the mirror thread, idle, keeps polling (yielding the CPU) before it parks: an append within
+/// that time is picked up without an unpark (a futex wake-up of a sleeping thread).
+pub const IDLE_SPIN: Duration = Duration::from_micros(200);
+
 /// What a reader tells the writer: everything up to `applied_pos` (last entry `applied_lsn`) is applied, and
 /// `credits_total` notification receives were granted on this connection so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -421,7 +429,16 @@ impl Mirror {
 
     /// Wait until `lsn` is durable (in the partner's memory), at most `timeout`. True if it is.
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let spin_until = start + WAIT_SPIN.min(timeout);
+        // The counter only grows, and only after the writer's own durable LSN did.
+        while self.durable_lsn() < lsn {
+            if Instant::now() >= spin_until {
+                break;
+            }
+            std::thread::yield_now();
+        }
         let mut g = self.shared.lock();
         loop {
             if g.writer.durable_lsn() >= lsn {
@@ -587,6 +604,8 @@ enum Fault {
 
 impl Client {
     fn run(mut self) {
+        // When the connection last had nothing to do (None while busy).
+        let mut idle_since: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             if !self.drain_notices() {
                 break;
@@ -606,12 +625,19 @@ impl Client {
                     continue;
                 }
             };
-            if !busy {
+            if busy {
+                idle_since = None;
+            } else {
                 // Otherwise an append unparks us, and the partner's notifications wait at most a
                 // millisecond (the CQ has no completion channel).
-                // While batches are in flight, spin (yielding): a timed sleep costs a timer tick, tens of
-                // times the RDMA WRITE's own latency, and the storage engine waits on exactly this.
-                if self.shared.lock().writer.in_flight() > 0 {
+                // While batches are in flight, and for IDLE_SPIN after the last activity, spin (yielding): a
+                // timed sleep costs a timer tick and an unpark a wake-up, each a multiple of the RDMA WRITE's
+                // own latency, and the storage engine waits on exactly this.
+                let now = Instant::now();
+                let since = *idle_since.get_or_insert(now);
+                if now.duration_since(since) < IDLE_SPIN
+                    || self.shared.lock().writer.in_flight() > 0
+                {
                     std::thread::yield_now();
                 } else {
                     std::thread::park_timeout(Duration::from_millis(1));

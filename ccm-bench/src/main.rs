@@ -689,8 +689,14 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         let (lat, peer_h) = peer_latency(&p, Op::Write, o.size, 1, &mut port)?;
         let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;
         let s = stats::summarize(&o.latency);
+        let sp = stats::summarize(&o.latency_spin);
         if let Some(dir) = &c.hgrm {
             stats::write_hgrm_file(&o.latency, dir, &format!("ours-mirror-{}", o.size))?;
+            stats::write_hgrm_file(
+                &o.latency_spin,
+                dir,
+                &format!("ours-mirror-spin-{}", o.size),
+            )?;
         }
         let color = plot::PALETTE[i % plot::PALETTE.len()].to_string();
         curves.push(plot::Series {
@@ -728,6 +734,12 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 "max_us": lat.max_us, "samples": lat.samples,
                 "mb_per_s": bw.mb_per_s, "messages": bw.messages,
             },
+            "ours_spin": {
+                "tool": "ccm nvram mirror (append -> durable), Mirror::set_spin",
+                "spin_us": mirror_bench::SPIN.as_secs_f64() * 1e6,
+                "p50_us": sp.p50_us, "p90_us": sp.p90_us, "p99_us": sp.p99_us, "p999_us": sp.p999_us,
+                "max_us": sp.max_us, "samples": sp.samples,
+            },
             "floor": {
                 "tool": "ccm-bench raw verbs: signalled RDMA WRITE posted -> completion polled",
                 "p50_us": f.p50_us, "p90_us": f.p90_us, "p99_us": f.p99_us, "p999_us": f.p999_us,
@@ -742,6 +754,8 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             "ratio_p99": report::ratio(s.p99_us, lat.p99_us),
             "ratio_floor_p50": report::ratio(s.p50_us, f.p50_us),
             "ratio_floor_p99": report::ratio(s.p99_us, f.p99_us),
+            "ratio_spin_floor_p50": report::ratio(sp.p50_us, f.p50_us),
+            "ratio_spin_floor_p99": report::ratio(sp.p99_us, f.p99_us),
             "ratio_bw": report::ratio(o.mb_per_s, bw.mb_per_s),
         });
         if c.json {
@@ -755,6 +769,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                  {:<26} {:>9.3} {:>9} {:>9.3} {:>9} {:>10.3}\n  \
                  {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n  \
                  {:<26} {:>9.3} {:>9} {:>9.3}\n  \
+                 {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n  \
                  stages p50 us (spinning waiter): append {:.1}, hand-off+post {:.1}, completion {:.1}, total {:.1}\n",
                 o.size, iters, p.a.device, p.b.device,
                 "", "p50 us", "p90 us", "p99 us", "p99.9 us", "MB/s",
@@ -764,6 +779,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 report::ratio(o.mb_per_s, bw.mb_per_s),
                 "floor: WRITE -> completion", f.p50_us, f.p90_us, f.p99_us, f.p999_us,
                 "ratio (ours/floor)", report::ratio(s.p50_us, f.p50_us), "", report::ratio(s.p99_us, f.p99_us),
+                "ccm mirror, set_spin", sp.p50_us, sp.p90_us, sp.p99_us, sp.p999_us,
                 o.stages.append_us, o.stages.handoff_post_us, o.stages.completion_us, o.stages.total_us,
             );
         }

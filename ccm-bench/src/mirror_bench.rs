@@ -21,12 +21,17 @@ use hdrhistogram::Histogram;
 use crate::pair::{MirrorPair, PairSpec};
 use crate::stats;
 
+/// The spin of the second latency pass (`Mirror::set_spin`).
+pub const SPIN: Duration = Duration::from_micros(200);
+
 /// Our figures at one size.
 pub struct MirrorSize {
     /// Payload bytes per entry.
     pub size: usize,
-    /// Append-to-durable waits, nanoseconds.
+    /// Append-to-durable waits, nanoseconds (the mirror's defaults: no spinning).
     pub latency: Histogram<u64>,
+    /// The same with [`SPIN`] set on the writer's mirror (`Mirror::set_spin`).
+    pub latency_spin: Histogram<u64>,
     /// Throughput, MB/s (2^20 bytes).
     pub mb_per_s: f64,
     /// Entries of the throughput run.
@@ -174,26 +179,11 @@ fn measure(
     let stops_before = pair.a.stats().stops;
     let mut p = vec![0u8; size];
     let wait = Duration::from_secs(30);
-    // Warm-up.
-    for _ in 0..20 {
-        let lsn = pair.a.append_wait(&p, wait).map_err(|e| e.to_string())?;
-        pair.a.wait_durable(lsn, wait);
-    }
-    let mut h = stats::new_histogram();
-    for i in 0..iters {
-        fill(i, &mut p);
-        let t = Instant::now();
-        let lsn = pair.a.append_wait(&p, wait).map_err(|e| e.to_string())?;
-        if !pair.a.wait_durable(lsn, wait) {
-            return Err(format!(
-                "entry {} of {size} B not durable in {wait:?}",
-                lsn.0
-            ));
-        }
-        let ns = t.elapsed().as_nanos().max(1) as u64;
-        h.record(ns.min(60_000_000_000))
-            .map_err(|e| e.to_string())?;
-    }
+    let h = latency_pass(pair, &mut p, iters, wait)?;
+    pair.a.set_spin(SPIN);
+    let h_spin = latency_pass(pair, &mut p, iters, wait);
+    pair.a.set_spin(Duration::ZERO);
+    let h_spin = h_spin?;
     let stages = stages(pair, &mut p, iters, wait)?;
     let latency_done_ms = pair.us(Instant::now()) / 1000.0;
     let batches0 = pair.a.stats().batches;
@@ -221,6 +211,7 @@ fn measure(
         size: MirrorSize {
             size,
             latency: h,
+            latency_spin: h_spin,
             mb_per_s: (bw_iters as f64 * size as f64) / (1u64 << 20) as f64 / secs,
             entries: bw_iters,
             entries_per_batch: bw_iters as f64 / batches as f64,
@@ -345,4 +336,34 @@ pub fn handoff_probe(iters: u64) -> (f64, f64) {
     }
     let cond = waiter.join().map(|h| h.value_at_quantile(0.5)).unwrap_or(0);
     (park as f64 / 1000.0, cond as f64 / 1000.0)
+}
+
+/// `iters` entries one at a time, `append` -> `wait_durable`, after 20 untimed ones.
+fn latency_pass(
+    pair: &MirrorPair,
+    p: &mut [u8],
+    iters: u64,
+    wait: Duration,
+) -> Result<Histogram<u64>, String> {
+    for _ in 0..20 {
+        let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
+        pair.a.wait_durable(lsn, wait);
+    }
+    let mut h = stats::new_histogram();
+    for i in 0..iters {
+        fill(i, p);
+        let t = Instant::now();
+        let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
+        if !pair.a.wait_durable(lsn, wait) {
+            return Err(format!(
+                "entry {} of {} B not durable in {wait:?}",
+                lsn.0,
+                p.len()
+            ));
+        }
+        let ns = t.elapsed().as_nanos().max(1) as u64;
+        h.record(ns.min(60_000_000_000))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(h)
 }

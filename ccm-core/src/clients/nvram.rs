@@ -74,14 +74,6 @@ pub const BATCH_TAG: u64 = 1 << 62;
 
 const ACK_MAGIC: u32 = u32::from_le_bytes(*b"CCMA");
 
-/// How long [`Mirror::wait_durable`] spins (yielding the CPU) on the durable counter before it sleeps on the
-/// condition variable. Waking a sleeping thread costs tens of microseconds in the emulated lab guest, as
-/// much as the RDMA round trip itself (docs/performance.md, "NVRAM mirror vs raw RDMA WRITE").
-pub const WAIT_SPIN: Duration = Duration::from_micros(200);
-/// How long the mirror thread, idle, keeps polling (yielding the CPU) before it parks: an append within
-/// that time is picked up without an unpark (a futex wake-up of a sleeping thread).
-pub const IDLE_SPIN: Duration = Duration::from_micros(200);
-
 /// What a reader tells the writer: everything up to `applied_pos` (last entry `applied_lsn`) is applied, and
 /// `credits_total` notification receives were granted on this connection so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +207,8 @@ struct Shared {
     synced: AtomicBool,
     stop: AtomicBool,
     thread: OnceLock<Thread>,
+    /// [`Mirror::set_spin`], nanoseconds.
+    spin_ns: AtomicU64,
 }
 
 impl Shared {
@@ -328,6 +322,7 @@ pub fn start_with(
         synced: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         thread: OnceLock::new(),
+        spin_ns: AtomicU64::new(0),
     });
     shared
         .counters
@@ -431,7 +426,7 @@ impl Mirror {
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
         let start = Instant::now();
         let deadline = start + timeout;
-        let spin_until = start + WAIT_SPIN.min(timeout);
+        let spin_until = start + self.spin().min(timeout);
         // The counter only grows, and only after the writer's own durable LSN did.
         while self.durable_lsn() < lsn {
             if Instant::now() >= spin_until {
@@ -455,6 +450,25 @@ impl Mirror {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// Trade CPU for latency (off, zero, by default): [`wait_durable`](Self::wait_durable) spins (yielding
+    /// the CPU) up to `d` on the durable counter before it sleeps on a condition variable, and the mirror
+    /// thread, once idle, keeps polling for `d` before it parks, so an append within that time is picked up
+    /// without an unpark. Each wake-up of a sleeping thread avoided is tens of microseconds in the emulated
+    /// lab guest, as much as the RDMA round trip itself (docs/performance.md, "NVRAM mirror vs raw RDMA
+    /// WRITE"). Only for a writer with spare cores: on the lab's 2 vCPUs, spinning waiters and mirror threads
+    /// of two busy nodes starve the nodes' driver threads (turns of 20-200 ms), enough to slow a reconnect
+    /// past the kill test's limits.
+    pub fn set_spin(&self, d: Duration) {
+        self.shared
+            .spin_ns
+            .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// The spin set with [`set_spin`](Self::set_spin).
+    pub fn spin(&self) -> Duration {
+        Duration::from_nanos(self.shared.spin_ns.load(Ordering::Relaxed))
     }
 
     /// The counters.
@@ -630,14 +644,13 @@ impl Client {
             } else {
                 // Otherwise an append unparks us, and the partner's notifications wait at most a
                 // millisecond (the CQ has no completion channel).
-                // While batches are in flight, and for IDLE_SPIN after the last activity, spin (yielding): a
-                // timed sleep costs a timer tick and an unpark a wake-up, each a multiple of the RDMA WRITE's
-                // own latency, and the storage engine waits on exactly this.
+                // While batches are in flight, and for the spin of `Mirror::set_spin` after the last activity,
+                // spin (yielding): a timed sleep costs a timer tick and an unpark a wake-up, each a multiple of
+                // the RDMA WRITE's own latency, and the storage engine waits on exactly this.
                 let now = Instant::now();
                 let since = *idle_since.get_or_insert(now);
-                if now.duration_since(since) < IDLE_SPIN
-                    || self.shared.lock().writer.in_flight() > 0
-                {
+                let spin = Duration::from_nanos(self.shared.spin_ns.load(Ordering::Relaxed));
+                if now.duration_since(since) < spin || self.shared.lock().writer.in_flight() > 0 {
                     std::thread::yield_now();
                 } else {
                     std::thread::park_timeout(Duration::from_millis(1));

@@ -426,13 +426,12 @@ impl Mirror {
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
         let start = Instant::now();
         let deadline = start + timeout;
-        let spin_until = start + self.spin().min(timeout);
-        // The counter only grows, and only after the writer's own durable LSN did.
-        while self.durable_lsn() < lsn {
-            if Instant::now() >= spin_until {
-                break;
+        let spin = self.spin().min(timeout);
+        if !spin.is_zero() {
+            // The counter only grows, and only after the writer's own durable LSN did.
+            while self.durable_lsn() < lsn && start.elapsed() < spin {
+                std::thread::yield_now();
             }
-            std::thread::yield_now();
         }
         let mut g = self.shared.lock();
         loop {
@@ -647,10 +646,13 @@ impl Client {
                 // While batches are in flight, and for the spin of `Mirror::set_spin` after the last activity,
                 // spin (yielding): a timed sleep costs a timer tick and an unpark a wake-up, each a multiple of
                 // the RDMA WRITE's own latency, and the storage engine waits on exactly this.
-                let now = Instant::now();
-                let since = *idle_since.get_or_insert(now);
+                // (The clock is read only when spinning is on: in the lab guest it is an emulated HPET.)
                 let spin = Duration::from_nanos(self.shared.spin_ns.load(Ordering::Relaxed));
-                if now.duration_since(since) < spin || self.shared.lock().writer.in_flight() > 0 {
+                let spinning = !spin.is_zero() && {
+                    let now = Instant::now();
+                    now.duration_since(*idle_since.get_or_insert(now)) < spin
+                };
+                if spinning || self.shared.lock().writer.in_flight() > 0 {
                     std::thread::yield_now();
                 } else {
                     std::thread::park_timeout(Duration::from_millis(1));

@@ -16,7 +16,9 @@ use ccm_bench::perftest::{self, Placement, Tool};
 use ccm_bench::report::{
     bandwidth_table, latency_table, BandwidthFigures, BandwidthRun, LatencyFigures, LatencyRun,
 };
-use ccm_bench::verbs_bench::{run_bandwidth, run_latency, Length, Op, Pair, QueueSpec, SideSpec};
+use ccm_bench::verbs_bench::{
+    run_bandwidth, run_latency, run_write_completion, Length, Op, Pair, QueueSpec, SideSpec,
+};
 use ccm_bench::{bringup, mirror_bench, plot, report, stats};
 use ccm_verbs::lab::LabTopology;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -655,6 +657,11 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         ring_bytes: 16 << 20,
     };
     let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters, c.tx_depth as u64)?;
+    // The two thread hand-offs inside "durable", measured alone in this boot.
+    let (unpark_us, notify_us) = mirror_bench::handoff_probe(200);
+    eprintln!(
+        "ccm-bench: hand-off medians: unpark -> running {unpark_us:.1} us, notify_all -> wait returns {notify_us:.1} us"
+    );
     let mut port = c.port;
     let mut curves = Vec::new();
     for (i, (o, link)) in ours.sizes.iter().enumerate() {
@@ -668,11 +675,28 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         pc.iters = Some(iters);
         pc.duration = None;
         let p = plan(&pc, false);
+        // The raw-verbs floor of "durable": a signalled WRITE posted and its completion polled.
+        let floor = {
+            let q = queue_spec(Op::Write, o.size, Length::Iters(iters), 16, 0);
+            let fp = Pair::connect(&p.a, &p.b, &q)?;
+            let mut h = stats::new_histogram();
+            for ns in run_write_completion(&fp, 20, iters)? {
+                h.record(ns.min(60_000_000_000))?;
+            }
+            h
+        };
+        let f = stats::summarize(&floor);
         let (lat, peer_h) = peer_latency(&p, Op::Write, o.size, 1, &mut port)?;
         let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;
         let s = stats::summarize(&o.latency);
+        let sp = stats::summarize(&o.latency_spin);
         if let Some(dir) = &c.hgrm {
             stats::write_hgrm_file(&o.latency, dir, &format!("ours-mirror-{}", o.size))?;
+            stats::write_hgrm_file(
+                &o.latency_spin,
+                dir,
+                &format!("ours-mirror-spin-{}", o.size),
+            )?;
         }
         let color = plot::PALETTE[i % plot::PALETTE.len()].to_string();
         curves.push(plot::Series {
@@ -710,8 +734,28 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 "max_us": lat.max_us, "samples": lat.samples,
                 "mb_per_s": bw.mb_per_s, "messages": bw.messages,
             },
+            "ours_spin": {
+                "tool": "ccm nvram mirror (append -> durable), Mirror::set_spin",
+                "spin_us": mirror_bench::SPIN.as_secs_f64() * 1e6,
+                "p50_us": sp.p50_us, "p90_us": sp.p90_us, "p99_us": sp.p99_us, "p999_us": sp.p999_us,
+                "max_us": sp.max_us, "samples": sp.samples,
+            },
+            "floor": {
+                "tool": "ccm-bench raw verbs: signalled RDMA WRITE posted -> completion polled",
+                "p50_us": f.p50_us, "p90_us": f.p90_us, "p99_us": f.p99_us, "p999_us": f.p999_us,
+                "max_us": f.max_us, "samples": f.samples,
+            },
+            "stages_p50_us": {
+                "append": o.stages.append_us, "handoff_post": o.stages.handoff_post_us,
+                "completion": o.stages.completion_us, "total_spinning_waiter": o.stages.total_us,
+                "unpark_probe": unpark_us, "notify_probe": notify_us,
+            },
             "ratio_p50": report::ratio(s.p50_us, lat.p50_us),
             "ratio_p99": report::ratio(s.p99_us, lat.p99_us),
+            "ratio_floor_p50": report::ratio(s.p50_us, f.p50_us),
+            "ratio_floor_p99": report::ratio(s.p99_us, f.p99_us),
+            "ratio_spin_floor_p50": report::ratio(sp.p50_us, f.p50_us),
+            "ratio_spin_floor_p99": report::ratio(sp.p99_us, f.p99_us),
             "ratio_bw": report::ratio(o.mb_per_s, bw.mb_per_s),
         });
         if c.json {
@@ -722,13 +766,21 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                  {:<26} {:>9} {:>9} {:>9} {:>9} {:>10}\n  \
                  {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}\n  \
                  {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}\n  \
-                 {:<26} {:>9.3} {:>9} {:>9.3} {:>9} {:>10.3}\n",
+                 {:<26} {:>9.3} {:>9} {:>9.3} {:>9} {:>10.3}\n  \
+                 {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n  \
+                 {:<26} {:>9.3} {:>9} {:>9.3}\n  \
+                 {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n  \
+                 stages p50 us (spinning waiter): append {:.1}, hand-off+post {:.1}, completion {:.1}, total {:.1}\n",
                 o.size, iters, p.a.device, p.b.device,
                 "", "p50 us", "p90 us", "p99 us", "p99.9 us", "MB/s",
                 "ccm nvram mirror", s.p50_us, s.p90_us, s.p99_us, s.p999_us, o.mb_per_s,
                 "ib_write_lat/ib_write_bw", lat.p50_us, lat.p90_us.unwrap_or(f64::NAN), lat.p99_us, lat.p999_us, bw.mb_per_s,
                 "ratio (ours/peer)", report::ratio(s.p50_us, lat.p50_us), "", report::ratio(s.p99_us, lat.p99_us), "",
                 report::ratio(o.mb_per_s, bw.mb_per_s),
+                "floor: WRITE -> completion", f.p50_us, f.p90_us, f.p99_us, f.p999_us,
+                "ratio (ours/floor)", report::ratio(s.p50_us, f.p50_us), "", report::ratio(s.p99_us, f.p99_us),
+                "ccm mirror, set_spin", sp.p50_us, sp.p90_us, sp.p99_us, sp.p999_us,
+                o.stages.append_us, o.stages.handoff_post_us, o.stages.completion_us, o.stages.total_us,
             );
         }
     }

@@ -21,12 +21,17 @@ use hdrhistogram::Histogram;
 use crate::pair::{MirrorPair, PairSpec};
 use crate::stats;
 
+/// The spin of the second latency pass (`Mirror::set_spin`).
+pub const SPIN: Duration = Duration::from_micros(200);
+
 /// Our figures at one size.
 pub struct MirrorSize {
     /// Payload bytes per entry.
     pub size: usize,
-    /// Append-to-durable waits, nanoseconds.
+    /// Append-to-durable waits, nanoseconds (the mirror's defaults: no spinning).
     pub latency: Histogram<u64>,
+    /// The same with [`SPIN`] set on the writer's mirror (`Mirror::set_spin`).
+    pub latency_spin: Histogram<u64>,
     /// Throughput, MB/s (2^20 bytes).
     pub mb_per_s: f64,
     /// Entries of the throughput run.
@@ -35,6 +40,24 @@ pub struct MirrorSize {
     pub entries_per_batch: f64,
     /// The mirror moved to another link during these runs (a failover is inside the figures).
     pub moved: bool,
+    /// Where the time of one entry goes (see [`Stages`]).
+    pub stages: Stages,
+}
+
+/// The stages of one append -> durable, seen from the bench (nothing in the data path is instrumented): a
+/// second latency pass whose waiter, instead of `wait_durable`, spins (yielding) on the mirror's public
+/// counters. Microsecond medians over that pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stages {
+    /// `append` in the writer's thread (lock, copy into the ring, unpark the mirror thread).
+    pub append_us: f64,
+    /// From `append` returning until the batch counter moves: the mirror thread woke up and posted.
+    pub handoff_post_us: f64,
+    /// From then until `durable_lsn` covers the entry: RC completion polled and bookkept by the mirror
+    /// thread.
+    pub completion_us: f64,
+    /// The whole entry in this spinning pass (append -> durable seen).
+    pub total_us: f64,
 }
 
 /// What our side measured.
@@ -156,26 +179,12 @@ fn measure(
     let stops_before = pair.a.stats().stops;
     let mut p = vec![0u8; size];
     let wait = Duration::from_secs(30);
-    // Warm-up.
-    for _ in 0..20 {
-        let lsn = pair.a.append_wait(&p, wait).map_err(|e| e.to_string())?;
-        pair.a.wait_durable(lsn, wait);
-    }
-    let mut h = stats::new_histogram();
-    for i in 0..iters {
-        fill(i, &mut p);
-        let t = Instant::now();
-        let lsn = pair.a.append_wait(&p, wait).map_err(|e| e.to_string())?;
-        if !pair.a.wait_durable(lsn, wait) {
-            return Err(format!(
-                "entry {} of {size} B not durable in {wait:?}",
-                lsn.0
-            ));
-        }
-        let ns = t.elapsed().as_nanos().max(1) as u64;
-        h.record(ns.min(60_000_000_000))
-            .map_err(|e| e.to_string())?;
-    }
+    let h = latency_pass(pair, &mut p, iters, wait)?;
+    pair.a.set_spin(SPIN);
+    let h_spin = latency_pass(pair, &mut p, iters, wait);
+    pair.a.set_spin(Duration::ZERO);
+    let h_spin = h_spin?;
+    let stages = stages(pair, &mut p, iters, wait)?;
     let latency_done_ms = pair.us(Instant::now()) / 1000.0;
     let batches0 = pair.a.stats().batches;
     let t = Instant::now();
@@ -202,12 +211,159 @@ fn measure(
         size: MirrorSize {
             size,
             latency: h,
+            latency_spin: h_spin,
             mb_per_s: (bw_iters as f64 * size as f64) / (1u64 << 20) as f64 / secs,
             entries: bw_iters,
             entries_per_batch: bw_iters as f64 / batches as f64,
             moved: false,
+            stages,
         },
         stops_before,
         latency_done_ms,
     })
+}
+
+/// The spinning pass of [`Stages`]: `iters` entries one at a time.
+fn stages(pair: &MirrorPair, p: &mut [u8], iters: u64, wait: Duration) -> Result<Stages, String> {
+    let mut h = [(); 4].map(|_| stats::new_histogram());
+    for i in 0..iters {
+        fill(i, p);
+        let batches = pair.a.stats().batches;
+        let t0 = Instant::now();
+        let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
+        let mut t2 = None;
+        loop {
+            if t2.is_none() && pair.a.stats().batches != batches {
+                t2 = Some(Instant::now());
+            }
+            if pair.a.durable_lsn() >= lsn {
+                break;
+            }
+            if t1.elapsed() > wait {
+                return Err(format!("entry {} not durable in {wait:?}", lsn.0));
+            }
+            std::thread::yield_now();
+        }
+        let t3 = Instant::now();
+        // The post and the completion may both fall between two looks: the post then counts as seen at the
+        // end.
+        let t2 = t2.unwrap_or(t3);
+        let ns = |d: Duration| (d.as_nanos() as u64).clamp(1, 60_000_000_000);
+        for (k, d) in [t1 - t0, t2 - t1, t3 - t2, t3 - t0].into_iter().enumerate() {
+            h[k].record(ns(d)).map_err(|e| e.to_string())?;
+        }
+    }
+    let p50 = |h: &hdrhistogram::Histogram<u64>| h.value_at_quantile(0.5) as f64 / 1000.0;
+    Ok(Stages {
+        append_us: p50(&h[0]),
+        handoff_post_us: p50(&h[1]),
+        completion_us: p50(&h[2]),
+        total_us: p50(&h[3]),
+    })
+}
+
+/// Thread hand-off costs in this machine, the same kind as the mirror's two: `unpark` of a parked thread
+/// until it runs, and `Condvar::notify_all` until the waiter returns from `wait`. Medians in microseconds
+/// over `iters` ping-pongs each.
+pub fn handoff_probe(iters: u64) -> (f64, f64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    let origin = Instant::now();
+    let now_ns = move || origin.elapsed().as_nanos() as u64;
+    // unpark -> running.
+    let sent = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (s2, d2, n2) = (sent.clone(), done.clone(), seen.clone());
+    let worker = std::thread::spawn(move || {
+        let mut h = stats::new_histogram();
+        let mut last = 0;
+        while !d2.load(Ordering::Acquire) {
+            std::thread::park();
+            let s = s2.load(Ordering::Acquire);
+            if s != last && s != 0 {
+                let _ = h.record(now_ns().saturating_sub(s).max(1));
+                last = s;
+                n2.store(s, Ordering::Release);
+            }
+        }
+        h
+    });
+    for _ in 0..iters {
+        // Let the worker park first.
+        std::thread::sleep(Duration::from_micros(200));
+        let s = now_ns().max(1);
+        sent.store(s, Ordering::Release);
+        worker.thread().unpark();
+        while seen.load(Ordering::Acquire) != s {
+            std::thread::yield_now();
+        }
+    }
+    done.store(true, Ordering::Release);
+    worker.thread().unpark();
+    let park = worker.join().map(|h| h.value_at_quantile(0.5)).unwrap_or(0);
+    // notify_all -> wait returns.
+    let state = Arc::new((Mutex::new((0u64, false)), Condvar::new()));
+    let st2 = state.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut h = stats::new_histogram();
+        let (m, cv) = &*st2;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = 0;
+        loop {
+            if g.1 {
+                break;
+            }
+            if g.0 != last {
+                let _ = h.record(now_ns().saturating_sub(g.0).max(1));
+                last = g.0;
+            }
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        h
+    });
+    for _ in 0..iters {
+        std::thread::sleep(Duration::from_micros(200));
+        let (m, cv) = &*state;
+        m.lock().unwrap_or_else(|e| e.into_inner()).0 = now_ns().max(1);
+        cv.notify_all();
+    }
+    {
+        let (m, cv) = &*state;
+        m.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        cv.notify_all();
+    }
+    let cond = waiter.join().map(|h| h.value_at_quantile(0.5)).unwrap_or(0);
+    (park as f64 / 1000.0, cond as f64 / 1000.0)
+}
+
+/// `iters` entries one at a time, `append` -> `wait_durable`, after 20 untimed ones.
+fn latency_pass(
+    pair: &MirrorPair,
+    p: &mut [u8],
+    iters: u64,
+    wait: Duration,
+) -> Result<Histogram<u64>, String> {
+    for _ in 0..20 {
+        let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
+        pair.a.wait_durable(lsn, wait);
+    }
+    let mut h = stats::new_histogram();
+    for i in 0..iters {
+        fill(i, p);
+        let t = Instant::now();
+        let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
+        if !pair.a.wait_durable(lsn, wait) {
+            return Err(format!(
+                "entry {} of {} B not durable in {wait:?}",
+                lsn.0,
+                p.len()
+            ));
+        }
+        let ns = t.elapsed().as_nanos().max(1) as u64;
+        h.record(ns.min(60_000_000_000))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(h)
 }

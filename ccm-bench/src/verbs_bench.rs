@@ -376,6 +376,32 @@ fn post(side: &Side, op: Op, wr_id: u64, signaled: bool, sge: &[Sge; 1]) -> Resu
     Ok(())
 }
 
+/// The floor of the NVRAM mirror's "durable": one signalled RDMA WRITE of `size` bytes from A's send
+/// buffer into B's receive buffer, posted and its completion busy-polled on A's send CQ (the completion
+/// comes with the responder's RC ACK: the WRITE is placed in B's memory), one at a time, `iters` times,
+/// after `warmup` untimed ones. B's side only has to exist: nothing runs on it. Returns nanoseconds from
+/// just before each post to its completion polled (preallocated: nothing allocates in the loop).
+pub fn run_write_completion(pair: &Pair, warmup: u64, iters: u64) -> Result<Vec<u64>> {
+    let side = &pair.a;
+    let sge = [side.mr.slice(side.tx_off, side.size.max(1))?];
+    let mut wc = [Completion::default(); 1];
+    let mut out = Vec::with_capacity(iters as usize);
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        post(side, Op::Write, i, true, &sge)?;
+        loop {
+            if side.send_cq.poll(&mut wc)? == 1 {
+                check(&wc[0], "write")?;
+                break;
+            }
+        }
+        if i >= warmup {
+            out.push(t.elapsed().as_nanos().max(1) as u64);
+        }
+    }
+    Ok(out)
+}
+
 /// Result of a latency run: the initiator's post timestamps and the tick rate.
 pub struct LatencyResult {
     /// Cycle counter at every post of node A.

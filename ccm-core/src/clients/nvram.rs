@@ -207,6 +207,8 @@ struct Shared {
     synced: AtomicBool,
     stop: AtomicBool,
     thread: OnceLock<Thread>,
+    /// [`Mirror::set_spin`], nanoseconds.
+    spin_ns: AtomicU64,
 }
 
 impl Shared {
@@ -320,6 +322,7 @@ pub fn start_with(
         synced: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         thread: OnceLock::new(),
+        spin_ns: AtomicU64::new(0),
     });
     shared
         .counters
@@ -421,7 +424,15 @@ impl Mirror {
 
     /// Wait until `lsn` is durable (in the partner's memory), at most `timeout`. True if it is.
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let spin = self.spin().min(timeout);
+        if !spin.is_zero() {
+            // The counter only grows, and only after the writer's own durable LSN did.
+            while self.durable_lsn() < lsn && start.elapsed() < spin {
+                std::thread::yield_now();
+            }
+        }
         let mut g = self.shared.lock();
         loop {
             if g.writer.durable_lsn() >= lsn {
@@ -438,6 +449,25 @@ impl Mirror {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// Trade CPU for latency (off, zero, by default): [`wait_durable`](Self::wait_durable) spins (yielding
+    /// the CPU) up to `d` on the durable counter before it sleeps on a condition variable, and the mirror
+    /// thread, once idle, keeps polling for `d` before it parks, so an append within that time is picked up
+    /// without an unpark. Each wake-up of a sleeping thread avoided is tens of microseconds in the emulated
+    /// lab guest, as much as the RDMA round trip itself (docs/performance.md, "NVRAM mirror vs raw RDMA
+    /// WRITE"). Only for a writer with spare cores: on the lab's 2 vCPUs, spinning waiters and mirror threads
+    /// of two busy nodes starve the nodes' driver threads (turns of 20-200 ms), enough to slow a reconnect
+    /// past the kill test's limits.
+    pub fn set_spin(&self, d: Duration) {
+        self.shared
+            .spin_ns
+            .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// The spin set with [`set_spin`](Self::set_spin).
+    pub fn spin(&self) -> Duration {
+        Duration::from_nanos(self.shared.spin_ns.load(Ordering::Relaxed))
     }
 
     /// The counters.
@@ -587,6 +617,8 @@ enum Fault {
 
 impl Client {
     fn run(mut self) {
+        // When the connection last had nothing to do (None while busy).
+        let mut idle_since: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             if !self.drain_notices() {
                 break;
@@ -606,12 +638,21 @@ impl Client {
                     continue;
                 }
             };
-            if !busy {
+            if busy {
+                idle_since = None;
+            } else {
                 // Otherwise an append unparks us, and the partner's notifications wait at most a
                 // millisecond (the CQ has no completion channel).
-                // While batches are in flight, spin (yielding): a timed sleep costs a timer tick, tens of
-                // times the RDMA WRITE's own latency, and the storage engine waits on exactly this.
-                if self.shared.lock().writer.in_flight() > 0 {
+                // While batches are in flight, and for the spin of `Mirror::set_spin` after the last activity,
+                // spin (yielding): a timed sleep costs a timer tick and an unpark a wake-up, each a multiple of
+                // the RDMA WRITE's own latency, and the storage engine waits on exactly this.
+                // (The clock is read only when spinning is on: in the lab guest it is an emulated HPET.)
+                let spin = Duration::from_nanos(self.shared.spin_ns.load(Ordering::Relaxed));
+                let spinning = !spin.is_zero() && {
+                    let now = Instant::now();
+                    now.duration_since(*idle_since.get_or_insert(now)) < spin
+                };
+                if spinning || self.shared.lock().writer.in_flight() > 0 {
                     std::thread::yield_now();
                 } else {
                     std::thread::park_timeout(Duration::from_millis(1));

@@ -215,6 +215,10 @@ pub struct CutResult {
     pub reason: Option<String>,
     /// Longest wait between two completions from the restore to the next cut (the failback's gap).
     pub failback_gap_ms: Option<f64>,
+    /// Both nodes' recorded events from the cut instant to the end of the gap, each as
+    /// `+MS node N: what` (ms after the cut instant): the critical path of the failover, step by step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
 }
 
 /// The figures of one cut (see the module doc for the definitions); `steps` are both nodes' steps in time
@@ -263,7 +267,20 @@ pub fn analyze_cut(completions: &[Completion], steps: &[TimedStep], cut: &CutTim
             _ => None,
         }),
         failback_gap_ms: failback_gap,
+        trace: Vec::new(),
     }
+}
+
+/// The events of `events` (microseconds, node, text; in time order) from the cut instant of `r` to the end of
+/// its gap plus 1 ms, as [`CutResult::trace`] lines.
+pub fn trace_of(r: &CutResult, events: &[(f64, u8, String)]) -> Vec<String> {
+    let from = r.cut_at_ms * 1000.0;
+    let to = from + r.gap_ms.or(r.detect_ms).unwrap_or(0.0) * 1000.0 + 1000.0;
+    events
+        .iter()
+        .filter(|(t, _, _)| *t >= from && *t <= to)
+        .map(|(t, n, what)| format!("+{:.1} node {n}: {what}", (t - from) / 1000.0))
+        .collect()
 }
 
 /// Link-failure decisions (520) in `[from_us, to_us]`: with no fault injected, each is a needless failover.
@@ -570,6 +587,7 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
             .name("bench-events".into())
             .spawn(move || {
                 let mut steps: [Vec<TimedStep>; 2] = [Vec::new(), Vec::new()];
+                let mut raw: Vec<(f64, u8, String)> = Vec::new();
                 let mut last = [f64::MIN; 2];
                 loop {
                     let done = stop.load(Ordering::Relaxed);
@@ -578,6 +596,7 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
                             let t_us = e.at_ms * 1000.0;
                             if t_us > last[n] {
                                 last[n] = t_us;
+                                raw.push((t_us, n as u8 + 1, e.what.clone()));
                                 steps[n].push(TimedStep {
                                     t_us,
                                     node: n as u8 + 1,
@@ -587,7 +606,7 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
                         }
                     }
                     if done {
-                        return steps;
+                        return (steps, raw);
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -649,16 +668,21 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
     while pair.b.stats().partner_applied < last && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let steps = sampler
+    let (steps, mut raw) = sampler
         .join()
         .map_err(|_| "the event sampler panicked".to_string())?;
+    raw.sort_by(|a, b| a.0.total_cmp(&b.0));
 
     let [s1, s2] = steps;
     let mut steps: Vec<TimedStep> = s1.into_iter().chain(s2).collect();
     steps.sort_by(|a, b| a.t_us.total_cmp(&b.t_us));
     let per_cut: Vec<CutResult> = cuts
         .iter()
-        .map(|c| analyze_cut(&completions, &steps, c))
+        .map(|c| {
+            let mut r = analyze_cut(&completions, &steps, c);
+            r.trace = trace_of(&r, &raw);
+            r
+        })
         .collect();
     // Every cut's timeline runs until 150 ms after the slowest resumption.
     let after = per_cut
@@ -777,6 +801,14 @@ pub fn table(r: &FailoverReport) -> String {
                 _ => "-".into(),
             }
         );
+    }
+    for (i, c) in r.per_cut.iter().enumerate() {
+        if !c.trace.is_empty() {
+            s += &format!("  cut {} step by step (ms after the cut instant):\n", i + 1);
+            for line in &c.trace {
+                s += &format!("    {line}\n");
+            }
+        }
     }
     s += &format!(
         "  gap p50 {} ms, max {} ms; detection p50 {} ms, max {} ms\n",

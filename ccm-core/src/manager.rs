@@ -2656,20 +2656,41 @@ impl Manager {
             let Some(deadline) = u.batch_deadline else {
                 continue;
             };
-            // A creation or slam connect still outstanding on this link holds the batch back (until the
-            // window ends), so a bring-up sends one ClientInfo and one Ready, not one per client.
-            let waiting = self.clients.values().any(|c| {
-                c.binding.as_ref().is_some_and(|b| {
-                    b.ic == ic && (b.local.is_none() || (b.connected && !b.slammed))
-                })
-            });
-            if waiting && now < deadline {
+            // A creation still outstanding on this link holds the ClientInfo batch back, and a creation or
+            // slam connect the Ready batch (until the window ends), so a bring-up sends one ClientInfo and
+            // one Ready, not one per client. A slam connect never holds back ClientInfo: the partner
+            // waits for those addresses to slam connect its own end, and both ends then connect at once
+            // (on a failover the answering node's ClientInfo would otherwise wait for its own slam connect).
+            let (creating, slamming) =
+                self.clients
+                    .values()
+                    .fold((false, false), |(creating, slamming), c| {
+                        let b = c.binding.as_ref().filter(|b| b.ic == ic);
+                        (
+                            creating || b.is_some_and(|b| b.local.is_none()),
+                            slamming || b.is_some_and(|b| b.connected && !b.slammed),
+                        )
+                    });
+            let late = now >= deadline;
+            let send_info = !creating || late;
+            let send_ready = !(creating || slamming) || late;
+            if !send_info && !send_ready {
                 continue;
             }
             let u = self.links[i].up_mut().expect("checked");
-            let info = std::mem::take(&mut u.out_info);
-            let ready = std::mem::take(&mut u.out_ready);
-            u.batch_deadline = None;
+            let info = if send_info {
+                std::mem::take(&mut u.out_info)
+            } else {
+                Vec::new()
+            };
+            let ready = if send_ready {
+                std::mem::take(&mut u.out_ready)
+            } else {
+                Vec::new()
+            };
+            if send_ready {
+                u.batch_deadline = None;
+            }
             if !info.is_empty() {
                 self.step(
                     now,

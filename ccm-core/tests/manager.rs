@@ -1008,3 +1008,52 @@ fn silence_while_the_node_itself_was_paused_is_not_counted() {
         "heartbeat timeout (30 ms) plus the pause (25 ms): {detected:?}"
     );
 }
+
+#[test]
+fn on_failover_the_answering_node_sends_its_vi_addresses_before_its_own_slam_connect_completes() {
+    let mut p = Pair::standard(2);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let on = p.ready_on(0, 1).expect("ready");
+    let other = InterconnectId(1 - on.0);
+    let cut_at = p.now;
+    p.cut[on.0 as usize] = true;
+    p.input(0, Input::PortState { ic: on, up: false });
+    p.input(1, Input::PortState { ic: on, up: false });
+    p.run_for(Duration::from_millis(5));
+    assert_eq!(p.ready_on(0, 1), Some(other));
+    assert_eq!(p.ready_on(1, 1), Some(other));
+    // Node 2 learns node 1's addresses first (430), hands out its VIs, and slam connects at once: its
+    // ClientInfo (425) must not wait for that slam connect (435), or both ends connect one after the other.
+    let on_other: Vec<&Step> = p.steps[1]
+        .iter()
+        .filter(|(at, _)| *at >= cut_at)
+        .map(|(_, s)| s)
+        .filter(|s| {
+            matches!(s, Step::PartnerInfo430 { ic, .. } | Step::SendBatch425 { ic, .. }
+                | Step::SlamConnect435 { ic, .. } | Step::SendReady440 { ic, .. } if *ic == other)
+        })
+        .collect();
+    assert_eq!(
+        on_other,
+        [
+            &Step::PartnerInfo430 {
+                client: ClientId(1),
+                ic: other
+            },
+            &Step::SendBatch425 {
+                ic: other,
+                clients: 1
+            },
+            &Step::SlamConnect435 {
+                client: ClientId(1),
+                ic: other
+            },
+            &Step::SendReady440 {
+                ic: other,
+                clients: 1
+            },
+        ]
+    );
+}

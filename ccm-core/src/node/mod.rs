@@ -142,6 +142,7 @@ enum Request {
         epoch: u64,
         result: Result<Box<RcChannel>, ccm_verbs::Error>,
     },
+    SpareClientVis(Box<SpareDone>),
 }
 
 /// A handle on a running node, cheap to clone, usable from any thread.
@@ -399,9 +400,19 @@ struct ConnectDone {
     result: Result<(), ccm_verbs::Error>,
 }
 
+/// A client's spare VIs made on the factory thread (see [`ClientSlot::spares`]).
+struct SpareDone {
+    client: ClientId,
+    ic: InterconnectId,
+    epoch: u64,
+    result: Result<(Vec<RcChannel>, ClientTag), ccm_verbs::Error>,
+}
+
 /// Work for the VI factory thread.
 enum FactoryJob {
     Create(VisJob),
+    /// Spare VIs for a client on an interconnect (its device at `epoch`), made when nothing else waits.
+    Spare(VisJob, u64),
     Connect(ConnectJob),
     /// The next spare control VI of interconnect `ic`.
     Control {
@@ -469,11 +480,12 @@ fn connect_vis(job: &mut ConnectJob) -> Result<(), ccm_verbs::Error> {
 /// The VI factory thread: creates client VIs (420) and slam connects them (435), in request order.
 /// Both cost milliseconds per VI on rxe (RTR alone ~0.1 ms, far more in the emulated lab); done on the
 /// driver thread for a batch of 64 clients they held back every link's heartbeats for hundreds of ms.
-/// The factory's two queues: spare control VIs go ahead of client work (a link coming back must not
-/// wait for 64 client VIs to be made).
+/// The factory's three queues: spare control VIs go ahead of client work (a link coming back must not
+/// wait for 64 client VIs to be made), and spare client VIs come last (a refill never delays a binding).
 struct Factory {
     jobs: Sender<FactoryJob>,
     urgent: Sender<FactoryJob>,
+    idle: Sender<FactoryJob>,
 }
 
 impl Factory {
@@ -481,6 +493,7 @@ impl Factory {
     fn send(&self, job: FactoryJob) -> Result<(), Box<FactoryJob>> {
         let queue = match job {
             FactoryJob::Control { .. } => &self.urgent,
+            FactoryJob::Spare(..) => &self.idle,
             _ => &self.jobs,
         };
         queue.send(job).map_err(|e| Box::new(e.into_inner()))
@@ -490,15 +503,17 @@ impl Factory {
 fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
     let (tx, rx) = crossbeam_channel::unbounded::<FactoryJob>();
     let (urgent_tx, urgent) = crossbeam_channel::unbounded::<FactoryJob>();
+    let (idle_tx, idle) = crossbeam_channel::unbounded::<FactoryJob>();
     let _ = std::thread::Builder::new()
         .name("ccm-vi-factory".into())
         .spawn(move || {
             loop {
-                let next = match urgent.try_recv() {
+                let next = match urgent.try_recv().or_else(|_| rx.try_recv()) {
                     Ok(job) => Ok(job),
                     Err(_) => crossbeam_channel::select! {
                         recv(urgent) -> job => job,
                         recv(rx) -> job => job,
+                        recv(idle) -> job => job,
                     },
                 };
                 // Both senders belong to the driver: one gone means the node stopped.
@@ -513,6 +528,12 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
                             result,
                         }))
                     }
+                    FactoryJob::Spare(job, epoch) => Request::SpareClientVis(Box::new(SpareDone {
+                        client: job.client,
+                        ic: job.ic,
+                        epoch,
+                        result: make_vis(&job),
+                    })),
                     FactoryJob::Control { ic, epoch, dev, pd } => Request::SpareControlVi {
                         ic,
                         epoch,
@@ -538,6 +559,7 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
     Factory {
         jobs: tx,
         urgent: urgent_tx,
+        idle: idle_tx,
     }
 }
 
@@ -558,6 +580,16 @@ struct ClientSlot {
     pds: BTreeMap<InterconnectId, ClientTag>,
     bindings: BTreeMap<Generation, Binding>,
     resumed: bool,
+    /// Per interconnect: VIs made ahead of time (with the device epoch they were made at), so a failover
+    /// (or failback, or reset) there hands them out instead of creating VIs on its critical path. Refilled
+    /// on the factory's idle queue while the client runs.
+    spares: BTreeMap<InterconnectId, (u64, Vec<RcChannel>, ClientTag)>,
+    /// Spares asked of the factory: interconnect and device epoch.
+    spares_asked: BTreeMap<InterconnectId, u64>,
+    /// How many VIs the client's latest binding asked for (the size of its spares).
+    vi_count: u8,
+    /// Whether the client runs (told Ready, not stopped since): spares are refilled only then.
+    running: bool,
     meter: ByteMeter,
 }
 
@@ -802,6 +834,7 @@ impl Driver {
             self.input(Input::Timer);
         }
         lap("timers", &mut since);
+        self.refill_spares();
         if self.last_sample.elapsed() >= self.manager.config().balance_period {
             self.last_sample = Instant::now();
             self.sample_load();
@@ -871,6 +904,10 @@ impl Driver {
                             pds: BTreeMap::new(),
                             bindings: BTreeMap::new(),
                             resumed: false,
+                            spares: BTreeMap::new(),
+                            spares_asked: BTreeMap::new(),
+                            vi_count: spec.vi_count,
+                            running: false,
                             meter,
                         },
                     );
@@ -897,6 +934,7 @@ impl Driver {
                 }
                 Request::Shutdown => self.stop = true,
                 Request::VisCreated(done) => self.vis_created(*done),
+                Request::SpareClientVis(done) => self.spare_made(*done),
                 Request::VisConnected(done) => self.vis_connected(*done),
                 Request::SpareControlVi { ic, epoch, result } => {
                     let slot = &mut self.ics[ic];
@@ -1410,6 +1448,8 @@ impl Driver {
                         self.sessions.remove(&id);
                     }
                     for c in self.clients.values_mut() {
+                        c.spares.remove(&ic);
+                        c.spares_asked.remove(&ic);
                         c.pds.remove(&ic);
                         c.bindings.retain(|_, b| b.ic != ic);
                     }
@@ -1469,6 +1509,22 @@ impl Driver {
         generation: Generation,
         count: u8,
     ) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.vi_count = count;
+        }
+        if let Some((vis, tag)) = self.take_spare(client, ic, count) {
+            self.record(format!(
+                "client {}: spare VIs handed out on interconnect {}",
+                client.0, ic.0
+            ));
+            self.vis_created(VisDone {
+                client,
+                ic,
+                generation,
+                result: Ok((vis, tag)),
+            });
+            return;
+        }
         let (Some(dev), Some(c)) = (
             self.ics[ic.0 as usize].dev.clone(),
             self.clients.get(&client),
@@ -1493,6 +1549,93 @@ impl Driver {
                 ic,
                 vi: ViRef::Client(client, generation),
             });
+        }
+    }
+
+    /// The client's spare VIs on `ic`, if they were made on the device as it is now and are as many as
+    /// asked (others are torn down).
+    fn take_spare(
+        &mut self,
+        client: ClientId,
+        ic: InterconnectId,
+        count: u8,
+    ) -> Option<(Vec<RcChannel>, ClientTag)> {
+        let epoch = self.ics[ic.0 as usize].epoch;
+        let present = self.ics[ic.0 as usize].dev.is_some();
+        let (e, vis, tag) = self.clients.get_mut(&client)?.spares.remove(&ic)?;
+        if present && e == epoch && vis.len() == count as usize {
+            return Some((vis, tag));
+        }
+        self.reap(Doomed::Channels(vis));
+        None
+    }
+
+    /// Ask the factory's idle queue for the spare VIs a running client lacks, on every interconnect
+    /// whose device is open (cheap when nothing is missing: a look at each client).
+    fn refill_spares(&mut self) {
+        for (&id, c) in self.clients.iter_mut() {
+            if !c.running {
+                continue;
+            }
+            for (i, d) in self.ics.iter().enumerate() {
+                let ic = InterconnectId(i as u8);
+                let Some(dev) = &d.dev else { continue };
+                let have = c.spares.get(&ic).is_some_and(|s| s.0 == d.epoch)
+                    || c.spares_asked.get(&ic) == Some(&d.epoch);
+                if have {
+                    continue;
+                }
+                let job = VisJob {
+                    client: id,
+                    ic,
+                    generation: Generation(0),
+                    count: c.vi_count,
+                    dev: dev.clone(),
+                    memory: c.memory.clone(),
+                    tag: c.pds.get(&ic).cloned(),
+                };
+                if self.factory.send(FactoryJob::Spare(job, d.epoch)).is_ok() {
+                    c.spares_asked.insert(ic, d.epoch);
+                }
+            }
+        }
+    }
+
+    /// Spare VIs back from the factory: kept if the device is still the one they were made on.
+    fn spare_made(&mut self, done: SpareDone) {
+        let SpareDone {
+            client,
+            ic,
+            epoch,
+            result,
+        } = done;
+        let current = self.ics[ic.0 as usize].epoch;
+        let present = self.ics[ic.0 as usize].dev.is_some();
+        let Some(c) = self.clients.get_mut(&client) else {
+            if let Ok((vis, _)) = result {
+                self.reap(Doomed::Channels(vis));
+            }
+            return;
+        };
+        if c.spares_asked.get(&ic) == Some(&epoch) {
+            c.spares_asked.remove(&ic);
+        }
+        match result {
+            Ok((vis, tag)) if present && epoch == current => {
+                c.pds.entry(ic).or_insert_with(|| tag.clone());
+                if let Some((_, old, _)) = c.spares.insert(ic, (epoch, vis, tag)) {
+                    self.reap(Doomed::Channels(old));
+                }
+            }
+            Ok((vis, _)) => self.reap(Doomed::Channels(vis)),
+            Err(e) => {
+                // Not asked again until the client is told Ready again: no retry storm on a sick device.
+                c.running = false;
+                self.record(format!(
+                    "client {}: spare VIs on interconnect {}: {e}",
+                    client.0, ic.0
+                ));
+            }
         }
     }
 
@@ -1624,6 +1767,7 @@ impl Driver {
                 };
                 let resumed = c.resumed;
                 c.resumed = true;
+                c.running = true;
                 ClientNotice::Ready {
                     ic,
                     generation,
@@ -1633,10 +1777,14 @@ impl Driver {
                     partner,
                 }
             }
-            ClientEvent::Stop { ic } => ClientNotice::Stop { ic },
+            ClientEvent::Stop { ic } => {
+                c.running = false;
+                ClientNotice::Stop { ic }
+            }
             ClientEvent::PartnerSuspect => ClientNotice::PartnerSuspect,
             ClientEvent::PartnerDown => {
                 c.resumed = false;
+                c.running = false;
                 ClientNotice::PartnerDown
             }
             ClientEvent::PartnerClosed => ClientNotice::PartnerClosed,

@@ -540,6 +540,10 @@ fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
             .flat_map(|h| h.status().events)
             .filter(|e| [
                 "StopClients",
+                "ClientReset",
+                "Failover",
+                "Failback",
+                "Migrate",
                 "driver turn",
                 "Reinit",
                 "path",

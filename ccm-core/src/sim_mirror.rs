@@ -114,6 +114,25 @@ pub struct Report {
     pub reapplied: u64,
 }
 
+impl Report {
+    /// Adds another run's counts to these totals.
+    pub fn add(&mut self, r: &Report) {
+        self.appended += r.appended;
+        self.ring_full += r.ring_full;
+        self.batches += r.batches;
+        self.placed += r.placed;
+        self.duplicates += r.duplicates;
+        for (t, c) in self.cuts.iter_mut().zip(r.cuts) {
+            *t += c;
+        }
+        self.links += r.links;
+        self.partner_crashes += r.partner_crashes;
+        self.writer_crashes += r.writer_crashes;
+        self.torn_appends += r.torn_appends;
+        self.reapplied += r.reapplied;
+    }
+}
+
 /// A broken invariant.
 #[derive(Clone, Debug)]
 pub struct Failure {
@@ -952,20 +971,7 @@ mod tests {
     fn the_faults_are_exercised() {
         let mut t = Report::default();
         for seed in 0..50 {
-            let r = run_seed(seed).unwrap_or_else(|f| panic!("{f}"));
-            t.ring_full += r.ring_full;
-            t.duplicates += r.duplicates;
-            for k in 0..3 {
-                t.cuts[k] += r.cuts[k];
-            }
-            t.partner_crashes += r.partner_crashes;
-            t.writer_crashes += r.writer_crashes;
-            t.torn_appends += r.torn_appends;
-            t.reapplied += r.reapplied;
-            t.appended += r.appended;
-            t.batches += r.batches;
-            t.links += r.links;
-            t.placed += r.placed;
+            t.add(&run_seed(seed).unwrap_or_else(|f| panic!("{f}")));
         }
         assert!(t.ring_full > 0 && t.duplicates > 0, "{t:?}");
         assert!(t.cuts.iter().all(|&c| c > 0), "{t:?}");

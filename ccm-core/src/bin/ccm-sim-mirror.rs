@@ -120,7 +120,7 @@ fn main() -> ExitCode {
                     Ok(r) => {
                         let mut t = total.lock().expect("poisoned");
                         t.0 += 1;
-                        add(&mut t.1, &r);
+                        t.1.add(&r);
                     }
                     Err(f) => {
                         stop.store(true, Ordering::Relaxed);
@@ -161,20 +161,4 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
-}
-
-fn add(t: &mut Report, r: &Report) {
-    t.appended += r.appended;
-    t.ring_full += r.ring_full;
-    t.batches += r.batches;
-    t.placed += r.placed;
-    t.duplicates += r.duplicates;
-    for k in 0..3 {
-        t.cuts[k] += r.cuts[k];
-    }
-    t.links += r.links;
-    t.partner_crashes += r.partner_crashes;
-    t.writer_crashes += r.writer_crashes;
-    t.torn_appends += r.torn_appends;
-    t.reapplied += r.reapplied;
 }

@@ -104,6 +104,10 @@
 //!   before it is declared down; short against takeover timeouts (NetApp: 15 s).
 //! * `failback_hold_down` 500 ms: fifty heartbeat periods of uninterrupted health before clients
 //!   move back (corosync waits for two pongs; we prefer fewer needless moves).
+//! * `home_grace` 150 ms: the interconnects of a pair come up one after the other (43 ms apart in a
+//!   loaded lab guest); without it a client whose home is the later one is started on the other link
+//!   and moved home after the hold-down, a Stop and a Resumed for nothing. Fifteen heartbeat periods
+//!   bound what a client waits when its home really is broken (and a downed port is not waited for).
 //! * `balance_period` 100 ms, `balance_window` 1 s, watermarks 80 % / 60 %, `balance_dwell` 2 s:
 //!   ten samples smooth bursts; the 20-point gap between the watermarks means a move never makes
 //!   its target a candidate to move back; the dwell (four hold-downs) bounds each client to one
@@ -168,6 +172,9 @@ pub struct Config {
     pub partner_down_after: Duration,
     /// How long a home interconnect must be healthy before clients fail back to it.
     pub failback_hold_down: Duration,
+    /// After the partner becomes reachable, how long an unplaced client waits for its home
+    /// interconnect (port up, still coming up) before it is placed on another one.
+    pub home_grace: Duration,
     /// Longest wait for outstanding VI creations before a batch (425) is sent anyway.
     pub batch_window: Duration,
     /// First back-off before a client pair whose VI failed on a healthy link is bound again.
@@ -244,6 +251,7 @@ impl Config {
             backoff_max: Duration::from_millis(100),
             partner_down_after: Duration::from_millis(500),
             failback_hold_down: Duration::from_millis(500),
+            home_grace: Duration::from_millis(150),
             batch_window: Duration::from_millis(2),
             client_backoff_min: Duration::from_millis(10),
             client_backoff_max: Duration::from_secs(1),
@@ -1024,6 +1032,8 @@ pub struct Manager {
     armed: Option<Time>,
     now: Time,
     last_migration: Option<Time>,
+    /// When the partner last became reachable (the start of the home grace).
+    partner_up_at: Option<Time>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -1074,6 +1084,7 @@ impl Manager {
             armed: None,
             now,
             last_migration: None,
+            partner_up_at: None,
         };
         for i in 0..m.links.len() {
             if m.cfg.is_placer() {
@@ -1129,6 +1140,12 @@ impl Manager {
         }
         if let Partner::Suspect { down_at, .. } = self.partner {
             at(down_at);
+        }
+        // Wake up when the home grace ends, to place clients that waited for their home.
+        if let Some(t) = self.partner_up_at.map(|t| t + self.cfg.home_grace) {
+            if self.cfg.is_placer() && t > self.now {
+                at(t);
+            }
         }
         if self.cfg.is_placer() {
             for c in self.clients.values() {
@@ -1637,6 +1654,9 @@ impl Manager {
     }
 
     fn partner_reached(&mut self, now: Time, i: usize, incarnation: u64) {
+        if !matches!(self.partner, Partner::Up { incarnation: x } if x == incarnation) {
+            self.partner_up_at = Some(now);
+        }
         match self.partner {
             Partner::Up { incarnation: x } if x == incarnation => {}
             Partner::Suspect { incarnation: x, .. } if x == incarnation => {
@@ -2433,6 +2453,10 @@ impl Manager {
                 None if prefer.is_some_and(|p| views[p.0 as usize].healthy) => {
                     (prefer.expect("checked"), None)
                 }
+                // Bring-up: the home is still coming up, so the client waits for it a little.
+                None if !views[home.0 as usize].healthy && self.home_coming_up(home, now) => {
+                    continue
+                }
                 None => match placement::choose_link(home, &views) {
                     Some(to) => (to, None),
                     None => continue,
@@ -2481,6 +2505,17 @@ impl Manager {
         if measuring {
             self.balance(now);
         }
+    }
+
+    /// Whether an unplaced client should wait for its home `ic`: the partner became reachable less
+    /// than `home_grace` ago and the home's port is up (it is still connecting or handshaking).
+    fn home_coming_up(&self, ic: InterconnectId, now: Time) -> bool {
+        let l = &self.links[ic.0 as usize];
+        l.port_up
+            && !matches!(l.phase, Phase::PortDown)
+            && self
+                .partner_up_at
+                .is_some_and(|t| now < t + self.cfg.home_grace)
     }
 
     /// A new binding (generation) of `id` on `to` with `vi_count` VIs: 420 starts.

@@ -467,8 +467,13 @@ fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
     let (h1, h2) = (pair.handle(0), pair.handle(1));
     wait_until(
         Duration::from_secs(10),
-        "the first client settled on its home",
-        || link_of(&h1, 1) == Some(0),
+        "the first client Ready on its home on both nodes",
+        || {
+            [&h1, &h2].iter().all(|h| {
+                client_state(h, 1).is_some_and(|s| s.starts_with("Ready"))
+                    && link_of(h, 1) == Some(0)
+            })
+        },
     );
     let first = pair.counters[1].clone();
     let stops_before = first.stops.load(Ordering::Relaxed);

@@ -1057,3 +1057,100 @@ fn on_failover_the_answering_node_sends_its_vi_addresses_before_its_own_slam_con
         ]
     );
 }
+
+impl Pair {
+    /// Interconnect `ic` carries nothing from now on (its first sessions included) until uncut.
+    fn cut_from_start(&mut self, ic: u8) {
+        self.cut[ic as usize] = true;
+        self.queue
+            .retain(|(_, _, i)| !matches!(i, Input::SessionEstablished { ic: x, .. } if x.0 == ic));
+    }
+
+    fn moves(&self, n: usize) -> Vec<&Step> {
+        self.steps[n]
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| matches!(s, Step::Failover { .. } | Step::Failback { .. }))
+            .collect()
+    }
+}
+
+#[test]
+fn at_bring_up_a_client_waits_for_its_home_link_that_comes_up_a_little_later() {
+    let mut p = Pair::standard(2);
+    p.cut_from_start(0);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(60));
+    assert_eq!(p.m[0].link_status()[1], LinkStatus::Up);
+    assert_eq!(p.ready_on(0, 1), None, "not started on the other link");
+    p.cut[0] = false;
+    p.run_for(Duration::from_millis(1000));
+    for n in 0..2 {
+        assert_eq!(p.ready_on(n, 1), Some(InterconnectId(0)));
+        assert_eq!(
+            p.events_of(n, 1)
+                .iter()
+                .filter(|e| matches!(e, ClientEvent::Stop { .. }))
+                .count(),
+            0,
+            "never stopped"
+        );
+        assert!(
+            p.moves(n).is_empty(),
+            "no failover and failback: {:?}",
+            p.moves(n)
+        );
+    }
+}
+
+#[test]
+fn at_bring_up_a_client_whose_home_stays_broken_starts_elsewhere_after_the_grace_and_goes_home_later(
+) {
+    let mut p = Pair::standard(2);
+    let grace = p.m[0].config().home_grace;
+    p.cut_from_start(0);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(grace - Duration::from_millis(10));
+    assert_eq!(
+        p.ready_on(0, 1),
+        None,
+        "waits for its home during the grace"
+    );
+    p.run_for(Duration::from_millis(30));
+    assert_eq!(
+        p.ready_on(0, 1),
+        Some(InterconnectId(1)),
+        "then takes the other link"
+    );
+    assert_eq!(p.ready_on(1, 1), Some(InterconnectId(1)));
+    p.cut[0] = false;
+    p.run_for(Duration::from_millis(1000));
+    assert_eq!(
+        p.ready_on(0, 1),
+        Some(InterconnectId(0)),
+        "home after the hold-down"
+    );
+    assert_eq!(p.ready_on(1, 1), Some(InterconnectId(0)));
+}
+
+#[test]
+fn at_bring_up_a_client_whose_home_port_is_down_does_not_wait() {
+    let mut p = Pair::standard(2);
+    p.cut_from_start(0);
+    for n in 0..2 {
+        p.input(
+            n,
+            Input::PortState {
+                ic: InterconnectId(0),
+                up: false,
+            },
+        );
+    }
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(10));
+    assert_eq!(p.ready_on(0, 1), Some(InterconnectId(1)));
+    assert_eq!(p.ready_on(1, 1), Some(InterconnectId(1)));
+}

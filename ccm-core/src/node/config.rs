@@ -12,6 +12,7 @@
 //! heartbeat_misses = 3
 //! partner_down_ms = 500
 //! failback_hold_down_ms = 500
+//! home_grace_ms = 150            # at bring-up, how long a client waits for its home interconnect
 //!
 //! [balance]                      # optional; adaptive balancing by measured bandwidth
 //! period_ms = 100                # sampling period (and the shortest time between two migrations)
@@ -109,6 +110,7 @@ struct RawTiming {
     heartbeat_misses: Option<u32>,
     partner_down_ms: Option<u64>,
     failback_hold_down_ms: Option<u64>,
+    home_grace_ms: Option<u64>,
     connect_ms: Option<u64>,
     handshake_ms: Option<u64>,
 }
@@ -242,6 +244,8 @@ pub struct Timing {
     pub partner_down: Duration,
     /// Health required before clients fail back.
     pub failback_hold_down: Duration,
+    /// At bring-up, how long an unplaced client waits for its home interconnect.
+    pub home_grace: Duration,
     /// Bound on one connect of the initial session.
     pub connect: Duration,
     /// Bound on the whole peer-info exchange.
@@ -373,6 +377,13 @@ impl NodeConfig {
                 d.failback_hold_down,
                 0,
                 3_600_000,
+            )?,
+            home_grace: ms(
+                raw.timing.home_grace_ms,
+                "home_grace_ms",
+                d.home_grace,
+                0,
+                60_000,
             )?,
             connect: ms(
                 raw.timing.connect_ms,
@@ -667,6 +678,7 @@ impl NodeConfig {
         c.heartbeat_misses = self.timing.heartbeat_misses;
         c.partner_down_after = self.timing.partner_down;
         c.failback_hold_down = self.timing.failback_hold_down;
+        c.home_grace = self.timing.home_grace;
         c.connect_timeout = self.timing.connect;
         c.handshake_timeout = self.timing.handshake;
         c.capacity = self.interconnects.iter().map(|i| i.capacity).collect();

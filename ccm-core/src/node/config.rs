@@ -6,6 +6,7 @@
 //! cluster = 7
 //! secret_file = "/etc/ccm/secret" # the shared cluster secret (at least 16 bytes; never sent, never logged)
 //! status_socket = "/run/ccm-a.sock"
+//! realtime = true                # driver thread at SCHED_FIFO 1 when permitted (CAP_SYS_NICE), as corosync
 //!
 //! [timing]                       # optional; defaults derived in ccm_core::manager
 //! heartbeat_ms = 10
@@ -92,6 +93,7 @@ struct RawConfig {
     cluster: u64,
     secret_file: PathBuf,
     status_socket: Option<PathBuf>,
+    realtime: Option<bool>,
     #[serde(default)]
     timing: RawTiming,
     protocol: Option<RawProtocol>,
@@ -265,6 +267,9 @@ pub struct NodeConfig {
     pub secret_file: PathBuf,
     /// Where `ccm status` finds the node.
     pub status_socket: PathBuf,
+    /// Whether the driver thread asks for real-time scheduling (SCHED_FIFO, lowest real-time
+    /// priority), so heartbeats are not starved by the node's own busy clients.
+    pub realtime: bool,
     /// Manager timings.
     pub timing: Timing,
     /// Adaptive balancing.
@@ -637,6 +642,7 @@ impl NodeConfig {
             status_socket: raw
                 .status_socket
                 .unwrap_or_else(|| PathBuf::from(format!("/run/ccm-node-{}.sock", raw.node))),
+            realtime: raw.realtime.unwrap_or(true),
             timing,
             balance,
             interconnects,

@@ -286,10 +286,16 @@ impl Node {
         );
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "manager created");
         let factory = spawn_vi_factory(handle.tx.clone(), handle.wake.clone());
+        let realtime = cfg.realtime;
         let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status, factory);
         let thread = std::thread::Builder::new()
             .name("ccm-node".into())
-            .spawn(move || driver.run())
+            .spawn(move || {
+                if realtime {
+                    driver.run_realtime();
+                }
+                driver.run()
+            })
             .map_err(|e| NodeError::Io {
                 what: "spawn".into(),
                 source: e,
@@ -613,6 +619,7 @@ struct Driver {
     first_heartbeat_logged: bool,
     first_heartbeat_received: bool,
     first_heartbeat_ms: Option<f64>,
+    realtime: bool,
     link_failures: u64,
     factory: Factory,
     stop: bool,
@@ -671,6 +678,7 @@ impl Driver {
             first_heartbeat_logged: false,
             first_heartbeat_received: false,
             first_heartbeat_ms: None,
+            realtime: false,
             link_failures: 0,
             factory,
             stop: false,
@@ -748,6 +756,30 @@ impl Driver {
         self.sessions.clear();
         self.clients.clear();
         self.publish_status();
+    }
+
+    /// Puts this (the driver) thread on SCHED_FIFO at the lowest real-time priority, as cluster
+    /// heartbeat daemons do (corosync runs SCHED_RR): any runnable client thread of the node would
+    /// otherwise delay heartbeats and control-VI polling by whole scheduler time slices, and the
+    /// partner would fail a healthy link. The thread blocks in `poll(2)` whenever it is idle, so it
+    /// takes the CPU only for its short turns. Without the privilege (CAP_SYS_NICE) it says so and
+    /// stays at normal priority.
+    fn run_realtime(&mut self) {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+            ThreadPriority, ThreadSchedulePolicy,
+        };
+        let policy = ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo);
+        match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy) {
+            Ok(()) => {
+                self.realtime = true;
+                self.record("driver thread on SCHED_FIFO (real-time, lowest priority)".into());
+            }
+            Err(e) => self.record(format!(
+                "driver thread stays at normal priority: real-time scheduling refused ({e:?}); \
+                 heartbeats may be delayed by busy client threads"
+            )),
+        }
     }
 
     fn open_device(&mut self, i: usize) {
@@ -1820,6 +1852,7 @@ impl Driver {
             events: self.events.clone(),
             link_failures: self.link_failures,
             first_heartbeat_ms: self.first_heartbeat_ms,
+            driver_realtime: self.realtime,
         };
         let load = self.manager.link_load();
         for (i, ic) in self.ics.iter().enumerate() {

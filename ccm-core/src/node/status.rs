@@ -110,14 +110,25 @@ pub struct NodeStatus {
     /// When the first heartbeat from the partner arrived, in milliseconds since start.
     #[serde(default)]
     pub first_heartbeat_ms: Option<f64>,
+    /// Whether the driver thread runs with real-time scheduling (see `realtime` in the config).
+    #[serde(default)]
+    pub driver_realtime: bool,
 }
 
 impl NodeStatus {
     /// The human table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "node {}  partner {} is {}  up {:.0} ms\n\nINTERCONNECT  DEVICE  ADDRESS       PORT    STATE        LOAD                     CLIENTS\n",
-            self.node, self.partner, self.partner_state, self.uptime_ms
+            "node {}  partner {} is {}  up {:.0} ms  driver {}\n\nINTERCONNECT  DEVICE  ADDRESS       PORT    STATE        LOAD                     CLIENTS\n",
+            self.node,
+            self.partner,
+            self.partner_state,
+            self.uptime_ms,
+            if self.driver_realtime {
+                "real-time"
+            } else {
+                "normal priority"
+            }
         );
         for i in &self.interconnects {
             let load = i.load.as_ref().map_or("-".to_string(), |l| {

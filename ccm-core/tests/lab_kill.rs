@@ -28,12 +28,14 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn write_config(dir: &Path, side: &str) {
+/// Node A's writer appends 1000 entries a second for `load_seconds` once its mirror is first ready
+/// (it waits for each entry to be durable, so it stalls while B is away and the clock runs on).
+fn write_config(dir: &Path, side: &str, load_seconds: u32) {
     let (id, me, peer) = if side == "a" { (1, 1, 2) } else { (2, 2, 1) };
     let load = if side == "a" {
-        "mirror_load_per_sec = 1000\nmirror_load_seconds = 8"
+        format!("mirror_load_per_sec = 1000\nmirror_load_seconds = {load_seconds}")
     } else {
-        ""
+        String::new()
     };
     let text = format!(
         r#"node = {id}
@@ -124,7 +126,7 @@ impl Drop for Kill {
 }
 
 /// A fresh test directory with both nodes' configurations, and no mirror files left from an earlier test.
-fn setup(test: &str) -> std::path::PathBuf {
+fn setup(test: &str, load_seconds: u32) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ccm-kill-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("secret"), "kill test secret 0123456789\n").unwrap();
@@ -132,12 +134,12 @@ fn setup(test: &str) -> std::path::PathBuf {
         for suffix in ["", ".mirror", ".mirror.state", ".state"] {
             let _ = std::fs::remove_file(format!("/dev/shm/ccm-kill-nvram-{side}{suffix}"));
         }
-        write_config(&dir, side);
+        write_config(&dir, side, load_seconds);
     }
     dir
 }
 
-/// Wait until node A's writer is done (its load runs 8 s) and B applied everything; then A's log and B's
+/// Wait until node A's writer is done (its load runs 8 or 20 s) and B applied everything; then A's log and B's
 /// mirror of it must have the same checksum. Returns A's and B's mirror details.
 fn wait_caught_up(dir: &Path) -> (Value, Value) {
     wait_until(
@@ -173,7 +175,9 @@ fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
     ) else {
         return;
     };
-    let dir = setup("partner");
+    // The writer must still be running when B is back: a kill, the partner-down decision and B's
+    // restart take several seconds in a loaded guest, and the writer's clock runs while it waits.
+    let dir = setup("partner", 20);
     let _logs = DumpLogs(dir.clone());
     let mut procs = Kill(vec![start(&dir, "a"), start(&dir, "b")]);
     wait_until(
@@ -227,7 +231,7 @@ fn a_killed_writer_continues_its_log_and_loses_nothing() {
     else {
         return;
     };
-    let dir = setup("writer");
+    let dir = setup("writer", 8);
     let _logs = DumpLogs(dir.clone());
     let mut procs = Kill(vec![start(&dir, "a"), start(&dir, "b")]);
     wait_until(

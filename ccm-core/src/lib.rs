@@ -24,6 +24,7 @@ pub mod manager;
 pub mod mirror;
 pub mod node;
 pub mod placement;
+pub mod seeds;
 pub mod sim;
 pub mod sim_mirror;
 pub mod wire;

@@ -115,6 +115,22 @@ pub struct Report {
     pub end: Time,
 }
 
+impl Report {
+    /// Adds another run's counts to these totals (`end` becomes the later of the two).
+    pub fn add(&mut self, r: &Report) {
+        self.events += r.events;
+        self.faults += r.faults;
+        self.delivered += r.delivered;
+        self.lost += r.lost;
+        self.readies += r.readies;
+        self.stops += r.stops;
+        self.partner_downs += r.partner_downs;
+        self.client_resets += r.client_resets;
+        self.migrations += r.migrations;
+        self.end = self.end.max(r.end);
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Fault {
     LinkDown {

@@ -8,10 +8,8 @@
 //! ```
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
 
+use ccm_core::seeds::run_seeds;
 use ccm_core::sim_mirror::{run, Bug, Config, Failure, Report};
 
 struct Args {
@@ -100,41 +98,21 @@ fn main() -> ExitCode {
             }
         };
     }
-    let t0 = Instant::now();
-    let next = AtomicU64::new(args.start);
-    let end = args.start + args.seeds;
-    let stop = AtomicBool::new(false);
-    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
-    let total: Mutex<(u64, Report)> = Mutex::new((0, Report::default()));
-    std::thread::scope(|s| {
-        for _ in 0..args.threads {
-            s.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
-                    return;
-                }
-                match run(config(seed)) {
-                    Ok(r) => {
-                        let mut t = total.lock().expect("poisoned");
-                        t.0 += 1;
-                        t.1.add(&r);
-                    }
-                    Err(f) => {
-                        stop.store(true, Ordering::Relaxed);
-                        failures.lock().expect("poisoned").push(f);
-                    }
-                }
-            });
-        }
-    });
-    let (done, t) = total.into_inner().expect("poisoned");
-    println!(
-        "{done} seeds ok ({}..{end}), {:.1} s on {} threads",
+    let r = run_seeds(
         args.start,
-        t0.elapsed().as_secs_f64(),
+        args.seeds,
+        args.threads,
+        |seed| run(config(seed)),
+        Report::add,
+        |f: &Failure| f.seed,
+    );
+    let t = &r.total;
+    println!(
+        "{} seeds ok ({}..{}), {:.1} s on {} threads",
+        r.passed,
+        args.start,
+        args.start + args.seeds,
+        r.elapsed.as_secs_f64(),
         args.threads
     );
     println!(
@@ -154,9 +132,7 @@ fn main() -> ExitCode {
         t.writer_crashes,
         t.torn_appends
     );
-    let mut failures = failures.into_inner().expect("poisoned");
-    failures.sort_by_key(|f| f.seed);
-    if let Some(f) = failures.first() {
+    if let Some(f) = &r.failure {
         eprintln!("FAILED {f}");
         return ExitCode::FAILURE;
     }

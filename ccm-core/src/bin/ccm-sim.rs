@@ -7,11 +7,9 @@
 //! ```
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
 
-use ccm_core::sim::{run_seed, trace_seed, Failure};
+use ccm_core::seeds::run_seeds;
+use ccm_core::sim::{run_seed, trace_seed, Failure, Report};
 
 struct Args {
     seeds: u64,
@@ -79,70 +77,29 @@ fn main() -> ExitCode {
             }
         };
     }
-    let t0 = Instant::now();
-    let next = AtomicU64::new(args.start);
-    let end = args.start + args.seeds;
-    let stop = AtomicBool::new(false);
-    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
-    let events = AtomicU64::new(0);
-    let stops = AtomicU64::new(0);
-    let downs = AtomicU64::new(0);
-    let readies = AtomicU64::new(0);
-    let lost = AtomicU64::new(0);
-    let resets = AtomicU64::new(0);
-    let migrations = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..args.threads {
-            s.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= end {
-                    return;
-                }
-                match run_seed(seed) {
-                    Ok(r) => {
-                        events.fetch_add(r.events, Ordering::Relaxed);
-                        stops.fetch_add(r.stops, Ordering::Relaxed);
-                        downs.fetch_add(r.partner_downs, Ordering::Relaxed);
-                        readies.fetch_add(r.readies, Ordering::Relaxed);
-                        lost.fetch_add(r.lost, Ordering::Relaxed);
-                        resets.fetch_add(r.client_resets, Ordering::Relaxed);
-                        migrations.fetch_add(r.migrations, Ordering::Relaxed);
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(f) => {
-                        stop.store(true, Ordering::Relaxed);
-                        failures.lock().expect("poisoned").push(f);
-                    }
-                }
-            });
-        }
-    });
-    let el = t0.elapsed();
-    let mut failures = failures.into_inner().expect("poisoned");
-    failures.sort_by_key(|f| f.seed);
+    let r = run_seeds(
+        args.start,
+        args.seeds,
+        args.threads,
+        run_seed,
+        Report::add,
+        |f: &Failure| f.seed,
+    );
+    let t = &r.total;
     println!(
         "{} seeds ok ({}..{}), {} events, {:.1} s on {} threads",
-        done.load(Ordering::Relaxed),
+        r.passed,
         args.start,
-        end,
-        events.load(Ordering::Relaxed),
-        el.as_secs_f64(),
+        args.start + args.seeds,
+        t.events,
+        r.elapsed.as_secs_f64(),
         args.threads
     );
     println!(
         "clients told ready/resumed {}, stop {}, partner-down {}; client resets {}, migrations {}; messages lost to broken sessions {}",
-        readies.load(Ordering::Relaxed),
-        stops.load(Ordering::Relaxed),
-        downs.load(Ordering::Relaxed),
-        resets.load(Ordering::Relaxed),
-        migrations.load(Ordering::Relaxed),
-        lost.load(Ordering::Relaxed)
+        t.readies, t.stops, t.partner_downs, t.client_resets, t.migrations, t.lost
     );
-    if let Some(f) = failures.first() {
+    if let Some(f) = &r.failure {
         eprintln!("FAILED {f}");
         return ExitCode::FAILURE;
     }

@@ -81,27 +81,6 @@ enum Cmd {
         #[arg(long)]
         b: PathBuf,
     },
-    /// The failover bench's JSON (scripts/bench-failover): gaps the mirror saw, lost, duplicated, needless.
-    FailoverSummary {
-        /// Node A's status socket (the writer).
-        #[arg(long)]
-        a: PathBuf,
-        /// Node B's status socket.
-        #[arg(long)]
-        b: PathBuf,
-        /// Only print how many times node A's mirror was stopped so far.
-        #[arg(long)]
-        stops_only: bool,
-        /// Cuts made.
-        #[arg(long, default_value_t = 0)]
-        cuts: u32,
-        /// Mirror stops during the quiet period (needless failovers).
-        #[arg(long, default_value_t = 0)]
-        quiet_stops: u64,
-        /// Length of the quiet period.
-        #[arg(long, default_value_t = 0.0)]
-        quiet_seconds: f64,
-    },
 }
 
 fn main() -> ExitCode {
@@ -138,14 +117,6 @@ fn main() -> ExitCode {
         }
         Cmd::Where { socket, client } => where_is(&socket, &client),
         Cmd::Summary { a, b } => summary(&a, &b),
-        Cmd::FailoverSummary {
-            a,
-            b,
-            stops_only,
-            cuts,
-            quiet_stops,
-            quiet_seconds,
-        } => failover_summary(&a, &b, stops_only, cuts, quiet_stops, quiet_seconds),
     };
     match result {
         Ok(code) => code,
@@ -415,69 +386,6 @@ fn settled(a: &Path, b: &Path) -> Result<(Value, Value), Box<dyn std::error::Err
             break (va, vb);
         }
         std::thread::sleep(Duration::from_millis(100));
-    })
-}
-
-fn failover_summary(
-    a: &Path,
-    b: &Path,
-    stops_only: bool,
-    cuts: u32,
-    quiet_stops: u64,
-    quiet_seconds: f64,
-) -> Res {
-    if stops_only {
-        let va = fetch(a)?;
-        println!(
-            "{}",
-            detail(&va, "mirror")
-                .and_then(|m| m["stops"].as_u64())
-                .unwrap_or(0)
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (va, vb) = settled(a, b)?;
-    let (Some(ma), Some(mb)) = (detail(&va, "mirror"), detail(&vb, "mirror")) else {
-        return Err("both nodes need a mirror client".into());
-    };
-    let mut gaps: Vec<f64> = ma["stalls_ms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_f64())
-        .collect();
-    gaps.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        gaps.get(((gaps.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-    };
-    let durable = ma["durable"].as_u64().unwrap_or(0);
-    let applied = mb["partner_applied"].as_u64().unwrap_or(0);
-    let entries = mb["partner_entries"].as_u64().unwrap_or(0);
-    let lost = durable.saturating_sub(applied);
-    let duplicated = entries.saturating_sub(applied);
-    let same = ma["local_digest"] == mb["mirror_digest"];
-    let out = json!({
-        "bench": "failover",
-        "cuts": cuts,
-        "gaps_ms": gaps,
-        "gap_ms_p50": pick(0.5),
-        "gap_ms_max": gaps.last(),
-        "detect_ms_p50": Value::Null,
-        "detect_note": "port-down is event driven (polled every 2 ms); silent loss waits heartbeat_ms x heartbeat_misses; the gap includes detection",
-        "lost": lost,
-        "duplicated": duplicated,
-        "needless_failovers": quiet_stops,
-        "quiet_seconds": quiet_seconds,
-        "appended": ma["appended"], "durable": durable, "applied_on_partner": applied,
-        "checksums_equal": same,
-        "latency_us": ma["latency_us"],
-    });
-    println!("{out}");
-    Ok(if lost == 0 && duplicated == 0 && same {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
     })
 }
 

@@ -77,6 +77,17 @@
 //! measurements exist, the failover target (Fig. 9) is the least utilised healthy link by measured
 //! load; before, by the class weights.
 //!
+//! The balancer decides when a period's measurements arrive ([`Input::Measured`]), not on timers.
+//!
+//! # Cost per event
+//! Placement runs after an event only when the event can change it: a sign of life on an up link
+//! (a heartbeat, an acknowledged control-VI send, a pause) only moves that link's silence deadline,
+//! and a timer that only sent heartbeats skips placement unless a link or the partner changed state
+//! or a placement deadline (hold-down end, home grace end, client back-off) passed. Static homes are
+//! recomputed only when clients come or go. With 64 clients per node this keeps heartbeat handling
+//! from growing with the number of clients (in the lab's emulated guest a placement pass over 64
+//! clients cost milliseconds, and hundreds of them a second starved the driver thread).
+//!
 //! # Link monitor and partner state
 //! Every up interconnect carries a [`Heartbeat`] each `heartbeat_period`; any message counts as a sign
 //! of life, and `heartbeat_misses` periods of silence fail the interconnect. When one interconnect
@@ -1034,6 +1045,11 @@ pub struct Manager {
     last_migration: Option<Time>,
     /// When the partner last became reachable (the start of the home grace).
     partner_up_at: Option<Time>,
+    /// Every client's static home (Fig. 8) and the `registration_seq` it was computed for: it only
+    /// changes when clients come or go, and placement runs after every event.
+    homes: (u64, BTreeMap<ClientId, InterconnectId>),
+    /// When placement last ran (see `timer_needs_placement`).
+    placed_at: Time,
 }
 
 impl std::fmt::Debug for Manager {
@@ -1085,6 +1101,8 @@ impl Manager {
             now,
             last_migration: None,
             partner_up_at: None,
+            homes: (u64::MAX, BTreeMap::new()),
+            placed_at: now,
         };
         for i in 0..m.links.len() {
             if m.cfg.is_placer() {
@@ -1215,6 +1233,20 @@ impl Manager {
     pub fn handle(&mut self, now: Time, input: Input) {
         debug_assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
         self.now = now;
+        // Signs of life on an up link (the bulk of all inputs) only move its silence deadline: they
+        // cannot change placement or batches, so they skip that pass, whose cost grows with the
+        // number of clients.
+        let sign_of_life = match &input {
+            Input::PathAlive { .. } | Input::Paused { .. } => true,
+            Input::Message {
+                ic,
+                session,
+                msg: Message::Heartbeat(_),
+            } => self
+                .session_link(*ic, *session)
+                .is_some_and(|i| self.links[i].up().is_some()),
+            _ => false,
+        };
         match input {
             Input::SessionEstablished {
                 ic,
@@ -1314,10 +1346,59 @@ impl Manager {
             Input::Timer => {
                 // Always re-arm after an expiry, even for an unchanged deadline.
                 self.armed = None;
+                let (links, partner) = (self.link_signature(), self.partner_status());
                 self.on_timer(now);
+                if !self.timer_needs_placement(&links, partner) {
+                    self.flush_batches(now);
+                    self.arm();
+                    return;
+                }
             }
         }
-        self.finish(now);
+        if sign_of_life {
+            self.arm();
+        } else {
+            self.finish(now);
+        }
+    }
+
+    /// Whether placement has anything to look at after a timer: a link or the partner changed state,
+    /// or a placement deadline (a hold-down's end, the home grace's end, a client's back-off) passed
+    /// since placement last ran. A timer that only sent heartbeats needs no placement pass.
+    fn timer_needs_placement(&self, before: &[(u8, bool)], partner_before: PartnerStatus) -> bool {
+        let (from, to) = (self.placed_at, self.now);
+        let passed = |t: Time| from < t && t <= to;
+        self.link_signature() != before
+            || self.partner_status() != partner_before
+            || self
+                .links
+                .iter()
+                .any(|l| l.up().is_some() && passed(l.healthy_since + self.cfg.failback_hold_down))
+            || self
+                .partner_up_at
+                .is_some_and(|t| passed(t + self.cfg.home_grace))
+            || self
+                .clients
+                .values()
+                .any(|c| c.retry_at.is_some_and(passed))
+    }
+
+    /// Each link's phase and port state, to tell whether an event changed any.
+    fn link_signature(&self) -> Vec<(u8, bool)> {
+        self.links
+            .iter()
+            .map(|l| {
+                let phase = match l.phase {
+                    Phase::PortDown => 0,
+                    Phase::Backoff { .. } => 1,
+                    Phase::Connecting { .. } => 2,
+                    Phase::Listening => 3,
+                    Phase::Handshake(_) => 4,
+                    Phase::Up(_) => 5,
+                };
+                (phase, l.port_up)
+            })
+            .collect()
     }
 
     // ----- plumbing -------------------------------------------------------------------------
@@ -1368,7 +1449,13 @@ impl Manager {
     /// Runs after every event: placement, batch flushing and timer arming.
     fn finish(&mut self, now: Time) {
         self.place(now);
+        self.placed_at = now;
         self.flush_batches(now);
+        self.arm();
+    }
+
+    /// Asks for [`Input::Timer`] at the next deadline, if it changed.
+    fn arm(&mut self) {
         if let Some(d) = self.next_deadline() {
             if self.armed != Some(d) {
                 self.armed = Some(d);
@@ -2401,16 +2488,21 @@ impl Manager {
         if !self.cfg.is_placer() || !matches!(self.partner, Partner::Up { .. }) {
             return;
         }
-        let needs: Vec<ClientNeeds> = self
-            .clients
-            .values()
-            .map(|c| ClientNeeds {
-                client: c.spec.id,
-                class: c.spec.class,
-                pinned: c.spec.pinned,
-            })
-            .collect();
-        let homes = placement::home_links(&needs, self.links.len());
+        if self.homes.0 != self.registration_seq {
+            let needs: Vec<ClientNeeds> = self
+                .clients
+                .values()
+                .map(|c| ClientNeeds {
+                    client: c.spec.id,
+                    class: c.spec.class,
+                    pinned: c.spec.pinned,
+                })
+                .collect();
+            self.homes = (
+                self.registration_seq,
+                placement::home_links(&needs, self.links.len()),
+            );
+        }
         let mut views: Vec<LinkView> = self
             .links
             .iter()
@@ -2428,7 +2520,29 @@ impl Manager {
                 views[i].load = views[i].load.saturating_add(self.load_of(c, i, measuring));
             }
         }
-        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        // Only clients that may need a move are looked at below: unbound ones, ones away from their
+        // placement or with another VI count, and ones leaving a reset. (Most of the time: none.)
+        let ids: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(id, c)| {
+                let Some((_, Some(open))) = self.partner_clients.get(id) else {
+                    return false;
+                };
+                c.retry_at.is_some()
+                    || c.prefer.is_some()
+                    || c.binding.as_ref().is_none_or(|b| {
+                        let home = c
+                            .placed
+                            .filter(|p| {
+                                c.spec.pinned.is_none() && (p.0 as usize) < self.links.len()
+                            })
+                            .unwrap_or(self.homes.1[id]);
+                        b.vi_count != c.spec.vi_count.max(open.vi_count) || b.ic != home
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             let Some((_, Some(open))) = self.partner_clients.get(&id) else {
                 continue;
@@ -2445,7 +2559,7 @@ impl Manager {
             let home = c
                 .placed
                 .filter(|p| c.spec.pinned.is_none() && (p.0 as usize) < self.links.len())
-                .unwrap_or(homes[&id]);
+                .unwrap_or(self.homes.1[&id]);
             let hold_down = self.cfg.failback_hold_down;
             // Decide first, act after: (target, current interconnect if moving).
             let (to, from) = match &c.binding {

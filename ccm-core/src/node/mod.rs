@@ -620,6 +620,8 @@ struct Driver {
     first_heartbeat_received: bool,
     first_heartbeat_ms: Option<f64>,
     realtime: bool,
+    /// Whether `refill_spares` has anything to look at.
+    spares_check: bool,
     link_failures: u64,
     factory: Factory,
     stop: bool,
@@ -679,6 +681,7 @@ impl Driver {
             first_heartbeat_received: false,
             first_heartbeat_ms: None,
             realtime: false,
+            spares_check: true,
             link_failures: 0,
             factory,
             stop: false,
@@ -804,6 +807,7 @@ impl Driver {
                 ic.epoch += 1;
                 ic.spare = spare;
                 ic.spare_asked = false;
+                self.spares_check = true;
             }
             Err(e) => {
                 let what = format!(
@@ -1595,6 +1599,7 @@ impl Driver {
         let epoch = self.ics[ic.0 as usize].epoch;
         let present = self.ics[ic.0 as usize].dev.is_some();
         let (e, vis, tag) = self.clients.get_mut(&client)?.spares.remove(&ic)?;
+        self.spares_check = true;
         if present && e == epoch && vis.len() == count as usize {
             return Some((vis, tag));
         }
@@ -1604,7 +1609,13 @@ impl Driver {
 
     /// Ask the factory's idle queue for the spare VIs a running client lacks, on every interconnect
     /// whose device is open (cheap when nothing is missing: a look at each client).
+    /// Asks the factory for the spare VIs that are missing. Only after something changed what is
+    /// wanted or had (`spares_check`): a pass looks at every client on every interconnect, and turns
+    /// come a thousand times a second.
     fn refill_spares(&mut self) {
+        if !std::mem::take(&mut self.spares_check) {
+            return;
+        }
         for (&id, c) in self.clients.iter_mut() {
             if !c.running {
                 continue;
@@ -1628,6 +1639,8 @@ impl Driver {
                 };
                 if self.factory.send(FactoryJob::Spare(job, d.epoch)).is_ok() {
                     c.spares_asked.insert(ic, d.epoch);
+                } else {
+                    self.spares_check = true; // try again next turn
                 }
             }
         }
@@ -1651,6 +1664,7 @@ impl Driver {
         };
         if c.spares_asked.get(&ic) == Some(&epoch) {
             c.spares_asked.remove(&ic);
+            self.spares_check = true;
         }
         match result {
             Ok((vis, tag)) if present && epoch == current => {
@@ -1822,6 +1836,8 @@ impl Driver {
             ClientEvent::PartnerClosed => ClientNotice::PartnerClosed,
         };
         let _ = c.tx.send(notice);
+        // A client that runs now may want spare VIs.
+        self.spares_check = true;
     }
 
     /// Adaptive balancing: every client's posted bytes of the period go to the manager.

@@ -802,6 +802,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn real_time_and_home_grace_are_read_with_defaults() {
+        let c = NodeConfig::parse(GOOD).unwrap();
+        assert!(
+            c.realtime,
+            "the driver asks for real-time scheduling by default"
+        );
+        assert_eq!(
+            c.manager_config(b"x".to_vec()).home_grace,
+            crate::manager::Config::new(NodeId(1), NodeId(2), ClusterId(7), "x", 2).home_grace
+        );
+        let c = NodeConfig::parse(&GOOD.replace(
+            "secret_file = \"/tmp/s\"",
+            "secret_file = \"/tmp/s\"\nrealtime = false\n[timing]\nhome_grace_ms = 40",
+        ))
+        .unwrap();
+        assert!(!c.realtime);
+        assert_eq!(
+            c.manager_config(b"x".to_vec()).home_grace,
+            Duration::from_millis(40)
+        );
+        assert!(error_of(&GOOD.replace(
+            "secret_file = \"/tmp/s\"",
+            "secret_file = \"/tmp/s\"\n[timing]\nhome_grace_ms = 70000"
+        ))
+        .starts_with("timing.home_grace_ms"));
+        assert!(
+            error_of(&GOOD.replace("cluster = 7", "cluster = 7\nrealtime = \"yes\""))
+                .contains("realtime")
+        );
+    }
+
     fn error_of(text: &str) -> String {
         NodeConfig::parse(text).unwrap_err().to_string()
     }

@@ -91,6 +91,7 @@ fn main() -> ExitCode {
     let lost = AtomicU64::new(0);
     let resets = AtomicU64::new(0);
     let migrations = AtomicU64::new(0);
+    let promotions = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..args.threads {
@@ -111,6 +112,7 @@ fn main() -> ExitCode {
                         lost.fetch_add(r.lost, Ordering::Relaxed);
                         resets.fetch_add(r.client_resets, Ordering::Relaxed);
                         migrations.fetch_add(r.migrations, Ordering::Relaxed);
+                        promotions.fetch_add(r.promotions, Ordering::Relaxed);
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(f) => {
@@ -134,12 +136,13 @@ fn main() -> ExitCode {
         args.threads
     );
     println!(
-        "clients told ready/resumed {}, stop {}, partner-down {}; client resets {}, migrations {}; messages lost to broken sessions {}",
+        "clients told ready/resumed {}, stop {}, partner-down {}; client resets {}, migrations {}, standby promotions {}; messages lost to broken sessions {}",
         readies.load(Ordering::Relaxed),
         stops.load(Ordering::Relaxed),
         downs.load(Ordering::Relaxed),
         resets.load(Ordering::Relaxed),
         migrations.load(Ordering::Relaxed),
+        promotions.load(Ordering::Relaxed),
         lost.load(Ordering::Relaxed)
     );
     if let Some(f) = failures.first() {

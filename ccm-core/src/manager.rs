@@ -61,7 +61,10 @@
 //!   Ready for a generation it holds as a standby on that interconnect, stops its old binding,
 //!   promotes the standby and answers Ready once its own end is connected. Each side tells its client
 //!   Resumed (445) on the partner's Ready, as for any binding: never before the partner's end is
-//!   connected. A failover thus costs one Ready round trip after the decision.
+//!   connected. A failover thus costs one Ready round trip after the decision. (Letting the placer's
+//!   client go at the promotion on an earlier "the follower's end is connected" was tried and
+//!   refused by the simulator: the follower may have restarted in between, and its new incarnation
+//!   holds no such end. The follower's Ready after the promotion proves its current process does.)
 //! * **Agreement.** Every standby's generation is above the binding's. Whenever a generation becomes
 //!   a client's binding (a new bind, the follower adopting a ClientInfo, a promotion), both sides drop
 //!   the standbys older than it, so they agree on the standbys left without a message; a failed

@@ -75,6 +75,8 @@
 //!   for that client for `client_backoff_max`. A Ready for a newer generation the follower does not
 //!   hold (it lost the standby as the placer promoted it) is answered with [`ClientReset`], so the
 //!   placer binds the pair again instead of waiting. Grown windows are re-sent for standbys too.
+//!   A client that was reset (per-client isolation) gets standbys again only once its new binding
+//!   has run for `failback_hold_down`: a client erroring in a loop costs no standby churn.
 //!
 //! # Per-client isolation
 //! A VI error of one client ([`ViRef::Client`]) on an interconnect that is up (its control VI and
@@ -1198,6 +1200,11 @@ impl Manager {
                 }
                 if let Some(t) = c.standby_retry_at.filter(|t| *t > self.now) {
                     at(t);
+                }
+                if c.binding.as_ref().is_some_and(|b| b.live) && c.standbys.is_empty() {
+                    if let Some(t) = self.standby_wait(c).filter(|t| *t > self.now) {
+                        at(t);
+                    }
                 }
             }
         }
@@ -2572,6 +2579,19 @@ impl Manager {
         })
     }
 
+    /// Placer: when a client that was reset (per-client isolation) may have standbys again: once its
+    /// binding has run for `failback_hold_down`, so a client that errors in a loop does not make and
+    /// tear down standby VIs on the other links at every rebind. `None`: no wait.
+    fn standby_wait(&self, c: &Client) -> Option<Time> {
+        if c.resets == 0 {
+            return None;
+        }
+        Some(
+            c.live_since
+                .map_or(Time(u64::MAX), |t| t + self.cfg.failback_hold_down),
+        )
+    }
+
     /// Whether link `i` is up with a protocol version that carries standbys.
     fn standby_link(&self, i: usize) -> bool {
         self.links[i]
@@ -2610,6 +2630,7 @@ impl Manager {
                 if b.ic == ic
                     || !self.standby_link(i)
                     || c.standby_retry_at.is_some_and(|t| t > now)
+                    || self.standby_wait(c).is_some_and(|t| t > now)
                     || c.standbys.iter().any(|s| s.ic == ic)
                 {
                     continue;

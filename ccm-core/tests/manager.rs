@@ -1334,3 +1334,36 @@ fn the_follower_answers_a_ready_for_a_standby_it_does_not_hold_with_a_client_res
     // The follower's own binding is untouched by either.
     assert_eq!(p.ready_on(1, 1), Some(on));
 }
+
+#[test]
+fn a_reset_client_gets_standbys_again_only_after_its_new_binding_ran_the_hold_down() {
+    let mut p = Pair::standard(2);
+    let (on, _) = pair_with_ripe_standby(&mut p);
+    let generation = generation_of(&p, 0, 1);
+    p.input(
+        0,
+        Input::ViError {
+            ic: on,
+            vi: ViRef::Client(ClientId(1), generation),
+        },
+    );
+    // Rebound on the same link; its standbys went with the old binding and are not made again yet.
+    p.run_for(Duration::from_millis(30));
+    assert_eq!(p.ready_on(0, 1), Some(on));
+    assert_eq!(p.ready_on(1, 1), Some(on));
+    let rebound = p.now;
+    for n in 0..2 {
+        assert!(p.m[n].standbys(ClientId(1)).is_empty(), "node {n}");
+    }
+    p.run_for(Duration::from_millis(400));
+    assert!(p.m[0].standbys(ClientId(1)).is_empty());
+    // Once the binding ran for the hold-down (500 ms), the standby is back on both nodes.
+    p.run_for(Duration::from_millis(150));
+    let sb = p.m[0].standbys(ClientId(1));
+    assert!(
+        matches!(sb[..], [(ic, _, true)] if ic != on),
+        "{sb:?} at {} after the rebind",
+        p.now.saturating_since(rebound).as_millis()
+    );
+    assert_eq!(sb, p.m[1].standbys(ClientId(1)));
+}

@@ -75,8 +75,9 @@
 //!   for that client for `client_backoff_max`. A Ready for a newer generation the follower does not
 //!   hold (it lost the standby as the placer promoted it) is answered with [`ClientReset`], so the
 //!   placer binds the pair again instead of waiting. Grown windows are re-sent for standbys too.
-//!   A client that was reset (per-client isolation) gets standbys again only once its new binding
-//!   has run for `failback_hold_down`: a client erroring in a loop costs no standby churn.
+//!   A client whose binding went live within `failback_hold_down` of a reset (per-client isolation)
+//!   gets standbys only once that binding has run for the hold-down: a client erroring in a loop
+//!   costs no standby churn.
 //!
 //! # Per-client isolation
 //! A VI error of one client ([`ViRef::Client`]) on an interconnect that is up (its control VI and
@@ -1048,6 +1049,8 @@ struct Client {
     standbys: Vec<Binding>,
     /// Placer: no standby is made for this client before this (after a standby failed).
     standby_retry_at: Option<Time>,
+    /// When it was last reset (per-client isolation).
+    reset_at: Option<Time>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -2213,6 +2216,7 @@ impl Manager {
         else {
             return;
         };
+        c.reset_at = Some(now);
         let stable = c
             .live_since
             .is_some_and(|t| now.saturating_since(t) >= self.cfg.failback_hold_down);
@@ -2450,6 +2454,7 @@ impl Manager {
                         samples: VecDeque::new(),
                         standbys: Vec::new(),
                         standby_retry_at: None,
+                        reset_at: None,
                     },
                 );
                 let open = self.open_message(&self.clients[&id]);
@@ -2579,17 +2584,15 @@ impl Manager {
         })
     }
 
-    /// Placer: when a client that was reset (per-client isolation) may have standbys again: once its
-    /// binding has run for `failback_hold_down`, so a client that errors in a loop does not make and
-    /// tear down standby VIs on the other links at every rebind. `None`: no wait.
+    /// Placer: when a client whose binding went live less than `failback_hold_down` after a reset
+    /// (per-client isolation: it may be erroring in a loop) may have standbys again: once that
+    /// binding has run for the hold-down, so a looping client does not make and tear down standby VIs
+    /// on the other links at every rebind. `None`: no wait.
     fn standby_wait(&self, c: &Client) -> Option<Time> {
-        if c.resets == 0 {
-            return None;
-        }
-        Some(
-            c.live_since
-                .map_or(Time(u64::MAX), |t| t + self.cfg.failback_hold_down),
-        )
+        let hold = self.cfg.failback_hold_down;
+        let live = c.live_since?;
+        let reset = c.reset_at?;
+        (live >= reset && live.saturating_since(reset) < hold).then(|| live + hold)
     }
 
     /// Whether link `i` is up with a protocol version that carries standbys.

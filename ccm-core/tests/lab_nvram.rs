@@ -1032,7 +1032,7 @@ fn lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link() {
          applied once in order, rings equal; durable {} -> {} during the loss; the mirror was on the lossy link \
          {on_lossy_ms} of {} ms sampled; during the loss: mirror VI errors {}, stops {}, readies {}, resent batches \
          {}; node 1 link failures {} (HeartbeatLoss {}, ViError {}), client resets {}, failovers {}, failbacks {}; \
-         node 2 link failures {}, client resets {}; monitors never Down, Suspect {suspects} times",
+         node 2 link failures {}, client resets {}; monitor Down on nodes {downs:?}, Suspect {suspects} times",
         LOSS_FOR.as_secs_f64(),
         durable_before.0,
         durable_loss.0,

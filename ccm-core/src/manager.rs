@@ -47,6 +47,38 @@
 //!   moves its clients to the least utilised healthy interconnect (failover, Fig. 9) and back home once
 //!   the home has been healthy for the hold-down (failback).
 //!
+//! # Standby bindings (protocol version 2, [`wire::STANDBY_VERSION`])
+//! A failover, failback or migration would otherwise run 420-445 on its critical path: VIs made,
+//! a ClientInfo round trip, both ends slam connected, Ready both ways. Instead, once a client's
+//! binding is live, the placer makes a *standby* binding of the pair on every other up interconnect
+//! whose session negotiated version 2 or later ([`Step::Standby`]): a generation of its own (from the
+//! same counter as bindings), VIs made ([`Action::CreateClientVis`]), their addresses sent in a
+//! `Standby` message on that interconnect. The follower makes its end of it, slam connects and
+//! answers with its own `Standby` entry; the placer slam connects. Clients hear nothing of standbys.
+//! * **Promotion.** When the placer binds a client on an interconnect where it holds a *ripe*
+//!   standby (the partner's addresses known, its own end slam connected, as many VIs as wanted), the
+//!   standby becomes the binding ([`Step::Promote`]): its Ready (440) goes at once. The follower, on a
+//!   Ready for a generation it holds as a standby on that interconnect, stops its old binding,
+//!   promotes the standby and answers Ready once its own end is connected. Each side tells its client
+//!   Resumed (445) on the partner's Ready, as for any binding: never before the partner's end is
+//!   connected. A failover thus costs one Ready round trip after the decision. (Letting the placer's
+//!   client go at the promotion on an earlier "the follower's end is connected" was tried and
+//!   refused by the simulator: the follower may have restarted in between, and its new incarnation
+//!   holds no such end. The follower's Ready after the promotion proves its current process does.)
+//! * **Agreement.** Every standby's generation is above the binding's. Whenever a generation becomes
+//!   a client's binding (a new bind, the follower adopting a ClientInfo, a promotion), both sides drop
+//!   the standbys older than it, so they agree on the standbys left without a message; a failed
+//!   interconnect's standbys go on both sides with it; an unregistered client's with the pair.
+//! * **Staleness.** The follower ignores a standby entry not above its binding's (or last adopted)
+//!   generation, or older than the standby it holds on that interconnect. A standby whose VIs fail on
+//!   either side is dropped on both (a [`ClientReset`] of its generation) and the placer makes none
+//!   for that client for `client_backoff_max`. A Ready for a newer generation the follower does not
+//!   hold (it lost the standby as the placer promoted it) is answered with [`ClientReset`], so the
+//!   placer binds the pair again instead of waiting. Grown windows are re-sent for standbys too.
+//!   A client whose binding went live within `failback_hold_down` of a reset (per-client isolation)
+//!   gets standbys only once that binding has run for the hold-down: a client erroring in a loop
+//!   costs no standby churn.
+//!
 //! # Per-client isolation
 //! A VI error of one client ([`ViRef::Client`]) on an interconnect that is up (its control VI and
 //! heartbeats are fine) is that client's problem, e.g. a peer client that stopped reposting
@@ -128,7 +160,7 @@
 //!   about one heartbeat timeout of traffic; a client that errors in a loop costs the node one
 //!   rebinding (a few QPs) per second at most.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use rand::{Rng, RngCore, SeedableRng};
@@ -233,8 +265,11 @@ impl std::fmt::Debug for Config {
 /// ([`Input::PathAlive`]).
 pub const STALLED_PARTNER_TIMEOUTS: u32 = 4;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = 1;
+/// The highest protocol version this build speaks (2: standby bindings, [`wire::STANDBY_VERSION`]).
+pub const PROTOCOL_VERSION: ProtocolVersion = 2;
+/// The lowest protocol version this build speaks by default (1: no standby bindings; a link that
+/// negotiated it fails over with the full 420-445 bring-up).
+pub const MIN_PROTOCOL_VERSION: ProtocolVersion = 1;
 
 impl Config {
     /// A configuration with the documented default timings.
@@ -251,7 +286,7 @@ impl Config {
             cluster,
             secret: secret.into(),
             interconnects,
-            min_version: PROTOCOL_VERSION,
+            min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             features: 0,
             heartbeat_period: Duration::from_millis(10),
@@ -704,6 +739,26 @@ pub enum Step {
         /// The target's utilisation after, per mille.
         to_permille: u64,
     },
+    /// A standby binding asked for: the client's VIs made ahead of time on `ic` (420-435 off the
+    /// failover path; see "Standby bindings" in the module docs).
+    Standby {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The standby's generation.
+        generation: Generation,
+    },
+    /// A standby binding became the client's binding (a failover, failback or migration without
+    /// a ClientInfo round trip or a slam connect on its path).
+    Promote {
+        /// The client.
+        client: ClientId,
+        /// The interconnect.
+        ic: InterconnectId,
+        /// The generation now live (once both sides sent Ready).
+        generation: Generation,
+    },
     /// A client moved back home.
     Failback {
         /// The client.
@@ -908,6 +963,8 @@ struct Handshake {
 #[derive(Debug)]
 struct UpLink {
     session: SessionId,
+    /// The negotiated protocol version (standby bindings from [`wire::STANDBY_VERSION`]).
+    version: ProtocolVersion,
     tag: u64,
     incarnation: u64,
     next_heartbeat: Time,
@@ -975,6 +1032,8 @@ struct Binding {
     slammed: bool,
     partner_ready: bool,
     live: bool,
+    /// This side's windows for these VIs (a standby's are told to the partner with its VIs).
+    windows: Vec<MemoryWindow>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1004,6 +1063,13 @@ struct Client {
     bound_at: Option<Time>,
     /// Measured bytes per sampling period within the balance window, oldest first.
     samples: VecDeque<(Time, u64)>,
+    /// Standby bindings: at most one per interconnect other than the binding's, each of a
+    /// generation above the binding's (see "Standby bindings" in the module docs).
+    standbys: Vec<Binding>,
+    /// Placer: no standby is made for this client before this (after a standby failed).
+    standby_retry_at: Option<Time>,
+    /// When it was last reset (per-client isolation).
+    reset_at: Option<Time>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1170,6 +1236,14 @@ impl Manager {
                 if let Some(t) = c.retry_at.filter(|t| *t > self.now) {
                     at(t);
                 }
+                if let Some(t) = c.standby_retry_at.filter(|t| *t > self.now) {
+                    at(t);
+                }
+                if c.binding.as_ref().is_some_and(|b| b.live) && c.standbys.is_empty() {
+                    if let Some(t) = self.standby_wait(c).filter(|t| *t > self.now) {
+                        at(t);
+                    }
+                }
             }
         }
         d
@@ -1300,6 +1374,11 @@ impl Manager {
                         ViRef::Client(c, g) if relevant && self.links[i].up().is_some() => {
                             self.reset_client(now, c, g, true);
                         }
+                        // A standby's VIs failed (made or connected ahead of time): only the
+                        // standby goes, on both sides; the client never noticed it.
+                        ViRef::Client(c, g) if self.has_standby(c, g, ic) => {
+                            self.standby_failed(now, c, g, true);
+                        }
                         _ if relevant => self.fail_link(now, i, LinkFailure::ViError),
                         _ => {}
                     }
@@ -1363,8 +1442,8 @@ impl Manager {
     }
 
     /// Whether placement has anything to look at after a timer: a link or the partner changed state,
-    /// or a placement deadline (a hold-down's end, the home grace's end, a client's back-off) passed
-    /// since placement last ran. A timer that only sent heartbeats needs no placement pass.
+    /// or a placement deadline (a hold-down's end, the home grace's end, a client's back-off, a
+    /// standby's back-off or wait) passed since placement last ran. A timer that only sent heartbeats needs no placement pass.
     fn timer_needs_placement(&self, before: &[(u8, bool)], partner_before: PartnerStatus) -> bool {
         let (from, to) = (self.placed_at, self.now);
         let passed = |t: Time| from < t && t <= to;
@@ -1377,10 +1456,11 @@ impl Manager {
             || self
                 .partner_up_at
                 .is_some_and(|t| passed(t + self.cfg.home_grace))
-            || self
-                .clients
-                .values()
-                .any(|c| c.retry_at.is_some_and(passed))
+            || self.clients.values().any(|c| {
+                c.retry_at.is_some_and(passed)
+                    || c.standby_retry_at.is_some_and(passed)
+                    || self.standby_wait(c).is_some_and(passed)
+            })
     }
 
     /// Each link's phase and port state, to tell whether an event changed any.
@@ -1450,6 +1530,7 @@ impl Manager {
     fn finish(&mut self, now: Time) {
         self.place(now);
         self.placed_at = now;
+        self.ensure_standbys(now);
         self.flush_batches(now);
         self.arm();
     }
@@ -1693,6 +1774,7 @@ impl Manager {
         let ic = self.links[i].id;
         self.links[i].phase = Phase::Up(Box::new(UpLink {
             session: h.session,
+            version: h.version,
             tag: auth::session_tag(&h.nonce, &hello.nonce),
             incarnation: hello.incarnation,
             next_heartbeat: now,
@@ -1827,7 +1909,22 @@ impl Manager {
             }
             Message::ClientInfo(ci) => {
                 for e in ci.entries {
-                    self.on_client_entry(now, i, e);
+                    self.on_client_entry(now, i, e, false);
+                }
+            }
+            Message::Standby(ci) => {
+                if self.links[i]
+                    .up()
+                    .is_some_and(|u| u.version < wire::STANDBY_VERSION)
+                {
+                    return self.refuse(
+                        now,
+                        i,
+                        HandshakeError::Protocol("standby on a link without standby bindings"),
+                    );
+                }
+                for e in ci.entries {
+                    self.on_client_entry(now, i, e, true);
                 }
             }
             Message::Ready(r) => {
@@ -1867,8 +1964,8 @@ impl Manager {
         }
     }
 
-    /// 425/430: a partner client's VI addresses for a generation.
-    fn on_client_entry(&mut self, now: Time, i: usize, e: ClientEntry) {
+    /// 425/430: a partner client's VI addresses for a generation (`standby`: of a standby binding).
+    fn on_client_entry(&mut self, now: Time, i: usize, e: ClientEntry, standby: bool) {
         let ic = self.links[i].id;
         let placer = self.cfg.is_placer();
         let Some(c) = self.clients.get_mut(&e.client) else {
@@ -1883,6 +1980,7 @@ impl Manager {
             );
         }
         let id = e.client;
+        let generation = e.generation;
         if let Some(b) = c.binding.as_mut().filter(|b| b.generation == e.generation) {
             if b.ic != ic || e.vis.len() != b.vi_count as usize {
                 return self.refuse(now, i, HandshakeError::Protocol("client entry mismatch"));
@@ -1892,13 +1990,27 @@ impl Manager {
             self.tell(id, ClientEvent::PartnerInfo(e));
             self.step(now, Step::PartnerInfo430 { client: id, ic });
             if first {
-                self.try_connect(id);
+                self.try_connect(id, generation);
+            }
+            return;
+        }
+        if let Some(s) = c.standbys.iter_mut().find(|s| s.generation == e.generation) {
+            if s.ic != ic || e.vis.len() != s.vi_count as usize {
+                return self.refuse(now, i, HandshakeError::Protocol("standby entry mismatch"));
+            }
+            let first = s.remote.is_none();
+            s.remote = Some(e.clone());
+            if first {
+                self.try_connect(id, e.generation);
             }
             return;
         }
         if placer {
             // Not the generation we placed: stale.
             return;
+        }
+        if standby {
+            return self.accept_standby(now, i, e);
         }
         let last = self.last_generation.get(&id).copied();
         if last.is_some_and(|g| e.generation <= g) {
@@ -1907,6 +2019,7 @@ impl Manager {
         // The placer placed (or moved) this client pair: follow.
         self.last_generation.insert(id, e.generation);
         self.drop_binding(now, id, Drop::Stop);
+        self.retire_standbys(now, id, e.generation);
         let generation = e.generation;
         let count = e.vis.len() as u8;
         let c = self.clients.get_mut(&id).expect("checked above");
@@ -1920,6 +2033,7 @@ impl Manager {
             slammed: false,
             partner_ready: false,
             live: false,
+            windows: Vec::new(),
         });
         self.tell(id, ClientEvent::PartnerInfo(e));
         self.step(now, Step::PartnerInfo430 { client: id, ic });
@@ -1969,6 +2083,15 @@ impl Manager {
                 .filter(|b| b.generation == generation && b.local.is_none())
                 .map(|b| (b.ic, b.vi_count))
         });
+        let standby = self.clients.get(&id).and_then(|c| {
+            c.standbys
+                .iter()
+                .find(|s| s.generation == generation && s.local.is_none())
+                .map(|s| (s.ic, s.vi_count))
+        });
+        if let (None, Some((ic, count))) = (current, standby) {
+            return self.standby_created(now, id, generation, ic, count, vis, windows);
+        }
         let Some((ic, count)) = current else {
             // Created for a generation that is gone: release at once so nothing leaks.
             if let Some(v) = vis.first() {
@@ -2011,7 +2134,7 @@ impl Manager {
             windows: c.windows.clone(),
         };
         self.queue_entry(now, ic, entry);
-        self.try_connect(id);
+        self.try_connect(id, generation);
     }
 
     fn queue_entry(&mut self, now: Time, ic: InterconnectId, entry: ClientEntry) {
@@ -2023,9 +2146,10 @@ impl Manager {
         }
     }
 
-    /// 435: slam connect once both ends' addresses are known ([`Self::on_vis_connected`] follows).
-    fn try_connect(&mut self, id: ClientId) {
-        let Some(b) = self.clients.get_mut(&id).and_then(|c| c.binding.as_mut()) else {
+    /// 435: slam connect once both ends' addresses are known ([`Self::on_vis_connected`] follows),
+    /// for the binding or a standby of `generation`.
+    fn try_connect(&mut self, id: ClientId, generation: Generation) {
+        let Some(b) = self.pair_mut(id, generation) else {
             return;
         };
         if b.connected {
@@ -2053,7 +2177,16 @@ impl Manager {
             .and_then(|c| c.binding.as_mut())
             .filter(|b| b.generation == generation && b.connected && !b.slammed)
         else {
-            return; // a generation released meanwhile: its VIs are released too
+            // A standby's end is connected: it waits there for a promotion. Otherwise a generation
+            // released meanwhile: its VIs are released too.
+            if let Some(s) = self.clients.get_mut(&id).and_then(|c| {
+                c.standbys
+                    .iter_mut()
+                    .find(|s| s.generation == generation && s.connected)
+            }) {
+                s.slammed = true;
+            }
+            return;
         };
         b.slammed = true;
         let (ic, partner_ready) = (b.ic, b.partner_ready);
@@ -2085,6 +2218,9 @@ impl Manager {
             .and_then(|c| c.binding.as_mut())
             .filter(|b| b.generation == r.generation && b.ic == ic)
         else {
+            if !self.cfg.is_placer() {
+                self.follow_promotion(now, ic, r);
+            }
             return;
         };
         b.partner_ready = true;
@@ -2117,6 +2253,10 @@ impl Manager {
     }
 
     fn drop_binding(&mut self, now: Time, id: ClientId, why: Drop) {
+        if why != Drop::Stop {
+            // The pair is gone on one side: so are its standbys (the partner drops its own).
+            self.retire_standbys(now, id, Generation(u64::MAX));
+        }
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
@@ -2166,6 +2306,13 @@ impl Manager {
     /// doubles with each reset in a row (a client that errors in a loop is retried at most every
     /// `client_backoff_max`), on the same interconnect while it is healthy.
     fn reset_client(&mut self, now: Time, id: ClientId, generation: Generation, local: bool) {
+        if self
+            .clients
+            .get(&id)
+            .is_some_and(|c| c.standbys.iter().any(|s| s.generation == generation))
+        {
+            return self.standby_failed(now, id, generation, local);
+        }
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
@@ -2177,6 +2324,7 @@ impl Manager {
         else {
             return;
         };
+        c.reset_at = Some(now);
         let stable = c
             .live_since
             .is_some_and(|t| now.saturating_since(t) >= self.cfg.failback_hold_down);
@@ -2245,6 +2393,21 @@ impl Manager {
             self.push(Action::CloseSession { ic, session });
         }
         let was_up = std::mem::replace(&mut self.links[i].phase, Phase::Listening);
+        // Standbys on a failed link go on both sides (the partner fails it too: it detects it, is
+        // told Stop, or its session is closed).
+        let doomed: Vec<(ClientId, Generation)> = self
+            .clients
+            .iter()
+            .flat_map(|(id, c)| {
+                c.standbys
+                    .iter()
+                    .filter(|s| s.ic == ic)
+                    .map(|s| (*id, s.generation))
+            })
+            .collect();
+        for (id, g) in doomed {
+            self.drop_standby(now, id, g, false);
+        }
         if let Phase::Up(u) = &was_up {
             // 520: stop the clients on it; 525: release their VIs.
             let bound: Vec<ClientId> = self
@@ -2397,6 +2560,9 @@ impl Manager {
                         placed: None,
                         bound_at: None,
                         samples: VecDeque::new(),
+                        standbys: Vec::new(),
+                        standby_retry_at: None,
+                        reset_at: None,
                     },
                 );
                 let open = self.open_message(&self.clients[&id]);
@@ -2454,6 +2620,28 @@ impl Manager {
                     let ic = b.ic;
                     self.queue_entry(now, ic, entry);
                 }
+                // Standbys carry the windows too: the partner's copy is updated like a binding's.
+                let c = self.clients.get_mut(&id).expect("checked");
+                let mut updates = Vec::new();
+                for sb in c.standbys.iter_mut().filter(|sb| sb.local.is_some()) {
+                    sb.windows = c.windows.clone();
+                    updates.push((
+                        sb.ic,
+                        ClientEntry {
+                            client: id,
+                            name: c.spec.name.clone(),
+                            generation: sb.generation,
+                            vis: sb.local.clone().expect("filtered"),
+                            windows: c.windows.clone(),
+                        },
+                    ));
+                }
+                for (ic, e) in updates {
+                    self.send(
+                        ic.0 as usize,
+                        Message::Standby(ClientInfo { entries: vec![e] }),
+                    );
+                }
                 self.step(
                     now,
                     Step::ClientRequest515 {
@@ -2480,6 +2668,391 @@ impl Manager {
                 );
             }
         }
+    }
+
+    // ----- standby bindings ----------------------------------------------------------------------
+
+    /// The binding or the standby of `id` with `generation`.
+    fn pair_mut(&mut self, id: ClientId, generation: Generation) -> Option<&mut Binding> {
+        let c = self.clients.get_mut(&id)?;
+        if c.binding
+            .as_ref()
+            .is_some_and(|b| b.generation == generation)
+        {
+            return c.binding.as_mut();
+        }
+        c.standbys.iter_mut().find(|s| s.generation == generation)
+    }
+
+    fn has_standby(&self, id: ClientId, generation: Generation, ic: InterconnectId) -> bool {
+        self.clients.get(&id).is_some_and(|c| {
+            c.standbys
+                .iter()
+                .any(|s| s.generation == generation && s.ic == ic)
+        })
+    }
+
+    /// Placer: when a client whose binding went live less than `failback_hold_down` after a reset
+    /// (per-client isolation: it may be erroring in a loop) may have standbys again: once that
+    /// binding has run for the hold-down, so a looping client does not make and tear down standby VIs
+    /// on the other links at every rebind. `None`: no wait.
+    fn standby_wait(&self, c: &Client) -> Option<Time> {
+        let hold = self.cfg.failback_hold_down;
+        let live = c.live_since?;
+        let reset = c.reset_at?;
+        (live >= reset && live.saturating_since(reset) < hold).then(|| live + hold)
+    }
+
+    /// Whether link `i` is up with a protocol version that carries standbys.
+    fn standby_link(&self, i: usize) -> bool {
+        self.links[i]
+            .up()
+            .is_some_and(|u| u.version >= wire::STANDBY_VERSION)
+    }
+
+    /// A client's standby bindings: interconnect, generation, and whether it is ripe here (both
+    /// ends' addresses known and this end slam connected: a promotion needs only Ready), by interconnect.
+    pub fn standbys(&self, id: ClientId) -> Vec<(InterconnectId, Generation, bool)> {
+        self.clients.get(&id).map_or_else(Vec::new, |c| {
+            c.standbys
+                .iter()
+                .map(|s| (s.ic, s.generation, s.slammed && s.remote.is_some()))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// Placer: a standby binding for every client whose binding is live, on every other up
+    /// interconnect that speaks standbys and has none for it yet (never during a bring-up: only
+    /// once the binding went live).
+    fn ensure_standbys(&mut self, now: Time) {
+        if !self.cfg.is_placer() || !matches!(self.partner, Partner::Up { .. }) {
+            return;
+        }
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            for i in 0..self.links.len() {
+                let ic = self.links[i].id;
+                let c = &self.clients[&id];
+                let Some(b) = c.binding.as_ref().filter(|b| b.live) else {
+                    break;
+                };
+                if b.ic == ic
+                    || !self.standby_link(i)
+                    || c.standby_retry_at.is_some_and(|t| t > now)
+                    || self.standby_wait(c).is_some_and(|t| t > now)
+                    || c.standbys.iter().any(|s| s.ic == ic)
+                {
+                    continue;
+                }
+                let count = b.vi_count;
+                let generation = Generation(self.next_generation);
+                self.next_generation += 1;
+                let c = self.clients.get_mut(&id).expect("registered");
+                c.standbys.push(Binding {
+                    generation,
+                    ic,
+                    vi_count: count,
+                    local: None,
+                    remote: None,
+                    connected: false,
+                    slammed: false,
+                    partner_ready: false,
+                    live: false,
+                    windows: Vec::new(),
+                });
+                self.push(Action::CreateClientVis {
+                    client: id,
+                    ic,
+                    generation,
+                    count,
+                });
+                self.step(
+                    now,
+                    Step::Standby {
+                        client: id,
+                        ic,
+                        generation,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Follower: the placer made a standby of `e.generation` on link `i`: make this end (it is
+    /// slam connected once created, and its addresses go back in a `Standby` message). Stale
+    /// entries (not above the binding's generation, or older than the standby already held on that
+    /// link) are ignored: the placer never promotes a standby it has not heard back about.
+    fn accept_standby(&mut self, now: Time, i: usize, e: ClientEntry) {
+        let ic = self.links[i].id;
+        let id = e.client;
+        let generation = e.generation;
+        let Some(c) = self.clients.get(&id) else {
+            return;
+        };
+        let stale = self
+            .last_generation
+            .get(&id)
+            .is_some_and(|g| generation <= *g)
+            || c.binding
+                .as_ref()
+                .is_some_and(|b| generation <= b.generation)
+            || c.standbys
+                .iter()
+                .any(|s| s.ic == ic && s.generation >= generation);
+        if stale || !self.standby_link(i) {
+            return;
+        }
+        let older: Vec<Generation> = c
+            .standbys
+            .iter()
+            .filter(|s| s.ic == ic)
+            .map(|s| s.generation)
+            .collect();
+        for g in older {
+            self.drop_standby(now, id, g, false);
+        }
+        let count = e.vis.len() as u8;
+        let c = self.clients.get_mut(&id).expect("checked");
+        c.standbys.push(Binding {
+            generation,
+            ic,
+            vi_count: count,
+            local: None,
+            remote: Some(e),
+            connected: false,
+            slammed: false,
+            partner_ready: false,
+            live: false,
+            windows: Vec::new(),
+        });
+        self.push(Action::CreateClientVis {
+            client: id,
+            ic,
+            generation,
+            count,
+        });
+        self.step(
+            now,
+            Step::Standby {
+                client: id,
+                ic,
+                generation,
+            },
+        );
+    }
+
+    /// A standby's VIs are made: its addresses go to the partner on its link, then slam connect.
+    #[allow(clippy::too_many_arguments)]
+    fn standby_created(
+        &mut self,
+        now: Time,
+        id: ClientId,
+        generation: Generation,
+        ic: InterconnectId,
+        count: u8,
+        vis: Vec<ViAddress>,
+        windows: Vec<MemoryWindow>,
+    ) {
+        if vis.len() != count as usize || vis.iter().any(|v| v.interconnect != ic) {
+            // Not what was asked: the VIs are released with the standby.
+            if let Some(s) = self.pair_mut(id, generation) {
+                s.local = Some(vis);
+            }
+            return self.standby_failed(now, id, generation, true);
+        }
+        let c = self.clients.get_mut(&id).expect("checked by the caller");
+        let name = c.spec.name.clone();
+        let s = c
+            .standbys
+            .iter_mut()
+            .find(|s| s.generation == generation)
+            .expect("checked by the caller");
+        s.local = Some(vis.clone());
+        s.windows = windows.clone();
+        let entry = ClientEntry {
+            client: id,
+            name,
+            generation,
+            vis,
+            windows,
+        };
+        self.send(
+            ic.0 as usize,
+            Message::Standby(ClientInfo {
+                entries: vec![entry],
+            }),
+        );
+        self.try_connect(id, generation);
+    }
+
+    /// A standby failed (a VI error here, `local`, or the partner's [`ClientReset`] for it): it goes
+    /// on both sides, and the placer makes none for this client for `client_backoff_max`, so a sick
+    /// device cannot cause a creation storm. The client's binding is untouched.
+    fn standby_failed(&mut self, now: Time, id: ClientId, generation: Generation, local: bool) {
+        self.drop_standby(now, id, generation, local);
+        let after = self.cfg.client_backoff_max;
+        if self.cfg.is_placer() {
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.standby_retry_at = Some(now + after);
+            }
+        }
+    }
+
+    /// Drops one standby, releasing its VIs; `tell` the partner (a [`ClientReset`] of its
+    /// generation) when only this side knows it failed.
+    fn drop_standby(&mut self, now: Time, id: ClientId, generation: Generation, tell: bool) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some(k) = c.standbys.iter().position(|s| s.generation == generation) else {
+            return;
+        };
+        let s = c.standbys.remove(k);
+        if s.local.is_some() {
+            self.push(Action::ReleaseClientVis {
+                client: id,
+                ic: s.ic,
+                generation,
+            });
+            self.step(
+                now,
+                Step::Release525 {
+                    client: id,
+                    ic: s.ic,
+                },
+            );
+        }
+        let i = s.ic.0 as usize;
+        if tell && self.links[i].up().is_some() {
+            self.send(
+                i,
+                Message::ClientReset(ClientReset {
+                    client: id,
+                    generation,
+                }),
+            );
+        }
+    }
+
+    /// Drops every standby of `id` older than `below`. Both sides apply it when a binding
+    /// generation becomes the client's (a new bind, a promotion), so they agree on the standbys left
+    /// without a message: every standby is newer than the binding.
+    fn retire_standbys(&mut self, now: Time, id: ClientId, below: Generation) {
+        let old: Vec<Generation> = self.clients.get(&id).map_or_else(Vec::new, |c| {
+            c.standbys
+                .iter()
+                .filter(|s| s.generation < below)
+                .map(|s| s.generation)
+                .collect()
+        });
+        for g in old {
+            self.drop_standby(now, id, g, false);
+        }
+    }
+
+    /// Placer: the ripe standby `k` becomes the binding (the caller dropped the old one). Its end is
+    /// connected, so Ready (440) goes at once; the client goes on the partner's Ready, which the
+    /// follower sends once its end is connected too. A partner that lost the standby meanwhile
+    /// answers [`ClientReset`] (or its link fails), and the client is bound again.
+    fn promote(&mut self, now: Time, id: ClientId, k: usize) {
+        let c = self.clients.get_mut(&id).expect("registered");
+        let s = c.standbys.remove(k);
+        let (ic, generation) = (s.ic, s.generation);
+        let remote = s
+            .remote
+            .clone()
+            .expect("a ripe standby knows the partner's VIs");
+        c.windows = s.windows.clone();
+        c.bound_at = Some(now);
+        c.binding = Some(s);
+        self.retire_standbys(now, id, generation);
+        self.tell(id, ClientEvent::PartnerInfo(remote));
+        self.step(
+            now,
+            Step::Promote {
+                client: id,
+                ic,
+                generation,
+            },
+        );
+        self.send_ready(
+            now,
+            ic.0 as usize,
+            vec![ClientRef {
+                client: id,
+                generation,
+            }],
+        );
+    }
+
+    /// Follower: the placer's Ready for a generation that is not our binding. A standby of it on
+    /// that link becomes the binding (the old one stops), and our Ready answers once our end is
+    /// connected. A newer generation we do not hold is answered with [`ClientReset`], so the
+    /// placer binds the pair again instead of waiting; an older one is stale.
+    fn follow_promotion(&mut self, now: Time, ic: InterconnectId, r: ClientRef) {
+        let (id, generation) = (r.client, r.generation);
+        let Some(c) = self.clients.get(&id) else {
+            return;
+        };
+        let i = ic.0 as usize;
+        let Some(k) = c
+            .standbys
+            .iter()
+            .position(|s| s.generation == generation && s.ic == ic)
+        else {
+            let newer = self
+                .last_generation
+                .get(&id)
+                .is_none_or(|g| generation > *g)
+                && c.binding.as_ref().is_none_or(|b| generation > b.generation);
+            if newer {
+                self.send(
+                    i,
+                    Message::ClientReset(ClientReset {
+                        client: id,
+                        generation,
+                    }),
+                );
+            }
+            return;
+        };
+        self.last_generation.insert(id, generation);
+        self.drop_binding(now, id, Drop::Stop);
+        let c = self.clients.get_mut(&id).expect("checked");
+        let mut s = c.standbys.remove(k);
+        s.partner_ready = true;
+        let slammed = s.slammed;
+        let remote = s
+            .remote
+            .clone()
+            .expect("a follower's standby starts from the placer's entry");
+        c.windows = s.windows.clone();
+        c.bound_at = Some(now);
+        c.binding = Some(s);
+        self.retire_standbys(now, id, generation);
+        self.tell(id, ClientEvent::PartnerInfo(remote));
+        self.step(
+            now,
+            Step::Promote {
+                client: id,
+                ic,
+                generation,
+            },
+        );
+        if slammed {
+            self.send_ready(
+                now,
+                i,
+                vec![ClientRef {
+                    client: id,
+                    generation,
+                }],
+            );
+            self.go(now, id);
+        }
+        // Else `on_vis_connected` sends Ready and goes (the placer's Ready is in).
     }
 
     // ----- placement (placer only) -------------------------------------------------------------
@@ -2633,9 +3206,21 @@ impl Manager {
     }
 
     /// A new binding (generation) of `id` on `to` with `vi_count` VIs: 420 starts.
+    /// A ripe standby on `to` (both ends made, this end slam connected, the partner's addresses
+    /// known) is promoted instead: no 420-435 on the path.
     fn bind(&mut self, now: Time, id: ClientId, to: InterconnectId, vi_count: u8) {
+        let ripe = self.clients[&id]
+            .standbys
+            .iter()
+            .position(|s| s.ic == to && s.vi_count == vi_count && s.slammed && s.remote.is_some());
+        if let Some(k) = ripe {
+            return self.promote(now, id, k);
+        }
         let generation = Generation(self.next_generation);
         self.next_generation += 1;
+        // Every standby is older than the new binding: gone (the partner retires them when the
+        // new generation's ClientInfo arrives).
+        self.retire_standbys(now, id, generation);
         let c = self.clients.get_mut(&id).expect("registered");
         c.bound_at = Some(now);
         c.binding = Some(Binding {
@@ -2648,6 +3233,7 @@ impl Manager {
             slammed: false,
             partner_ready: false,
             live: false,
+            windows: Vec::new(),
         });
         self.create_vis(now, to.0 as usize, id, generation, vi_count);
     }

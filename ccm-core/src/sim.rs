@@ -44,6 +44,10 @@
 //! 9. Balancing without storms: no pinned client is ever migrated; two migrations are at least
 //!    `balance_period` apart, so at most `balance_window / balance_period` happen in any window; a
 //!    client is migrated again only after `balance_dwell`.
+//! 10. Standby bindings: at the end both nodes hold the same standbys for every Ready client, each
+//!     on another interconnect than its binding, ripe on both, its VIs pairwise slam connected; a
+//!     standby's VIs are no leak. (Invariant 2 covers a promoted standby: its client goes only
+//!     once the partner's end is connected.)
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -111,6 +115,8 @@ pub struct Report {
     pub client_resets: u64,
     /// Migrations by the adaptive balancer.
     pub migrations: u64,
+    /// Standby bindings promoted (on either node).
+    pub promotions: u64,
     /// Simulated time when the run ended.
     pub end: Time,
 }
@@ -127,6 +133,7 @@ impl Report {
         self.partner_downs += r.partner_downs;
         self.client_resets += r.client_resets;
         self.migrations += r.migrations;
+        self.promotions += r.promotions;
         self.end = self.end.max(r.end);
     }
 }
@@ -884,6 +891,9 @@ impl Sim {
         if matches!(step, Step::ClientReset { .. }) {
             self.report.client_resets += 1;
         }
+        if matches!(step, Step::Promote { .. }) {
+            self.report.promotions += 1;
+        }
         if n != 0 {
             return Ok(());
         }
@@ -938,7 +948,7 @@ impl Sim {
             Step::ClientReset { after: None, .. } => {
                 return Err(self.fail("the placer reset a client without a back-off".into()))
             }
-            Step::CreateVis420 { client, .. } => {
+            Step::CreateVis420 { client, .. } | Step::Promote { client, .. } => {
                 if let Some(t) = self.retry_at.get(&client).filter(|t| at < **t) {
                     return Err(self.fail(format!(
                         "node0 binds {client:?} again at {at}, before its reset back-off ends at {t}"
@@ -1755,6 +1765,30 @@ impl Sim {
                             )));
                         }
                     }
+                    // Invariant 10: standbys agree on both nodes, are ripe, on other interconnects
+                    // than the binding, and their VIs are pairwise slam connected.
+                    let (sa, sb) = (ma.standbys(id), mb.standbys(id));
+                    if sa != sb || sa.iter().any(|(i, _, ripe)| !ripe || *i == ic) {
+                        return Err(self.fail(format!(
+                            "{id:?} standbys disagree at the end: A {sa:?}, B {sb:?} (bound on {ic:?})"
+                        )));
+                    }
+                    for (_, g, _) in &sa {
+                        for (q, v) in me.vis.iter().filter(|(_, v)| v.client == id && v.gen == *g) {
+                            let paired =
+                                v.remote.and_then(|r| other.vis.get(&r)).is_some_and(|rv| {
+                                    rv.remote == Some(*q)
+                                        && rv.client == id
+                                        && rv.gen == *g
+                                        && rv.ic == v.ic
+                                });
+                            if !paired {
+                                return Err(self.fail(format!(
+                                    "node{n}: {id:?} standby VI {q} is not slam connected to its partner VI ({v:?})"
+                                )));
+                            }
+                        }
+                    }
                     if c.partner_windows.as_ref() != Some(&other.clients[&id].windows) {
                         return Err(self.fail(format!(
                             "node{n}: {id:?} holds partner windows {:?}, partner has {:?}",
@@ -1783,7 +1817,7 @@ impl Sim {
             for (q, v) in &me.vis {
                 let live = m.client_status(v.client).is_some_and(
                     |s| matches!(s, ClientStatus::Ready { generation, .. } if generation == v.gen),
-                );
+                ) || m.standbys(v.client).iter().any(|(_, g, _)| *g == v.gen);
                 if !live {
                     return Err(self.fail(format!("node{n}: VI {q} of {v:?} leaked")));
                 }

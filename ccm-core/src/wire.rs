@@ -33,6 +33,7 @@
 //! | [`PeerInfo`] | 415 | the manager's own control VI address and memory windows |
 //! | [`ClientOpen`] / [`ClientClose`] | 510/515 | a client registered / unregistered on the sender |
 //! | [`ClientInfo`] | 425 | one batch of client VI addresses and memory windows |
+//! | `Standby` (a [`ClientInfo`] payload) | 420-435 ahead of time | VI addresses of *standby* bindings: a client pair's VIs made and slam connected on another interconnect while it runs, so a failover there needs only a [`Ready`] exchange (protocol version [`STANDBY_VERSION`]) |
 //! | [`Ready`] | 440 | the sender has slam connected the listed client VIs |
 //! | [`Heartbeat`] | link monitor | liveness of the interconnect's control channel |
 //! | [`Stop`] / [`Resume`] | 520/530 | an interconnect failed / came back, told over another interconnect |
@@ -61,6 +62,9 @@ pub const MAX_CLIENTS: usize = 1024;
 pub const MAX_VIS: usize = 64;
 /// Most memory windows in one list.
 pub const MAX_WINDOWS: usize = 64;
+/// The first protocol version with the `Standby` message (type 15). A manager sends it only on a
+/// session whose negotiated version is at least this, so an older partner never sees it.
+pub const STANDBY_VERSION: ProtocolVersion = 2;
 /// Largest queue pair number / packet sequence number (24 bits in InfiniBand and RoCE).
 pub const MAX_QPN: u32 = 0x00FF_FFFF;
 
@@ -406,6 +410,10 @@ pub enum Message {
     ClientReset(ClientReset),
     /// See [`LoadReport`].
     LoadReport(LoadReport),
+    /// Standby bindings (protocol version [`STANDBY_VERSION`]): per client, the VI addresses and
+    /// windows of a binding generation made ahead of time on the interconnect the message travels on.
+    /// Same layout and limits as [`ClientInfo`]; see the manager's module docs for the protocol.
+    Standby(ClientInfo),
     /// See [`Error`].
     Error(Error),
 }
@@ -483,6 +491,7 @@ const T_RESUME: u8 = 11;
 const T_ERROR: u8 = 12;
 const T_CLIENT_RESET: u8 = 13;
 const T_LOAD_REPORT: u8 = 14;
+const T_STANDBY: u8 = 15;
 
 impl Message {
     /// The on-wire type byte.
@@ -502,6 +511,7 @@ impl Message {
             Message::Error(_) => T_ERROR,
             Message::ClientReset(_) => T_CLIENT_RESET,
             Message::LoadReport(_) => T_LOAD_REPORT,
+            Message::Standby(_) => T_STANDBY,
         }
     }
 
@@ -574,7 +584,7 @@ impl Message {
                 vi(&p.control_vi)?;
                 count(p.windows.len(), "peer windows", MAX_WINDOWS)
             }
-            Message::ClientInfo(ci) => {
+            Message::ClientInfo(ci) | Message::Standby(ci) => {
                 count(ci.entries.len(), "client entries", MAX_CLIENTS)?;
                 for e in &ci.entries {
                     name(&e.name, "client name", MAX_NAME_LEN)?;
@@ -615,7 +625,7 @@ impl Message {
                 w.vi(&p.control_vi);
                 w.windows(&p.windows);
             }
-            Message::ClientInfo(ci) => {
+            Message::ClientInfo(ci) | Message::Standby(ci) => {
                 w.u16(ci.entries.len() as u16);
                 for e in &ci.entries {
                     w.u32(e.client.0);
@@ -757,7 +767,7 @@ impl Message {
                 control_vi: r.vi()?,
                 windows: r.windows("peer windows")?,
             }),
-            T_CLIENT_INFO => {
+            T_CLIENT_INFO | T_STANDBY => {
                 // Smallest entry: id 4 + name len 1 + generation 8 + vi count 1 + window count 1.
                 let n = r.count16("client entries", MAX_CLIENTS, 15)?;
                 let mut entries = Vec::with_capacity(n);
@@ -779,7 +789,11 @@ impl Message {
                         windows,
                     });
                 }
-                Message::ClientInfo(ClientInfo { entries })
+                if ty == T_STANDBY {
+                    Message::Standby(ClientInfo { entries })
+                } else {
+                    Message::ClientInfo(ClientInfo { entries })
+                }
             }
             T_READY => {
                 let n = r.count16("ready clients", MAX_CLIENTS, 12)?;

@@ -758,3 +758,327 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
         n.join();
     }
 }
+
+/// Partial loss on the interconnect carrying the mirror: 30 % netem loss both ways (no port event) for
+/// a few seconds while a writer appends at full speed, then cleared. The monitors run on both nodes.
+/// Pinned: nothing is lost or duplicated (node 2 applies every LSN once, in order, intact; digests and
+/// rings agree), the monitors never declare the partner down (the other interconnect stays healthy),
+/// and the mirror keeps making progress through the loss. What the product does on the lossy link
+/// (rides it out on RC retransmissions, or resets the client / fails the link over when RC retries are
+/// exhausted or heartbeats go missing) is counted and printed in the RESULT line.
+#[test]
+fn lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link() {
+    let Some(lab) = LabTopology::from_env_or_skip(
+        "lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link",
+    ) else {
+        return;
+    };
+    use ccm_core::clients::monitor::{self, MonitorView, PartnerState};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const LOSS_PCT: &str = "30";
+    const LOSS_FOR: Duration = Duration::from_secs(5);
+    let tcp_port = 19_730;
+    let t_nodes = Instant::now();
+    let base = |n: u64| {
+        PathBuf::from(format!(
+            "/dev/shm/ccm-lab-nvram-loss-{}-{n}",
+            std::process::id()
+        ))
+    };
+    let mut files = Vec::new();
+    for n in [1, 2] {
+        files.extend(nvram::ring_paths(&base(n)));
+    }
+    let _files = Files(files.clone());
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    let nodes: Vec<Node> = [1, 2]
+        .iter()
+        .map(|&n| Node::start(config(&lab, n, tcp_port), t_nodes).unwrap())
+        .collect();
+    let spec = ClientSpec {
+        id: ClientId(40),
+        name: "nvram".into(),
+        class: BandwidthClass::High,
+        vi_count: 1,
+        pinned: None,
+    };
+    let applied2 = Arc::new(Mutex::new(Applied::default()));
+    let recorder = |into: Arc<Mutex<Applied>>| -> nvram::ApplyFn {
+        Box::new(move |lsn: Lsn, p: &[u8]| {
+            let mut a = into.lock().unwrap();
+            a.lsns.push(lsn.0);
+            if p != payload(lsn.0).as_slice() {
+                a.bad_payloads += 1;
+            }
+        })
+    };
+    let m1 = Arc::new(
+        nvram::start_with(
+            &nodes[0].handle(),
+            spec.clone(),
+            &base(1),
+            RING,
+            Box::new(|_, _| {}),
+        )
+        .unwrap(),
+    );
+    let m2 = nvram::start_with(
+        &nodes[1].handle(),
+        spec,
+        &base(2),
+        RING,
+        recorder(applied2.clone()),
+    )
+    .unwrap();
+    let monitor_spec = ClientSpec {
+        id: ClientId(9),
+        name: "monitor".into(),
+        class: BandwidthClass::Low,
+        vi_count: 1,
+        pinned: None,
+    };
+    let views: Vec<Arc<Mutex<MonitorView>>> = nodes
+        .iter()
+        .map(|n| {
+            let view = Arc::new(Mutex::new(MonitorView::new()));
+            let m = n
+                .handle()
+                .register(monitor_spec.clone(), Vec::new())
+                .unwrap();
+            let (tx, _rx) = crossbeam_channel::unbounded();
+            let v = view.clone();
+            std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
+            view
+        })
+        .collect();
+    let t_monitors = Instant::now();
+    let all_up = || {
+        std::thread::sleep(Duration::from_millis(45));
+        nodes.iter().all(|n| {
+            n.handle()
+                .status()
+                .interconnects
+                .iter()
+                .all(|i| i.state == "Up")
+        })
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "mirrors synced, monitors Up, both interconnects up on both nodes",
+        || {
+            m1.is_synced()
+                && m2.is_synced()
+                && views
+                    .iter()
+                    .all(|v| matches!(v.lock().unwrap().state, PartnerState::Up { .. }))
+                && all_up()
+        },
+    );
+    let history_before: Vec<usize> = views
+        .iter()
+        .map(|v| v.lock().unwrap().history.len())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (m1, stop, last) = (m1.clone(), stop.clone(), last.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let lsn = m1
+                    .append_wait(&payload(i), Duration::from_secs(30))
+                    .unwrap_or_else(|e| panic!("append {i}: {e} (stats {:?})", m1.stats()));
+                assert_eq!(lsn, Lsn(i));
+                last.store(i, Ordering::Relaxed);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let ic = m1.link().expect("connected").0;
+    let (stats_before, durable_before) = (m1.stats(), m1.durable_lsn());
+    let events_before: Vec<f64> = nodes
+        .iter()
+        .map(|n| n.handle().status().events.last().map_or(0.0, |e| e.at_ms))
+        .collect();
+    let active = Arc::new(Mutex::new(None));
+    let _guard = NetemGuard {
+        lab: lab.clone(),
+        active: active.clone(),
+    };
+    *active.lock().unwrap() = Some(ic);
+    fault_within(
+        &lab,
+        vec![
+            "netem".into(),
+            ic.to_string(),
+            "loss".into(),
+            LOSS_PCT.into(),
+        ],
+        Duration::from_secs(20),
+    );
+    // Under loss: sample where the mirror is and how far it got, every 100 ms.
+    let t_loss = Instant::now();
+    eprintln!(
+        "{LOSS_PCT} % loss on interconnect {ic} from {:.2} s monitor time",
+        (t_loss - t_monitors).as_secs_f64()
+    );
+    let mut on_lossy_ms = 0u64;
+    let mut samples = 0u64;
+    while t_loss.elapsed() < LOSS_FOR {
+        std::thread::sleep(Duration::from_millis(100));
+        samples += 1;
+        if m1.link().is_some_and(|l| l.0 == ic) {
+            on_lossy_ms += 100;
+        }
+    }
+    let (stats_loss, durable_loss) = (m1.stats(), m1.durable_lsn());
+    let events_loss: Vec<Vec<String>> = nodes
+        .iter()
+        .zip(&events_before)
+        .map(|(n, t)| {
+            n.handle()
+                .status()
+                .events
+                .into_iter()
+                .filter(|e| e.at_ms > *t)
+                .map(|e| format!("{:.1} ms {}", e.at_ms, e.what))
+                .collect()
+        })
+        .collect();
+    fault_within(
+        &lab,
+        vec!["netem".into(), ic.to_string(), "clear".into()],
+        Duration::from_secs(20),
+    );
+    *active.lock().unwrap() = None;
+    eprintln!(
+        "loss cleared at {:.2} s monitor time",
+        t_monitors.elapsed().as_secs_f64()
+    );
+    wait_until(Duration::from_secs(30), "both interconnects up", all_up);
+    let d = m1.durable_lsn();
+    wait_until(
+        Duration::from_secs(30),
+        "the mirror progressing after the loss cleared",
+        || m1.is_synced() && m1.durable_lsn().0 > d.0 + 50,
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let n = last.load(Ordering::Relaxed);
+    assert!(
+        m1.wait_durable(Lsn(n), Duration::from_secs(60)),
+        "lsn {n} durable in time: {:?}",
+        m1.stats()
+    );
+    wait_until(Duration::from_secs(30), "node 2 applied everything", || {
+        m2.stats().partner_applied == n
+    });
+    let (s1, s2) = (m1.stats(), m2.stats());
+    eprintln!("node 1 stats: {s1:?}");
+    eprintln!("node 2 stats: {s2:?}");
+    let count = |k: usize, what: &str| events_loss[k].iter().filter(|e| e.contains(what)).count();
+    for (k, evs) in events_loss.iter().enumerate() {
+        eprintln!("node {} events during the loss ({}):", k + 1, evs.len());
+        for e in evs.iter().take(60) {
+            eprintln!("  {e}");
+        }
+    }
+    {
+        let a2 = applied2.lock().unwrap();
+        assert!(
+            a2.lsns.iter().copied().eq(1..=n),
+            "node 2 applied every LSN once, in order ({} applied, {n} appended)",
+            a2.lsns.len()
+        );
+        assert_eq!(a2.bad_payloads, 0, "payloads intact");
+    }
+    assert_eq!(
+        m1.local_digest(),
+        m2.mirror_digest(),
+        "digests of node 1's log"
+    );
+    assert_eq!(s1.protocol_errors + s2.protocol_errors, 0);
+    let check = nvram::verify_rings(&m1.paths()[0], &m2.paths()[1], RING).unwrap();
+    assert!(check.is_clean(), "{check:?}");
+    assert_eq!(check.lsn_range.map(|r| r.1), Some(Lsn(n)));
+    // The mirror made progress through the loss (on the lossy link or after moving off it).
+    assert!(
+        durable_loss.0 > durable_before.0 + 100,
+        "durable {} before the loss, {} at its end",
+        durable_before.0,
+        durable_loss.0
+    );
+    let mut downs = Vec::new();
+    let mut suspects = 0;
+    for (k, v) in views.iter().enumerate() {
+        let v = v.lock().unwrap();
+        for (at, state, link) in &v.history[history_before[k]..] {
+            eprintln!(
+                "node {}'s monitor at {at:?}: {state:?} (link {link:?})",
+                k + 1
+            );
+            match state {
+                PartnerState::Suspect { .. } => suspects += 1,
+                PartnerState::Down { .. } => downs.push(k + 1),
+                _ => {}
+            }
+        }
+    }
+    eprintln!(
+        "RESULT: {LOSS_PCT} % loss on interconnect {ic} for {:.1} s under a full-speed writer: {n} entries, all \
+         applied once in order, rings equal; durable {} -> {} during the loss; the mirror was on the lossy link \
+         {on_lossy_ms} of {} ms sampled; during the loss: mirror VI errors {}, stops {}, readies {}, resent batches \
+         {}; node 1 link failures {} (HeartbeatLoss {}, ViError {}), client resets {}, failovers {}, failbacks {}; \
+         node 2 link failures {}, client resets {}; monitor Down on nodes {downs:?}, Suspect {suspects} times",
+        LOSS_FOR.as_secs_f64(),
+        durable_before.0,
+        durable_loss.0,
+        samples * 100,
+        stats_loss.vi_errors - stats_before.vi_errors,
+        stats_loss.stops - stats_before.stops,
+        stats_loss.readies - stats_before.readies,
+        stats_loss.resent_batches - stats_before.resent_batches,
+        count(0, "StopClients520"),
+        count(0, "HeartbeatLoss, clients"),
+        count(0, "ViError, clients"),
+        count(0, "ClientReset"),
+        count(0, "Failover {"),
+        count(0, "Failback {"),
+        count(1, "StopClients520"),
+        count(1, "ClientReset"),
+    );
+    assert!(
+        downs.is_empty(),
+        "a monitor declared the partner down under partial loss: {downs:?}"
+    );
+    for v in &views {
+        assert!(matches!(v.lock().unwrap().state, PartnerState::Up { .. }));
+    }
+    drop(m2);
+    if let Ok(m1) = Arc::try_unwrap(m1) {
+        m1.close();
+    }
+    for n in &nodes {
+        n.handle().shutdown();
+    }
+    for n in nodes {
+        n.join();
+    }
+}
+
+/// Clears the netem loss in force when dropped (whatever happened in the test).
+struct NetemGuard {
+    lab: LabTopology,
+    active: Arc<Mutex<Option<u8>>>,
+}
+impl Drop for NetemGuard {
+    fn drop(&mut self) {
+        if let Some(ic) = self.active.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let r = self.lab.fault(&["netem", &ic.to_string(), "clear"]);
+            eprintln!("guard: netem {ic} clear: {r:?}");
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ccm_core::manager::{
     Action, ClientEvent, ClientRequest, ClientSpec, ClientStatus, Config, HandshakeError, Input,
-    LinkStatus, Manager, PartnerStatus, SessionId, Step, ViRef,
+    LinkStatus, Manager, PartnerStatus, SessionId, Step, ViRef, PROTOCOL_VERSION,
 };
 use ccm_core::wire::{
     BandwidthClass, ClientId, ClientLoad, ClusterId, DecodeError, ErrorCode, Generation,
@@ -37,6 +37,8 @@ struct Pair {
     told: [Vec<(ClientId, ClientEvent)>; 2],
     refused: [Vec<(InterconnectId, HandshakeError)>; 2],
     steps: [Vec<(Time, Step)>; 2],
+    /// Messages each node sent, with their time.
+    sent: [Vec<(Time, Message)>; 2],
     sid: u64,
 }
 
@@ -61,6 +63,7 @@ impl Pair {
             told: [Vec::new(), Vec::new()],
             refused: [Vec::new(), Vec::new()],
             steps: [Vec::new(), Vec::new()],
+            sent: [Vec::new(), Vec::new()],
             sid: 0,
         };
         // The follower listens before the placer's first connect is carried out.
@@ -113,6 +116,7 @@ impl Pair {
                     }
                 }
                 Action::Send { ic, session, msg } => {
+                    self.sent[n].push((self.now, msg.clone()));
                     if !self.cut[ic.0 as usize] {
                         self.later(1 - n, Input::Message { ic, session, msg });
                     }
@@ -393,7 +397,7 @@ fn incompatible_versions_are_refused_and_overlapping_ranges_pick_the_highest_com
     p.run_for(Duration::from_millis(2));
     assert!(refused_with(&p, 0).iter().any(|e| matches!(
         e,
-        HandshakeError::IncompatibleVersion { partner_max: 1, .. }
+        HandshakeError::IncompatibleVersion { partner_max, .. } if *partner_max == PROTOCOL_VERSION
     )));
     assert!(refused_with(&p, 1).iter().any(|e| matches!(
         e,
@@ -1011,7 +1015,10 @@ fn silence_while_the_node_itself_was_paused_is_not_counted() {
 
 #[test]
 fn on_failover_the_answering_node_sends_its_vi_addresses_before_its_own_slam_connect_completes() {
-    let mut p = Pair::standard(2);
+    // Without standby bindings (a partner speaking protocol version 1), a failover runs 420-445.
+    let mut a = Pair::config(1, 2, 2);
+    a.max_version = 1;
+    let mut p = Pair::new(a, Pair::config(2, 1, 2));
     p.register(0, 1, BandwidthClass::Low);
     p.register(1, 1, BandwidthClass::Low);
     p.run_for(Duration::from_millis(5));
@@ -1153,4 +1160,307 @@ fn at_bring_up_a_client_whose_home_port_is_down_does_not_wait() {
     p.run_for(Duration::from_millis(10));
     assert_eq!(p.ready_on(0, 1), Some(InterconnectId(1)));
     assert_eq!(p.ready_on(1, 1), Some(InterconnectId(1)));
+}
+
+/// Runs a pair with one client on two interconnects until both nodes hold a ripe standby of it on
+/// the other interconnect; returns (the binding's interconnect, the standby's generation).
+fn pair_with_ripe_standby(p: &mut Pair) -> (InterconnectId, Generation) {
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let on = p.ready_on(0, 1).expect("ready");
+    let other = InterconnectId(1 - on.0);
+    let sa = p.m[0].standbys(ClientId(1));
+    assert_eq!(sa.len(), 1, "one standby on the other interconnect: {sa:?}");
+    assert_eq!(
+        sa,
+        p.m[1].standbys(ClientId(1)),
+        "both nodes hold the same standby"
+    );
+    let (ic, g, ripe) = sa[0];
+    assert!(ic == other && ripe);
+    (on, g)
+}
+
+#[test]
+fn a_standby_binding_is_made_on_the_other_interconnect_once_the_client_runs_and_stays_silent_to_the_client(
+) {
+    let mut p = Pair::standard(2);
+    let (on, g) = pair_with_ripe_standby(&mut p);
+    // The client heard of its binding only: one Ready, no PartnerInfo of the standby's generation.
+    for n in 0..2 {
+        assert!(matches!(p.events_of(n, 1)[..], [ClientEvent::Ready { ic, .. }] if *ic == on));
+        assert!(!p.told[n]
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::PartnerInfo(entry) if entry.generation == g)));
+    }
+    // The bring-up itself went first: the standby was asked for after the client went.
+    let go = p.steps[0]
+        .iter()
+        .find(|(_, s)| matches!(s, Step::ClientsGo445 { .. }))
+        .expect("went")
+        .0;
+    let standby = p.steps[0]
+        .iter()
+        .find(|(_, s)| matches!(s, Step::Standby { .. }))
+        .expect("standby")
+        .0;
+    assert!(standby >= go);
+}
+
+#[test]
+fn a_port_down_failover_promotes_the_standby_with_only_a_ready_exchange() {
+    let mut p = Pair::standard(2);
+    let (on, g) = pair_with_ripe_standby(&mut p);
+    let other = InterconnectId(1 - on.0);
+    let cut_at = p.now;
+    p.cut[on.0 as usize] = true;
+    p.input(0, Input::PortState { ic: on, up: false });
+    p.input(1, Input::PortState { ic: on, up: false });
+    p.run_for(Duration::from_millis(1));
+    for n in 0..2 {
+        assert_eq!(
+            p.m[n].client_status(ClientId(1)),
+            Some(ClientStatus::Ready {
+                ic: other,
+                generation: g
+            }),
+            "node {n} runs the standby's generation"
+        );
+        assert!(matches!(
+            p.events_of(n, 1)[..],
+            [ClientEvent::Ready { .. }, ClientEvent::Stop { .. }, ClientEvent::Resumed { ic, generation }]
+                if *ic == other && *generation == g
+        ));
+        // No VIs made, no addresses exchanged, no slam connect on the failover's path.
+        let after: Vec<&Step> = p.steps[n]
+            .iter()
+            .filter(|(t, _)| *t >= cut_at)
+            .map(|(_, s)| s)
+            .collect();
+        assert!(after
+            .iter()
+            .any(|s| matches!(s, Step::Promote { generation, .. } if *generation == g)));
+        assert!(!after.iter().any(|s| matches!(
+            s,
+            Step::CreateVis420 { .. }
+                | Step::SendBatch425 { .. }
+                | Step::PartnerInfo430 { .. }
+                | Step::SlamConnect435 { .. }
+        )));
+        // The partner's window for the promoted generation was handed to the client before it went.
+        assert!(p.told[n]
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::PartnerInfo(entry) if entry.generation == g)));
+    }
+    // On the wire: node 1's Ready for the standby, node 2's Ready back (plus the Stop of the failed
+    // link, heartbeats and standby traffic for the next failover).
+    let readies: Vec<(usize, Time)> = (0..2)
+        .flat_map(|n| {
+            p.sent[n]
+                .iter()
+                .filter(|(t, m)| *t >= cut_at && matches!(m, Message::Ready(r) if r.clients.iter().any(|c| c.generation == g)))
+                .map(move |(t, _)| (n, *t))
+        })
+        .collect();
+    assert_eq!(readies.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 1]);
+    assert!(!p
+        .sent
+        .iter()
+        .flatten()
+        .any(|(t, m)| *t >= cut_at && matches!(m, Message::ClientInfo(_))));
+    // Both nodes go within one round trip (2 x 10 us here) of the decision.
+    let went = (0..2)
+        .filter_map(|n| {
+            p.steps[n]
+                .iter()
+                .rfind(|(_, s)| matches!(s, Step::ClientsGo445 { .. }))
+                .map(|(t, _)| *t)
+        })
+        .max()
+        .expect("went");
+    assert!(
+        went.saturating_since(cut_at) <= Duration::from_micros(30),
+        "{went} after the cut at {cut_at}"
+    );
+}
+
+#[test]
+fn after_a_promotion_a_new_standby_is_made_on_the_healed_interconnect_and_failback_promotes_it_too()
+{
+    let mut p = Pair::standard(2);
+    let (on, g) = pair_with_ripe_standby(&mut p);
+    p.cut[on.0 as usize] = true;
+    p.input(0, Input::PortState { ic: on, up: false });
+    p.input(1, Input::PortState { ic: on, up: false });
+    p.run_for(Duration::from_millis(50));
+    p.cut[on.0 as usize] = false;
+    p.input(0, Input::PortState { ic: on, up: true });
+    p.input(1, Input::PortState { ic: on, up: true });
+    // Once home is up again, both nodes hold a ripe standby there (a newer generation) ...
+    p.run_for(Duration::from_millis(50));
+    let sb = p.m[0].standbys(ClientId(1));
+    assert!(
+        matches!(sb[..], [(ic, g2, true)] if ic == on && g2 > g),
+        "{sb:?}"
+    );
+    assert_eq!(sb, p.m[1].standbys(ClientId(1)));
+    let g2 = sb[0].1;
+    // ... and failback after the hold-down promotes it: no VIs made on the way home.
+    let before = p.now;
+    p.run_for(Duration::from_millis(600));
+    for n in 0..2 {
+        assert_eq!(
+            p.m[n].client_status(ClientId(1)),
+            Some(ClientStatus::Ready {
+                ic: on,
+                generation: g2
+            })
+        );
+        assert!(!p.steps[n]
+            .iter()
+            .any(|(t, s)| *t >= before && matches!(s, Step::CreateVis420 { .. })));
+    }
+}
+
+#[test]
+fn no_standby_is_made_with_a_partner_that_speaks_protocol_version_1() {
+    let mut b = Pair::config(2, 1, 2);
+    b.max_version = 1;
+    let mut p = Pair::new(Pair::config(1, 2, 2), b);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(50));
+    assert!(p.ready_on(0, 1).is_some());
+    for n in 0..2 {
+        assert!(p.m[n].standbys(ClientId(1)).is_empty());
+        assert!(!p.sent[n]
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Standby(_))));
+    }
+}
+
+#[test]
+fn a_standby_whose_vis_fail_goes_on_both_sides_the_binding_is_untouched_and_failover_takes_the_full_bring_up(
+) {
+    let mut p = Pair::standard(2);
+    let (on, g) = pair_with_ripe_standby(&mut p);
+    let other = InterconnectId(1 - on.0);
+    p.input(
+        1,
+        Input::ViError {
+            ic: other,
+            vi: ViRef::Client(ClientId(1), g),
+        },
+    );
+    p.run_for(Duration::from_millis(5));
+    for n in 0..2 {
+        assert!(p.m[n].standbys(ClientId(1)).is_empty(), "node {n}");
+        assert_eq!(p.ready_on(n, 1), Some(on));
+        assert!(matches!(p.events_of(n, 1)[..], [ClientEvent::Ready { .. }]));
+    }
+    // Not made again at once (a sick device must not cause a creation storm) ...
+    p.run_for(Duration::from_millis(100));
+    assert!(p.m[0].standbys(ClientId(1)).is_empty());
+    // ... so a failover now runs 420-445, and still resumes the client.
+    let cut_at = p.now;
+    p.cut[on.0 as usize] = true;
+    p.input(0, Input::PortState { ic: on, up: false });
+    p.input(1, Input::PortState { ic: on, up: false });
+    p.run_for(Duration::from_millis(5));
+    assert_eq!(p.ready_on(0, 1), Some(other));
+    assert_eq!(p.ready_on(1, 1), Some(other));
+    assert!(p.steps[0]
+        .iter()
+        .any(|(t, s)| *t >= cut_at && matches!(s, Step::CreateVis420 { .. })));
+}
+
+#[test]
+fn the_follower_answers_a_ready_for_a_standby_it_does_not_hold_with_a_client_reset_and_ignores_stale_entries(
+) {
+    let mut p = Pair::standard(2);
+    let (on, g) = pair_with_ripe_standby(&mut p);
+    let other = InterconnectId(1 - on.0);
+    // A standby entry below the follower's binding generation is stale: nothing is made.
+    let bound = match p.m[1].client_status(ClientId(1)) {
+        Some(ClientStatus::Ready { generation, .. }) => generation,
+        s => panic!("{s:?}"),
+    };
+    let stale = ccm_core::wire::ClientEntry {
+        client: ClientId(1),
+        name: "client-1".into(),
+        generation: Generation(bound.0 - 1),
+        vis: vec![vi(other.0, 4000), vi(other.0, 4001)],
+        windows: vec![],
+    };
+    let steps_before = p.steps[1].len();
+    p.input(
+        1,
+        Input::Message {
+            ic: other,
+            session: SessionId(other.0 as u64),
+            msg: Message::Standby(ccm_core::wire::ClientInfo {
+                entries: vec![stale],
+            }),
+        },
+    );
+    assert!(!p.steps[1][steps_before..]
+        .iter()
+        .any(|(_, s)| matches!(s, Step::Standby { .. })));
+    assert_eq!(p.m[1].standbys(ClientId(1)).len(), 1);
+    // A Ready for a newer generation it does not hold: the follower says so with a ClientReset.
+    let unknown = Generation(g.0 + 100);
+    let sent_before = p.sent[1].len();
+    p.input(
+        1,
+        Input::Message {
+            ic: other,
+            session: SessionId(other.0 as u64),
+            msg: Message::Ready(ccm_core::wire::Ready {
+                clients: vec![ccm_core::wire::ClientRef {
+                    client: ClientId(1),
+                    generation: unknown,
+                }],
+            }),
+        },
+    );
+    assert!(p.sent[1][sent_before..].iter().any(|(_, m)| matches!(
+        m,
+        Message::ClientReset(r) if r.generation == unknown
+    )));
+    // The follower's own binding is untouched by either.
+    assert_eq!(p.ready_on(1, 1), Some(on));
+}
+
+#[test]
+fn a_reset_client_gets_standbys_again_only_after_its_new_binding_ran_the_hold_down() {
+    let mut p = Pair::standard(2);
+    let (on, _) = pair_with_ripe_standby(&mut p);
+    let generation = generation_of(&p, 0, 1);
+    p.input(
+        0,
+        Input::ViError {
+            ic: on,
+            vi: ViRef::Client(ClientId(1), generation),
+        },
+    );
+    // Rebound on the same link; its standbys went with the old binding and are not made again yet.
+    p.run_for(Duration::from_millis(30));
+    assert_eq!(p.ready_on(0, 1), Some(on));
+    assert_eq!(p.ready_on(1, 1), Some(on));
+    let rebound = p.now;
+    for n in 0..2 {
+        assert!(p.m[n].standbys(ClientId(1)).is_empty(), "node {n}");
+    }
+    p.run_for(Duration::from_millis(400));
+    assert!(p.m[0].standbys(ClientId(1)).is_empty());
+    // Once the binding ran for the hold-down (500 ms), the standby is back on both nodes.
+    p.run_for(Duration::from_millis(150));
+    let sb = p.m[0].standbys(ClientId(1));
+    assert!(
+        matches!(sb[..], [(ic, _, true)] if ic != on),
+        "{sb:?} at {} after the rebind",
+        p.now.saturating_since(rebound).as_millis()
+    );
+    assert_eq!(sb, p.m[1].standbys(ClientId(1)));
 }

@@ -89,6 +89,8 @@ fn message() -> impl Strategy<Value = Message> {
         )),
         prop::collection::vec(entry(), 0..4)
             .prop_map(|e| Message::ClientInfo(ClientInfo { entries: e })),
+        prop::collection::vec(entry(), 0..4)
+            .prop_map(|e| Message::Standby(ClientInfo { entries: e })),
         prop::collection::vec((any::<u32>(), any::<u64>()), 0..8).prop_map(|v| Message::Ready(
             Ready {
                 clients: v

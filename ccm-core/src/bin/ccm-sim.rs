@@ -96,8 +96,8 @@ fn main() -> ExitCode {
         args.threads
     );
     println!(
-        "clients told ready/resumed {}, stop {}, partner-down {}; client resets {}, migrations {}; messages lost to broken sessions {}",
-        t.readies, t.stops, t.partner_downs, t.client_resets, t.migrations, t.lost
+        "clients told ready/resumed {}, stop {}, partner-down {}; client resets {}, migrations {}, standby promotions {}; messages lost to broken sessions {}",
+        t.readies, t.stops, t.partner_downs, t.client_resets, t.migrations, t.promotions, t.lost
     );
     if let Some(f) = &r.failure {
         eprintln!("FAILED {f}");

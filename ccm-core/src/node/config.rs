@@ -23,7 +23,7 @@
 //! dwell_ms = 2000                # a client stays this long on a binding before it may migrate
 //!
 //! [protocol]                     # optional, for compatibility tests only: the protocol versions spoken
-//! min_version = 1                # (default: this build's version only); a partner with no version in
+//! min_version = 1                # (default: 1..=2, this build's range; 2 adds standby bindings); a partner with no version in
 //! max_version = 1                # common is refused on both sides with "incompatible version"
 //!
 //! [[interconnect]]               # by device name, or by local IP (the device whose GID holds it)
@@ -274,8 +274,9 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Adaptive balancing.
     pub balance: Balance,
-    /// The protocol versions spoken, `min..=max`. Normally this build's
-    /// [`PROTOCOL_VERSION`](crate::manager::PROTOCOL_VERSION) only; the optional `[protocol]` section
+    /// The protocol versions spoken, `min..=max`. Normally this build's range,
+    /// [`MIN_PROTOCOL_VERSION`](crate::manager::MIN_PROTOCOL_VERSION) to
+    /// [`PROTOCOL_VERSION`](crate::manager::PROTOCOL_VERSION); the optional `[protocol]` section
     /// (`min_version`, `max_version`) overrides it, for compatibility tests (a node that speaks an
     /// incompatible range is refused by its partner on every interconnect).
     pub versions: (ProtocolVersion, ProtocolVersion),
@@ -619,7 +620,7 @@ impl NodeConfig {
         }
         let versions = match raw.protocol {
             None => (
-                crate::manager::PROTOCOL_VERSION,
+                crate::manager::MIN_PROTOCOL_VERSION,
                 crate::manager::PROTOCOL_VERSION,
             ),
             Some(p) if p.min_version <= p.max_version => (p.min_version, p.max_version),
@@ -745,8 +746,13 @@ mod tests {
         );
         assert_eq!(c.balance.high_permille, 800);
         assert_eq!(c.balance.dwell, Duration::from_secs(2));
-        let v = crate::manager::PROTOCOL_VERSION;
-        assert_eq!(c.versions, (v, v));
+        assert_eq!(
+            c.versions,
+            (
+                crate::manager::MIN_PROTOCOL_VERSION,
+                crate::manager::PROTOCOL_VERSION
+            )
+        );
     }
 
     #[test]

@@ -1871,16 +1871,28 @@ impl Driver {
             driver_realtime: self.realtime,
         };
         let load = self.manager.link_load();
+        // Standby VIs (made ahead on the other links for a fast failover) are not where a client is.
+        let standby: BTreeMap<ClientId, Vec<Generation>> = self
+            .clients
+            .keys()
+            .map(|id| {
+                let gens = self.manager.standbys(*id).iter().map(|s| s.1).collect();
+                (*id, gens)
+            })
+            .collect();
+        let placed_on = |id: &ClientId, c: &ClientSlot| {
+            c.bindings
+                .iter()
+                .filter(|(g, b)| !b.vis.is_empty() && !standby[id].contains(g))
+                .map(|(_, b)| b.ic)
+                .collect::<Vec<_>>()
+        };
         for (i, ic) in self.ics.iter().enumerate() {
             let placed: Vec<String> = self
                 .clients
-                .values()
-                .filter(|c| {
-                    c.bindings
-                        .values()
-                        .any(|b| b.ic.0 as usize == i && !b.vis.is_empty())
-                })
-                .map(|c| c.spec.name.clone())
+                .iter()
+                .filter(|(id, c)| placed_on(id, c).contains(&InterconnectId(i as u8)))
+                .map(|(_, c)| c.spec.name.clone())
                 .collect();
             st.interconnects.push(status::InterconnectStatus {
                 id: i as u8,
@@ -1906,7 +1918,18 @@ impl Driver {
                     .client_status(*id)
                     .map(|s| format!("{s:?}"))
                     .unwrap_or_else(|| "-".into()),
-                vis: c.bindings.values().map(|b| b.vis.len()).sum(),
+                vis: c
+                    .bindings
+                    .iter()
+                    .filter(|(g, _)| !standby[id].contains(g))
+                    .map(|(_, b)| b.vis.len())
+                    .sum(),
+                standby_vis: c
+                    .bindings
+                    .iter()
+                    .filter(|(g, _)| standby[id].contains(g))
+                    .map(|(_, b)| b.vis.len())
+                    .sum(),
                 mb_s: self.manager.client_rate(*id).map_or(0.0, status::mb_s),
             });
         }

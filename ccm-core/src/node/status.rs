@@ -71,8 +71,11 @@ pub struct ClientStatusLine {
     pub class: String,
     /// The manager's view (Ready, WaitingForPartnerClient, ...).
     pub state: String,
-    /// Connected VIs.
+    /// Connected VIs of its binding.
     pub vis: usize,
+    /// VIs of its standby bindings on the other interconnects (made ahead for a fast failover).
+    #[serde(default)]
+    pub standby_vis: usize,
     /// Measured bandwidth over the balance window, MB/s (on the placer: both nodes' posts).
     #[serde(default)]
     pub mb_s: f64,
@@ -148,11 +151,11 @@ impl NodeStatus {
                 i.clients.join(",")
             );
         }
-        s += "\nCLIENT  NAME                CLASS  VIS  MB/S      STATE\n";
+        s += "\nCLIENT  NAME                CLASS  VIS  STANDBY  MB/S      STATE\n";
         for c in &self.clients {
             s += &format!(
-                "{:<7} {:<19} {:<6} {:<4} {:<9.2} {}\n",
-                c.id, c.name, c.class, c.vis, c.mb_s, c.state
+                "{:<7} {:<19} {:<6} {:<4} {:<8} {:<9.2} {}\n",
+                c.id, c.name, c.class, c.vis, c.standby_vis, c.mb_s, c.state
             );
         }
         s += "\nRECENT EVENTS\n";
@@ -219,6 +222,7 @@ mod tests {
                 class: "High".into(),
                 state: "Ready".into(),
                 vis: 1,
+                standby_vis: 1,
                 mb_s: 29.5,
             }],
             ..NodeStatus::default()

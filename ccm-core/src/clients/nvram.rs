@@ -17,6 +17,18 @@
 //! batch durable. The partner, on that receive completion, scans its mirror ring (in order, once), persists its
 //! checkpoint and answers with a small inline SEND, the [`Ack`] `{applied_pos, applied_lsn, credits_total}`.
 //!
+//! **Threads.** The client VI has a send CQ and a receive CQ. The mirror thread owns the receive side (the
+//! partner's acks and notifications, the reader). The send side (posting batches, reaping their
+//! completions) is a lock that any thread takes when it is free, so the latency path wakes no thread: an
+//! [`Mirror::append`] onto an idle link (nothing in flight) posts its entry itself; a thread in
+//! [`Mirror::wait_durable`] reaps its own entry's completion (as `ib_write_lat` polls its own CQ), for up
+//! to [`DRIVE`] or the spin of [`Mirror::set_spin`]; while batches are in flight new entries wait for the
+//! next batch, posted by whichever thread reaps a completion (the mirror thread spins while anything is in
+//! flight). Batches stay in order because only the holder of the send side takes a batch from the writer
+//! and posts it; the mirror thread installs the send side only after the writer was reset to the
+//! connection (the partner's first ack) and removes it, under that lock, before it leaves the connection.
+//! A fault met by another thread on the send side is handed to the mirror thread, which reports it.
+//!
 //! **Receive credits.** Each client VI has 64 receive slots shared by two kinds of message: notifications
 //! (the partner writer's WRITE_WITH_IMM) and acks (the partner reader's SENDs). A reader grants
 //! [`NOTIFY_WINDOW`] notifications per connection plus one for every notification slot it has reposted
@@ -549,10 +561,14 @@ impl Mirror {
             (lsn, writer.in_flight() == 0)
         };
         self.shared.counters.appended.store(lsn.0, Ordering::SeqCst);
-        // Onto an idle link the entry is posted right here (no thread to wake); while batches are in
-        // flight it joins the next batch, posted by whoever reaps a completion.
+        // Onto an idle link the entry is posted right here; while batches are in flight it joins the next
+        // batch, posted by whichever thread reaps a completion. A parked mirror thread is woken to reap it
+        // (a waiter reaps it first if it can): one system call, no wait on the latency path.
         let shared = &*self.shared;
-        if !(idle && shared.pump()) && shared.unposted() && shared.parked.load(Ordering::SeqCst) {
+        if idle {
+            shared.pump();
+        }
+        if shared.parked.load(Ordering::SeqCst) {
             shared.wake();
         }
         Ok(lsn)
@@ -640,10 +656,10 @@ impl Mirror {
         }
     }
 
-    /// Trade CPU for latency (off, zero, by default): [`wait_durable`](Self::wait_durable) spins (yielding
-    /// the CPU) up to `d` on the durable counter before it sleeps on a condition variable, and the mirror
-    /// thread, once idle, keeps polling for `d` before it parks, so an append within that time is picked up
-    /// without an unpark. Each wake-up of a sleeping thread avoided is tens of microseconds in the emulated
+    /// Trade CPU for latency (off, zero, by default): [`wait_durable`](Self::wait_durable) reaps
+    /// completions itself up to `d` (at least [`DRIVE`]) before it sleeps on a condition variable, and the
+    /// mirror thread, once idle, keeps polling for `d` before it parks, so the partner's acks and
+    /// notifications are picked up without an unpark. Each wake-up of a sleeping thread avoided is tens of microseconds in the emulated
     /// lab guest, as much as the RDMA round trip itself (docs/performance.md, "NVRAM mirror vs raw RDMA
     /// WRITE"). Only for a writer with spare cores: on the lab's 2 vCPUs, spinning waiters and mirror threads
     /// of two busy nodes starve the nodes' driver threads (turns of 20-200 ms), enough to slow a reconnect

@@ -561,14 +561,14 @@ impl Mirror {
             (lsn, writer.in_flight() == 0)
         };
         self.shared.counters.appended.store(lsn.0, Ordering::SeqCst);
-        // Onto an idle link the entry is posted right here; while batches are in flight it joins the next
-        // batch, posted by whichever thread reaps a completion. A parked mirror thread is woken to reap it
-        // (a waiter reaps it first if it can): one system call, no wait on the latency path.
+        // Onto an idle link the entry is posted right here, and its completion is reaped by whoever looks
+        // first: `wait_durable` or `durable_lsn` in the engine's thread, or the mirror thread (polling while
+        // batches are in flight, or at its next timed wake-up when parked): waking it here would put a
+        // second busy thread next to the waiter on the latency path. While batches are in flight the entry
+        // joins the next batch, posted by whichever thread reaps a completion; a parked mirror thread is
+        // woken for it.
         let shared = &*self.shared;
-        if idle {
-            shared.pump();
-        }
-        if shared.parked.load(Ordering::SeqCst) {
+        if !(idle && shared.pump()) && shared.parked.load(Ordering::SeqCst) {
             shared.wake();
         }
         Ok(lsn)
@@ -597,9 +597,15 @@ impl Mirror {
         }
     }
 
-    /// Every entry up to this LSN is in the partner's memory.
+    /// Every entry up to this LSN is in the partner's memory. Reaps completed batches first, if no other
+    /// thread is at it (no wait, no allocation).
     pub fn durable_lsn(&self) -> Lsn {
-        Lsn(self.shared.counters.durable.load(Ordering::Relaxed))
+        self.shared.pump();
+        self.counted_durable()
+    }
+
+    fn counted_durable(&self) -> Lsn {
+        Lsn(self.shared.counters.durable.load(Ordering::SeqCst))
     }
 
     /// Wait until `lsn` is durable (in the partner's memory), at most `timeout`. True if it is.
@@ -611,7 +617,7 @@ impl Mirror {
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
         let shared = &*self.shared;
         // The counter only grows, and only after the writer's own durable LSN did.
-        if self.durable_lsn() >= lsn {
+        if self.counted_durable() >= lsn {
             return true;
         }
         let start = Instant::now();
@@ -620,7 +626,7 @@ impl Mirror {
         let mut polls = 0u32;
         loop {
             shared.pump();
-            if self.durable_lsn() >= lsn {
+            if self.counted_durable() >= lsn {
                 return true;
             }
             polls += 1;

@@ -527,6 +527,11 @@ impl MirrorWriter {
         self.head
     }
 
+    /// Bytes appended and not yet handed out in a batch.
+    pub fn unsent_bytes(&self) -> u64 {
+        self.head - self.sent
+    }
+
     /// Largest payload one entry can carry.
     pub fn max_entry(&self) -> usize {
         (self.capacity / 4) as usize - ENTRY_HEADER

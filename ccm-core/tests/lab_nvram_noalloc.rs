@@ -61,7 +61,7 @@ fn config(lab: &LabTopology, node: u64, tcp_port: u16) -> NodeConfig {
         cluster = 7
         secret_file = "{secret}"
         [timing]
-        heartbeat_ms = 50
+        heartbeat_ms = 30
         heartbeat_misses = 10
         connect_ms = 200
         handshake_ms = 1000

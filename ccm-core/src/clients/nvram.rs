@@ -22,9 +22,10 @@
 //! completions) is a lock that any thread takes when it is free, so the latency path wakes no thread: an
 //! [`Mirror::append`] onto an idle link (nothing in flight) posts its entry itself; a thread in
 //! [`Mirror::wait_durable`] reaps its own entry's completion (as `ib_write_lat` polls its own CQ), for up
-//! to [`DRIVE`] or the spin of [`Mirror::set_spin`]; while batches are in flight new entries wait for the
-//! next batch, posted by whichever thread reaps a completion (the mirror thread spins while anything is in
-//! flight). Batches stay in order because only the holder of the send side takes a batch from the writer
+//! to [`DRIVE`] or the spin of [`Mirror::set_spin`]. Any thread holding the send side posts what is
+//! appended, at once while fewer than [`EAGER_BATCHES`] batches are in flight; beyond that entries gather
+//! into one larger batch until a completion is reaped or [`COALESCE_BYTES`] wait (the mirror thread spins
+//! while anything is in flight). Batches stay in order because only the holder of the send side takes a batch from the writer
 //! and posts it; the mirror thread installs the send side only after the writer was reset to the
 //! connection (the partner's first ack) and removes it, under that lock, before it leaves the connection.
 //! A fault met by another thread on the send side is handed to the mirror thread, which reports it.
@@ -84,6 +85,11 @@ use crate::wire::{Generation, InterconnectId, MemoryWindow};
 pub const NOTIFY_WINDOW: u64 = 24;
 /// Tag bit of a batch's work requests (`wr_id = BATCH_TAG | batch id`), above the channel's send ids.
 pub const BATCH_TAG: u64 = 1 << 62;
+/// Batches in flight beyond which appended entries wait for a completion (and so grow into one larger
+/// batch: fewer WRITEs, notifications and partner scans) unless [`COALESCE_BYTES`] are waiting.
+pub const EAGER_BATCHES: usize = 2;
+/// Unsent bytes that are posted at once, however many batches are in flight.
+pub const COALESCE_BYTES: u64 = 256 << 10;
 /// How long [`Mirror::wait_durable`] reaps its entry's completion itself before it sleeps, when
 /// [`Mirror::set_spin`] is off: about the round trip of a 64 KiB WRITE in the lab guest, so a waiter
 /// sleeps (and needs a wake-up) only when the link is slow or failing.
@@ -293,13 +299,17 @@ fn reap(c: &SendConn, wc: &mut [Completion], shared: &Shared) -> Result<bool, Fa
     Ok(n > 0)
 }
 
-/// Post every batch the writer has (credits and in-flight window permitting).
+/// Post every batch the writer has (credits and in-flight window permitting; beyond [`EAGER_BATCHES`] in
+/// flight only once [`COALESCE_BYTES`] wait).
 fn post(c: &SendConn, max_sent: &mut Lsn, shared: &Shared) -> Result<bool, Fault> {
     let mut posted = false;
     while shared.unposted() {
         let (b, first) = {
             let mut g = shared.lock();
             let first = Lsn(g.writer.sent_lsn().0 + 1);
+            if g.writer.in_flight() >= EAGER_BATCHES && g.writer.unsent_bytes() < COALESCE_BYTES {
+                break;
+            }
             match g.writer.next_batch() {
                 Some(b) => (b, first),
                 None => break,

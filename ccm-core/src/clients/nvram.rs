@@ -874,10 +874,11 @@ impl Client {
                 if spinning || self.shared.lock().writer.in_flight() > 0 {
                     std::thread::yield_now();
                 } else {
+                    // Also with entries unposted: this turn's pump could not post them (no connection
+                    // synced, no credit) or another thread holds the send side and looks again after it.
+                    // Spinning here instead starved the nodes' driver threads in the lab.
                     self.shared.parked.store(true, Ordering::SeqCst);
-                    if !self.shared.unposted() {
-                        std::thread::park_timeout(Duration::from_millis(1));
-                    }
+                    std::thread::park_timeout(Duration::from_millis(1));
                     self.shared.parked.store(false, Ordering::SeqCst);
                 }
             }

@@ -49,12 +49,14 @@ pub struct MirrorSize {
 /// counters. Microsecond medians over that pass.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stages {
-    /// `append` in the writer's thread (lock, copy into the ring, unpark the mirror thread).
+    /// `append` in the writer's thread (lock, copy into the ring; onto an idle link also the post, since
+    /// the appending thread posts itself).
     pub append_us: f64,
-    /// From `append` returning until the batch counter moves: the mirror thread woke up and posted.
+    /// From `append` returning until the batch counter moves (zero-ish when `append` posted itself; with
+    /// batches in flight: until a thread reaping a completion posts the entry).
     pub handoff_post_us: f64,
-    /// From then until `durable_lsn` covers the entry: RC completion polled and bookkept by the mirror
-    /// thread.
+    /// From then until `durable_lsn` covers the entry: RC completion polled and bookkept (in this pass by
+    /// the mirror thread: the bench's waiter only watches the counters).
     pub completion_us: f64,
     /// The whole entry in this spinning pass (append -> durable seen).
     pub total_us: f64,

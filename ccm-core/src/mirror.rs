@@ -260,14 +260,15 @@ impl RingBytes for Arc<SharedMemory> {
     }
 }
 
-fn encode_header(magic: u32, len: u32, lsn: u64, payload: &[u8]) -> [u8; ENTRY_HEADER] {
+/// The header of an entry (or pad) and its checksum.
+fn encode_header(magic: u32, len: u32, lsn: u64, payload: &[u8]) -> ([u8; ENTRY_HEADER], u32) {
     let mut hdr = [0u8; ENTRY_HEADER];
     hdr[0..4].copy_from_slice(&magic.to_le_bytes());
     hdr[4..8].copy_from_slice(&len.to_le_bytes());
     hdr[8..16].copy_from_slice(&lsn.to_le_bytes());
     let crc = entry_crc(&hdr[0..16], payload);
     hdr[16..20].copy_from_slice(&crc.to_le_bytes());
-    hdr
+    (hdr, crc)
 }
 
 /// What [`read_entry`] found at an offset of a ring.
@@ -305,6 +306,15 @@ pub fn read_entry<R: RingBytes + ?Sized>(
     offset: u64,
     payload: &mut [u8],
 ) -> Option<RingEntry> {
+    read_entry_crc(ring, offset, payload).map(|(e, _)| e)
+}
+
+/// [`read_entry`], with the checksum the entry carries (and matches).
+fn read_entry_crc<R: RingBytes + ?Sized>(
+    ring: &R,
+    offset: u64,
+    payload: &mut [u8],
+) -> Option<(RingEntry, u32)> {
     let capacity = ring.capacity();
     if offset % ENTRY_ALIGN as u64 != 0 || offset + ENTRY_HEADER as u64 > capacity {
         return None;
@@ -317,29 +327,36 @@ pub fn read_entry<R: RingBytes + ?Sized>(
     let crc = u32::from_le_bytes(hdr[16..20].try_into().expect("4 bytes"));
     match magic {
         MAGIC_PAD => (len as u64 == capacity - offset && entry_crc(&hdr[0..16], &[]) == crc)
-            .then_some(RingEntry::Pad { lsn }),
+            .then_some((RingEntry::Pad { lsn }, crc)),
         MAGIC_ENTRY => {
             if len > payload.len() || offset + (ENTRY_HEADER + len) as u64 > capacity {
                 return None;
             }
             let body = &mut payload[..len];
             ring.read_at(offset + ENTRY_HEADER as u64, body);
-            (entry_crc(&hdr[0..16], body) == crc).then_some(RingEntry::Entry { lsn, len })
+            (entry_crc(&hdr[0..16], body) == crc).then_some((RingEntry::Entry { lsn, len }, crc))
         }
         _ => None,
     }
 }
 
 /// Running checksum of a sequence of entries: equal on both sides when they hold the same entries in order.
+/// It chains the entries' own checksums (each over the entry's LSN, length and payload), so the writer and
+/// the reader, which compute those anyway, pass over each payload once, not twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Digest(pub u32);
 
 impl Digest {
     /// The digest after one more entry.
     pub fn add(self, lsn: Lsn, payload: &[u8]) -> Digest {
+        let (_, crc) = encode_header(MAGIC_ENTRY, payload.len() as u32, lsn.0, payload);
+        self.chain(crc)
+    }
+
+    /// The digest after one more entry whose checksum (the header's) is `crc`.
+    fn chain(self, crc: u32) -> Digest {
         let mut h = crc32fast::Hasher::new_with_initial(self.0);
-        h.update(&lsn.0.to_le_bytes());
-        h.update(payload);
+        h.update(&crc.to_le_bytes());
         Digest(h.finalize())
     }
 }
@@ -510,6 +527,11 @@ impl MirrorWriter {
         self.head
     }
 
+    /// Bytes appended and not yet handed out in a batch.
+    pub fn unsent_bytes(&self) -> u64 {
+        self.head - self.sent
+    }
+
     /// Largest payload one entry can carry.
     pub fn max_entry(&self) -> usize {
         (self.capacity / 4) as usize - ENTRY_HEADER
@@ -584,17 +606,15 @@ impl MirrorWriter {
         }
         let lsn = self.next_lsn;
         if pad > 0 {
-            ring.write_at(offset, &encode_header(MAGIC_PAD, pad as u32, lsn, &[]));
+            ring.write_at(offset, &encode_header(MAGIC_PAD, pad as u32, lsn, &[]).0);
         }
         let at = (self.head + pad) % self.capacity;
         ring.write_at(at + ENTRY_HEADER as u64, payload);
-        ring.write_at(
-            at,
-            &encode_header(MAGIC_ENTRY, payload.len() as u32, lsn, payload),
-        );
+        let (hdr, crc) = encode_header(MAGIC_ENTRY, payload.len() as u32, lsn, payload);
+        ring.write_at(at, &hdr);
         self.head += needed;
         self.next_lsn += 1;
-        self.digest = self.digest.add(Lsn(lsn), payload);
+        self.digest = self.digest.chain(crc);
         Ok(Lsn(lsn))
     }
 
@@ -938,16 +958,16 @@ impl MirrorReader {
         let mut entries = 0;
         loop {
             let offset = self.applied_pos % self.capacity;
-            let found = read_entry(ring, offset, &mut self.scratch);
+            let found = read_entry_crc(ring, offset, &mut self.scratch);
             match found {
-                Some(e) if e.lsn().0 != self.applied_lsn.0 + 1 => break,
-                Some(RingEntry::Pad { .. }) => self.applied_pos += self.capacity - offset,
-                Some(RingEntry::Entry { lsn, len }) => {
+                Some((e, _)) if e.lsn().0 != self.applied_lsn.0 + 1 => break,
+                Some((RingEntry::Pad { .. }, _)) => self.applied_pos += self.capacity - offset,
+                Some((RingEntry::Entry { lsn, len }, crc)) => {
                     let payload = &self.scratch[..len];
                     apply(lsn, payload);
                     self.applied_lsn = lsn;
                     self.applied_pos += align_up((ENTRY_HEADER + len) as u64);
-                    self.digest = self.digest.add(lsn, payload);
+                    self.digest = self.digest.chain(crc);
                     entries += 1;
                 }
                 None => break,
@@ -1115,6 +1135,35 @@ mod tests {
             0
         );
         assert_eq!(r.digest(), w.digest());
+    }
+
+    /// The digest chains the entries' own checksums: both sides and `Digest::add` agree, and it changes
+    /// with any payload byte, LSN or order.
+    #[test]
+    fn the_digest_follows_content_lsn_and_order() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 4).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        for p in [&b"one"[..], b"two", b""] {
+            w.append(&mut local, p).unwrap();
+        }
+        copy(&w.next_batch().unwrap(), &local, &mut mirror);
+        r.scan(&mirror, |_, _| {}).unwrap();
+        let model = Digest::default()
+            .add(Lsn(1), b"one")
+            .add(Lsn(2), b"two")
+            .add(Lsn(3), b"");
+        assert_eq!((w.digest(), r.digest()), (model, model));
+        let d = Digest::default().add(Lsn(1), b"one");
+        assert_ne!(d, Digest::default().add(Lsn(1), b"onf"));
+        assert_ne!(d, Digest::default().add(Lsn(2), b"one"));
+        assert_ne!(
+            model,
+            Digest::default()
+                .add(Lsn(1), b"two")
+                .add(Lsn(2), b"one")
+                .add(Lsn(3), b"")
+        );
     }
 
     #[test]

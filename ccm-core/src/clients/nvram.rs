@@ -17,6 +17,19 @@
 //! batch durable. The partner, on that receive completion, scans its mirror ring (in order, once), persists its
 //! checkpoint and answers with a small inline SEND, the [`Ack`] `{applied_pos, applied_lsn, credits_total}`.
 //!
+//! **Threads.** The client VI has a send CQ and a receive CQ. The mirror thread owns the receive side (the
+//! partner's acks and notifications, the reader). The send side (posting batches, reaping their
+//! completions) is a lock that any thread takes when it is free, so the latency path wakes no thread: an
+//! [`Mirror::append`] onto an idle link (nothing in flight) posts its entry itself; a thread in
+//! [`Mirror::wait_durable`] reaps its own entry's completion (as `ib_write_lat` polls its own CQ), for up
+//! to [`DRIVE`] or the spin of [`Mirror::set_spin`]. Any thread holding the send side posts what is
+//! appended, at once while fewer than [`EAGER_BATCHES`] batches are in flight; beyond that entries gather
+//! into one larger batch until a completion is reaped or [`COALESCE_BYTES`] wait (the mirror thread spins
+//! while anything is in flight). Batches stay in order because only the holder of the send side takes a batch from the writer
+//! and posts it; the mirror thread installs the send side only after the writer was reset to the
+//! connection (the partner's first ack) and removes it, under that lock, before it leaves the connection.
+//! A fault met by another thread on the send side is handed to the mirror thread, which reports it.
+//!
 //! **Receive credits.** Each client VI has 64 receive slots shared by two kinds of message: notifications
 //! (the partner writer's WRITE_WITH_IMM) and acks (the partner reader's SENDs). A reader grants
 //! [`NOTIFY_WINDOW`] notifications per connection plus one for every notification slot it has reposted
@@ -48,8 +61,8 @@
 //! checkpoint, then alternates, so a write torn by a kill always leaves the newest whole one.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -63,7 +76,8 @@ use crate::mirror::{
     compare_rings, Batch, Checkpoint, Digest, Lsn, MirrorError, MirrorReader, MirrorWriter,
     WriterCheckpoint,
 };
-use crate::node::channel::{RcChannel, SEND_WR_BASE};
+use crate::node::channel::RcChannel;
+use crate::node::meter::ByteMeter;
 use crate::node::{ClientHandle, ClientMemory, ClientNotice, ClientRegion, NodeError, NodeHandle};
 use crate::wire::{Generation, InterconnectId, MemoryWindow};
 
@@ -71,6 +85,15 @@ use crate::wire::{Generation, InterconnectId, MemoryWindow};
 pub const NOTIFY_WINDOW: u64 = 24;
 /// Tag bit of a batch's work requests (`wr_id = BATCH_TAG | batch id`), above the channel's send ids.
 pub const BATCH_TAG: u64 = 1 << 62;
+/// Batches in flight beyond which appended entries wait for a completion (and so grow into one larger
+/// batch: fewer WRITEs, notifications and partner scans) unless [`COALESCE_BYTES`] are waiting.
+pub const EAGER_BATCHES: usize = 2;
+/// Unsent bytes that are posted at once, however many batches are in flight.
+pub const COALESCE_BYTES: u64 = 256 << 10;
+/// How long [`Mirror::wait_durable`] reaps its entry's completion itself before it sleeps, when
+/// [`Mirror::set_spin`] is off: about the round trip of a 64 KiB WRITE in the lab guest, so a waiter
+/// sleeps (and needs a wake-up) only when the link is slow or failing.
+pub const DRIVE: Duration = Duration::from_millis(5);
 
 const ACK_MAGIC: u32 = u32::from_le_bytes(*b"CCMA");
 
@@ -197,10 +220,130 @@ impl WriterSide {
 
 const NO_LINK: u32 = u32::MAX;
 
+/// The sending half of a synced connection. Whoever holds [`Shared::send`] posts batches and reaps their
+/// completions: the appending thread (an append onto an idle link posts itself), a thread in
+/// [`Mirror::wait_durable`] (it reaps its own entry's completion), or the mirror thread. Only the mirror
+/// thread installs and removes it, so it never exists while the writer is reset to a new link.
+struct SendConn {
+    vi: Arc<RcChannel>,
+    local: ClientRegion,
+    remote: MemoryWindow,
+    /// Why posting stopped; the mirror thread reports it and leaves the connection.
+    fault: Option<Fault>,
+}
+
+struct SendSide {
+    conn: Option<SendConn>,
+    /// Highest LSN ever handed out in a batch (to count re-sends).
+    max_sent: Lsn,
+    wc: [Completion; 16],
+}
+
+impl SendSide {
+    /// Reap completed batches, then post every batch the writer has. True if anything happened.
+    fn pump(&mut self, shared: &Shared) -> bool {
+        let SendSide { conn, max_sent, wc } = self;
+        let Some(c) = conn else { return false };
+        if c.fault.is_some() {
+            return false;
+        }
+        match reap(c, wc, shared).and_then(|r| Ok(r | post(c, max_sent, shared)?)) {
+            Ok(progress) => progress,
+            Err(f) => {
+                c.fault = Some(f);
+                shared.send_fault.store(true, Ordering::SeqCst);
+                shared.wake();
+                true
+            }
+        }
+    }
+}
+
+/// The completions of the connection's send queue: batches (durable now) and the reader's acks.
+fn reap(c: &SendConn, wc: &mut [Completion], shared: &Shared) -> Result<bool, Fault> {
+    let n =
+        c.vi.poll_send(wc)
+            .map_err(|e| Fault::Vi(format!("poll: {e}")))?;
+    let mut wake = false;
+    {
+        let mut g = None;
+        let mut durable = None;
+        for wc in &wc[..n] {
+            if !wc.is_success() {
+                return Err(Fault::Vi(format!(
+                    "completion {:?} (wr_id {:#x})",
+                    wc.status(),
+                    wc.wr_id()
+                )));
+            }
+            if wc.wr_id() & BATCH_TAG != 0 {
+                let g = g.get_or_insert_with(|| shared.lock());
+                durable = Some(
+                    g.writer
+                        .batch_completed(wc.wr_id() & !BATCH_TAG)
+                        .map_err(|e| Fault::Protocol(e.to_string()))?,
+                );
+            }
+            // Otherwise one of the reader's acks went out.
+        }
+        if let Some(d) = durable {
+            shared.counters.durable.fetch_max(d.0, Ordering::SeqCst);
+            // Read under the writer lock, where a waiter counts itself before it sleeps: it either saw
+            // the new durable LSN or is counted here.
+            wake = shared.sleepers.load(Ordering::SeqCst) > 0;
+        }
+    }
+    if wake {
+        shared.changed.notify_all();
+    }
+    Ok(n > 0)
+}
+
+/// Post every batch the writer has (credits and in-flight window permitting; beyond [`EAGER_BATCHES`] in
+/// flight only once [`COALESCE_BYTES`] wait).
+fn post(c: &SendConn, max_sent: &mut Lsn, shared: &Shared) -> Result<bool, Fault> {
+    let mut posted = false;
+    while shared.unposted() {
+        let (b, first) = {
+            let mut g = shared.lock();
+            let first = Lsn(g.writer.sent_lsn().0 + 1);
+            if g.writer.in_flight() >= EAGER_BATCHES && g.writer.unsent_bytes() < COALESCE_BYTES {
+                break;
+            }
+            match g.writer.next_batch() {
+                Some(b) => (b, first),
+                None => break,
+            }
+        };
+        shared.posted.store(b.last_lsn.0, Ordering::SeqCst);
+        post_batch(c, &b).map_err(|e| Fault::Vi(format!("post: {e}")))?;
+        shared.meter.add(b.segments().iter().map(|s| s.len).sum());
+        posted = true;
+        let counters = &shared.counters;
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        if first <= *max_sent {
+            counters.resent_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        *max_sent = (*max_sent).max(b.last_lsn);
+    }
+    Ok(posted)
+}
+
 struct Shared {
     writer: Mutex<WriterSide>,
-    /// Notified when `durable` moves or ring space is released.
+    /// Notified when `durable` moves or ring space is released, if anyone sleeps (`sleepers`).
     changed: Condvar,
+    /// Threads asleep on `changed` (counted under the writer lock).
+    sleepers: AtomicU32,
+    /// The send side (see [`SendConn`]).
+    send: Mutex<SendSide>,
+    /// A [`SendConn::fault`] is waiting for the mirror thread.
+    send_fault: AtomicBool,
+    /// Last LSN handed out in a batch: an append beyond it is waiting to be posted.
+    posted: AtomicU64,
+    /// The mirror thread is parked (or about to): an append it must post wakes it.
+    parked: AtomicBool,
+    meter: ByteMeter,
     counters: Counters,
     mirror_digest: AtomicU32,
     link: AtomicU32,
@@ -219,6 +362,37 @@ impl Shared {
         if let Some(t) = self.thread.get() {
             t.unpark();
         }
+    }
+
+    /// Post what was appended and reap what completed, unless another thread holds the send side (it
+    /// looks again after releasing it). True if anything happened.
+    fn pump(&self) -> bool {
+        let mut progress = false;
+        loop {
+            let mut s = match self.send.try_lock() {
+                Ok(s) => s,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return progress,
+            };
+            let p = s.pump(self);
+            progress |= p;
+            drop(s);
+            // An append that found the send side taken relies on its holder to look again.
+            fence(Ordering::SeqCst);
+            // (Nothing happened: no connection, no credit or a full window; the mirror thread retries.)
+            if !p || !self.unposted() {
+                return progress;
+            }
+        }
+    }
+
+    /// Appended entries not yet handed out in a batch.
+    fn unposted(&self) -> bool {
+        self.counters.appended.load(Ordering::SeqCst) > self.posted.load(Ordering::SeqCst)
+    }
+
+    fn lock_send(&self) -> MutexGuard<'_, SendSide> {
+        self.send.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -308,6 +482,17 @@ pub fn start_with(
     let max_entry = writer.max_entry();
     let (appended, durable) = (writer.last_lsn(), writer.durable_lsn());
     let partner_entries = recovered.entries;
+    let memory = vec![
+        ClientMemory {
+            memory: local.clone(),
+            remote_write: false,
+        },
+        ClientMemory {
+            memory: mirror.clone(),
+            remote_write: true,
+        },
+    ];
+    let handle = node.register(spec, memory)?;
     let shared = Arc::new(Shared {
         writer: Mutex::new(WriterSide {
             writer,
@@ -316,6 +501,17 @@ pub fn start_with(
             slot: wslot,
         }),
         changed: Condvar::new(),
+        sleepers: AtomicU32::new(0),
+        send: Mutex::new(SendSide {
+            conn: None,
+            // What the old process may have sent: a resend of it counts as one.
+            max_sent: appended,
+            wc: [Completion::default(); 16],
+        }),
+        send_fault: AtomicBool::new(false),
+        posted: AtomicU64::new(durable.0),
+        parked: AtomicBool::new(false),
+        meter: handle.meter(),
         counters: Counters::default(),
         mirror_digest: AtomicU32::new(reader.digest().0),
         link: AtomicU32::new(NO_LINK),
@@ -337,17 +533,6 @@ pub fn start_with(
         .appended
         .store(appended.0, Ordering::Relaxed);
     shared.counters.durable.store(durable.0, Ordering::Relaxed);
-    let memory = vec![
-        ClientMemory {
-            memory: local,
-            remote_write: false,
-        },
-        ClientMemory {
-            memory: mirror.clone(),
-            remote_write: true,
-        },
-    ];
-    let handle = node.register(spec, memory)?;
     let client = Client {
         handle,
         shared: shared.clone(),
@@ -358,8 +543,6 @@ pub fn start_with(
         reader,
         apply,
         conn: None,
-        // What the old process may have sent: a resend of it counts as one.
-        max_sent: appended,
         wc: [Completion::default(); 32],
     };
     let thread = std::thread::Builder::new()
@@ -381,16 +564,23 @@ impl Mirror {
     /// the background ([`wait_durable`](Self::wait_durable) waits for it). [`MirrorError::RingFull`] is
     /// back-pressure: retry once the partner applied more ([`append_wait`](Self::append_wait) does).
     pub fn append(&self, payload: &[u8]) -> Result<Lsn, MirrorError> {
-        let lsn = {
+        let (lsn, idle) = {
             let mut g = self.shared.lock();
             let WriterSide { writer, ring, .. } = &mut *g;
-            writer.append(ring, payload)?
+            let lsn = writer.append(ring, payload)?;
+            (lsn, writer.in_flight() == 0)
         };
-        self.shared
-            .counters
-            .appended
-            .store(lsn.0, Ordering::Relaxed);
-        self.shared.wake();
+        self.shared.counters.appended.store(lsn.0, Ordering::SeqCst);
+        // Onto an idle link the entry is posted right here, and its completion is reaped by whoever looks
+        // first: `wait_durable` or `durable_lsn` in the engine's thread, or the mirror thread (polling while
+        // batches are in flight, or at its next timed wake-up when parked): waking it here would put a
+        // second busy thread next to the waiter on the latency path. While batches are in flight the entry
+        // joins the next batch, posted by whichever thread reaps a completion; a parked mirror thread is
+        // woken for it.
+        let shared = &*self.shared;
+        if !(idle && shared.pump()) && shared.parked.load(Ordering::SeqCst) {
+            shared.wake();
+        }
         Ok(lsn)
     }
 
@@ -417,23 +607,53 @@ impl Mirror {
         }
     }
 
-    /// Every entry up to this LSN is in the partner's memory.
+    /// Every entry up to this LSN is in the partner's memory. Reaps completed batches first, if no other
+    /// thread is at it (no wait, no allocation).
     pub fn durable_lsn(&self) -> Lsn {
-        Lsn(self.shared.counters.durable.load(Ordering::Relaxed))
+        self.shared.pump();
+        self.counted_durable()
+    }
+
+    fn counted_durable(&self) -> Lsn {
+        Lsn(self.shared.counters.durable.load(Ordering::SeqCst))
     }
 
     /// Wait until `lsn` is durable (in the partner's memory), at most `timeout`. True if it is.
+    ///
+    /// The waiting thread reaps the completions itself (and posts what is appended) for up to
+    /// [`DRIVE`], or the spin of [`set_spin`](Self::set_spin) if longer, as `ib_write_lat` does: no other
+    /// thread has to be woken for it. After that, or while another thread holds the send side, it sleeps
+    /// until the mirror thread reports the entry durable.
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
+        let shared = &*self.shared;
+        // The counter only grows, and only after the writer's own durable LSN did.
+        if self.counted_durable() >= lsn {
+            return true;
+        }
         let start = Instant::now();
         let deadline = start + timeout;
-        let spin = self.spin().min(timeout);
-        if !spin.is_zero() {
-            // The counter only grows, and only after the writer's own durable LSN did.
-            while self.durable_lsn() < lsn && start.elapsed() < spin {
+        let drive = self.spin().max(DRIVE).min(timeout);
+        let mut polls = 0u32;
+        loop {
+            shared.pump();
+            if self.counted_durable() >= lsn {
+                return true;
+            }
+            polls += 1;
+            // The clock is read now and then: in the lab guest it is an emulated HPET.
+            if polls % 64 == 0 && start.elapsed() >= drive {
+                break;
+            }
+            if polls % 8 == 0 {
                 std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
             }
         }
-        let mut g = self.shared.lock();
+        if shared.parked.load(Ordering::SeqCst) {
+            shared.wake();
+        }
+        let mut g = shared.lock();
         loop {
             if g.writer.durable_lsn() >= lsn {
                 return true;
@@ -442,19 +662,20 @@ impl Mirror {
             if now >= deadline {
                 return false;
             }
-            g = self
-                .shared
+            shared.sleepers.fetch_add(1, Ordering::SeqCst);
+            g = shared
                 .changed
                 .wait_timeout(g, deadline - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
+            shared.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    /// Trade CPU for latency (off, zero, by default): [`wait_durable`](Self::wait_durable) spins (yielding
-    /// the CPU) up to `d` on the durable counter before it sleeps on a condition variable, and the mirror
-    /// thread, once idle, keeps polling for `d` before it parks, so an append within that time is picked up
-    /// without an unpark. Each wake-up of a sleeping thread avoided is tens of microseconds in the emulated
+    /// Trade CPU for latency (off, zero, by default): [`wait_durable`](Self::wait_durable) reaps
+    /// completions itself up to `d` (at least [`DRIVE`]) before it sleeps on a condition variable, and the
+    /// mirror thread, once idle, keeps polling for `d` before it parks, so the partner's acks and
+    /// notifications are picked up without an unpark. Each wake-up of a sleeping thread avoided is tens of microseconds in the emulated
     /// lab guest, as much as the RDMA round trip itself (docs/performance.md, "NVRAM mirror vs raw RDMA
     /// WRITE"). Only for a writer with spare cores: on the lab's 2 vCPUs, spinning waiters and mirror threads
     /// of two busy nodes starve the nodes' driver threads (turns of 20-200 ms), enough to slow a reconnect
@@ -605,8 +826,6 @@ struct Client {
     reader: MirrorReader,
     apply: ApplyFn,
     conn: Option<Conn>,
-    /// Highest LSN ever handed out in a batch (to count re-sends).
-    max_sent: Lsn,
     wc: [Completion; 32],
 }
 
@@ -655,7 +874,12 @@ impl Client {
                 if spinning || self.shared.lock().writer.in_flight() > 0 {
                     std::thread::yield_now();
                 } else {
+                    // Also with entries unposted: this turn's pump could not post them (no connection
+                    // synced, no credit) or another thread holds the send side and looks again after it.
+                    // Spinning here instead starved the nodes' driver threads in the lab.
+                    self.shared.parked.store(true, Ordering::SeqCst);
                     std::thread::park_timeout(Duration::from_millis(1));
+                    self.shared.parked.store(false, Ordering::SeqCst);
                 }
             }
         }
@@ -677,6 +901,7 @@ impl Client {
     fn set_conn(&mut self, conn: Option<Conn>) {
         // The VIs of a binding we leave are being released: put ours in the error state now, so nothing
         // still queued on it can land in the partner's ring after we resume on another connection.
+        self.shared.lock_send().conn = None;
         if let Some(old) = self.conn.take() {
             old.vi.fail();
         }
@@ -774,6 +999,7 @@ impl Client {
                 if let Some(c) = &mut self.conn {
                     c.wedged = true;
                 }
+                self.shared.lock_send().conn = None;
                 self.shared.synced.store(false, Ordering::Relaxed);
             }
         }
@@ -818,14 +1044,26 @@ impl Client {
         Ok(())
     }
 
-    /// One round on the connection: completions, then new batches. True if anything happened.
+    /// One round on the connection: what arrived (the partner's acks, its notifications), then the send
+    /// side if no other thread holds it. True if anything happened.
     fn turn(&mut self) -> Result<bool, Fault> {
         let Some(c) = &self.conn else {
             return Ok(false);
         };
+        if self.shared.send_fault.swap(false, Ordering::SeqCst) {
+            let fault = self
+                .shared
+                .lock_send()
+                .conn
+                .as_mut()
+                .and_then(|s| s.fault.take());
+            if let Some(f) = fault {
+                return Err(f);
+            }
+        }
         let vi = c.vi.clone();
         let n = vi
-            .poll(&mut self.wc)
+            .poll_recv(&mut self.wc)
             .map_err(|e| Fault::Vi(format!("poll: {e}")))?;
         let mut notified = false;
         let mut acks: [Option<Ack>; 1] = [None];
@@ -838,12 +1076,7 @@ impl Client {
                     wc.wr_id()
                 )));
             }
-            let id = wc.wr_id();
-            if id & BATCH_TAG != 0 {
-                self.batch_completed(id & !BATCH_TAG)?;
-            } else if id >= SEND_WR_BASE {
-                // One of our acks went out.
-            } else if wc.imm().is_some() {
+            if wc.imm().is_some() {
                 vi.repost(&wc)
                     .map_err(|e| Fault::Vi(format!("repost: {e}")))?;
                 if let Some(c) = &mut self.conn {
@@ -877,23 +1110,8 @@ impl Client {
         if notified {
             self.scan_and_ack()?;
         }
-        let posted = self.post_batches()?;
-        Ok(n > 0 || posted)
-    }
-
-    fn batch_completed(&mut self, id: u64) -> Result<(), Fault> {
-        let durable = {
-            let mut g = self.shared.lock();
-            g.writer
-                .batch_completed(id)
-                .map_err(|e| Fault::Protocol(e.to_string()))?
-        };
-        self.shared
-            .counters
-            .durable
-            .fetch_max(durable.0, Ordering::Relaxed);
-        self.shared.changed.notify_all();
-        Ok(())
+        let pumped = self.shared.pump();
+        Ok(n > 0 || pumped)
     }
 
     fn partner_ack(&mut self, a: Ack) -> Result<(), Fault> {
@@ -903,7 +1121,7 @@ impl Client {
         if c.wedged {
             return Ok(());
         }
-        let durable = {
+        let (durable, sent) = {
             let mut g = self.shared.lock();
             let r = if c.synced {
                 g.writer
@@ -916,10 +1134,18 @@ impl Client {
             // Before any append may reuse the space this ack freed.
             g.persist()
                 .map_err(|e| Fault::Protocol(format!("writer checkpoint: {e}")))?;
-            g.writer.durable_lsn()
+            (g.writer.durable_lsn(), g.writer.sent_lsn())
         };
         if !c.synced {
             c.synced = true;
+            // The writer is reset to this connection: from now on any thread may post on it.
+            self.shared.posted.store(sent.0, Ordering::SeqCst);
+            self.shared.lock_send().conn = Some(SendConn {
+                vi: c.vi.clone(),
+                local: c.local.clone(),
+                remote: c.remote,
+                fault: None,
+            });
             self.shared.synced.store(true, Ordering::Relaxed);
             tracing::info!(
                 target: "ccm::nvram",
@@ -931,61 +1157,45 @@ impl Client {
         self.shared
             .counters
             .durable
-            .fetch_max(durable.0, Ordering::Relaxed);
+            .fetch_max(durable.0, Ordering::SeqCst);
         self.shared.changed.notify_all();
         Ok(())
-    }
-
-    /// Post every batch the writer has (credits and in-flight window permitting).
-    fn post_batches(&mut self) -> Result<bool, Fault> {
-        let Some(c) = &self.conn else {
-            return Ok(false);
-        };
-        if !c.synced || c.wedged {
-            return Ok(false);
-        }
-        let mut posted = false;
-        let mut g = self.shared.lock();
-        loop {
-            let first = Lsn(g.writer.sent_lsn().0 + 1);
-            let Some(b) = g.writer.next_batch() else {
-                break;
-            };
-            post_batch(c, &b).map_err(|e| Fault::Vi(format!("post: {e}")))?;
-            self.handle
-                .add_bytes(b.segments().iter().map(|s| s.len).sum());
-            posted = true;
-            let counters = &self.shared.counters;
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            if first <= self.max_sent {
-                counters.resent_batches.fetch_add(1, Ordering::Relaxed);
-            }
-            self.max_sent = self.max_sent.max(b.last_lsn);
-        }
-        Ok(posted)
     }
 }
 
 /// RDMA WRITE the batch's segments from the local ring to the same offsets of the partner's mirror ring, the
-/// last one with the immediate that notifies the partner; only that one is signalled.
-fn post_batch(c: &Conn, b: &Batch) -> Result<(), ccm_verbs::Error> {
+/// last one with the immediate that notifies the partner; only that one is signalled. One post call (one
+/// doorbell) for the whole batch.
+fn post_batch(c: &SendConn, b: &Batch) -> Result<(), ccm_verbs::Error> {
     let segs = b.segments();
-    for (k, seg) in segs.iter().enumerate() {
-        let sge = [c.local.slice(seg.offset as usize, seg.len as usize)?];
+    let mut sges = [c
+        .local
+        .slice(segs[0].offset as usize, segs[0].len as usize)?; 2];
+    for (k, seg) in segs.iter().enumerate().skip(1) {
+        sges[k] = c.local.slice(seg.offset as usize, seg.len as usize)?;
+    }
+    let wr_id = BATCH_TAG | b.id;
+    let wr = |k: usize| {
         let to = RemoteAddr {
-            addr: c.remote.addr + seg.offset,
+            addr: c.remote.addr + segs[k].offset,
             rkey: c.remote.rkey,
         };
-        let wr_id = BATCH_TAG | b.id;
-        let wr = if k + 1 == segs.len() {
-            SendWr::new(wr_id, SendOp::WriteWithImm(to, b.last_lsn.0 as u32), &sge)
+        if k + 1 == segs.len() {
+            SendWr::new(
+                wr_id,
+                SendOp::WriteWithImm(to, b.last_lsn.0 as u32),
+                std::slice::from_ref(&sges[k]),
+            )
         } else {
-            SendWr::new(wr_id, SendOp::Write(to), &sge).unsignaled()
-        };
-        c.vi.check_port()?;
-        c.vi.qp().post_send_one(&wr)?;
+            SendWr::new(wr_id, SendOp::Write(to), std::slice::from_ref(&sges[k])).unsignaled()
+        }
+    };
+    c.vi.check_port()?;
+    if segs.len() == 1 {
+        c.vi.qp().post_send_one(&wr(0))
+    } else {
+        c.vi.qp().post_send(&[wr(0), wr(1)])
     }
-    Ok(())
 }
 
 /// After a run: walk this node's log ring (`local_log`) and the partner's mirror of it (`partner_mirror`, the

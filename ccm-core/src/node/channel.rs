@@ -160,11 +160,15 @@ pub enum Delivery<'a> {
 /// Work request ids at or above this are sends; below are receive slot indices.
 pub const SEND_WR_BASE: u64 = 1 << 32;
 
-/// A message channel over one RC queue pair.
+/// A message channel over one RC queue pair, with a completion queue for its sends and another for its
+/// receives: [`poll`](RcChannel::poll) reads both, [`poll_send`](RcChannel::poll_send) and
+/// [`poll_recv`](RcChannel::poll_recv) one each, so one thread can reap its own sends (the NVRAM mirror's
+/// appending thread) while another handles what arrives.
 pub struct RcChannel {
     dev: IcDevice,
     qp: QueuePair,
     cq: CompletionQueue,
+    send_cq: CompletionQueue,
     rx: MemoryRegion<Vec<u8>>,
     slots: u32,
     slot_size: u32,
@@ -183,7 +187,7 @@ impl Drop for RcChannel {
         let mut wc = [Completion::default(); 16];
         let t = std::time::Instant::now();
         while t.elapsed() < std::time::Duration::from_millis(20) {
-            match self.cq.poll(&mut wc) {
+            match self.poll(&mut wc) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -210,7 +214,8 @@ impl RcChannel {
         slot_size: u32,
         send_depth: u32,
     ) -> Result<RcChannel, ccm_verbs::Error> {
-        let cq = CompletionQueue::new(&dev.ctx, slots + send_depth + 8, None)?;
+        let cq = CompletionQueue::new(&dev.ctx, slots + 8, None)?;
+        let send_cq = CompletionQueue::new(&dev.ctx, send_depth + 8, None)?;
         let caps = QpCaps {
             max_send_wr: send_depth,
             max_recv_wr: slots,
@@ -218,7 +223,7 @@ impl RcChannel {
             max_recv_sge: 1,
             max_inline_data: 64,
         };
-        let qp = QueuePair::new_rc(pd, &cq, &cq, caps)?;
+        let qp = QueuePair::new_rc(pd, &send_cq, &cq, caps)?;
         let rx = MemoryRegion::register(
             pd,
             vec![0u8; (slots * slot_size) as usize],
@@ -229,6 +234,7 @@ impl RcChannel {
             dev: dev.clone(),
             qp,
             cq,
+            send_cq,
             rx,
             slots,
             slot_size,
@@ -339,8 +345,19 @@ impl RcChannel {
             .post_send_one(&SendWr::inline(SEND_WR_BASE + n, SendOp::Send, bytes))
     }
 
-    /// Poll completions (no allocation).
+    /// Poll completions of both queues, sends first (no allocation).
     pub fn poll(&self, out: &mut [Completion]) -> Result<usize, ccm_verbs::Error> {
+        let n = self.send_cq.poll(out)?;
+        Ok(n + self.cq.poll(&mut out[n..])?)
+    }
+
+    /// Poll the completions of sends and RDMA WRITEs only (no allocation).
+    pub fn poll_send(&self, out: &mut [Completion]) -> Result<usize, ccm_verbs::Error> {
+        self.send_cq.poll(out)
+    }
+
+    /// Poll the completions of receives only (no allocation).
+    pub fn poll_recv(&self, out: &mut [Completion]) -> Result<usize, ccm_verbs::Error> {
         self.cq.poll(out)
     }
 

@@ -143,6 +143,11 @@ enum Request {
         result: Result<Box<RcChannel>, ccm_verbs::Error>,
     },
     SpareClientVis(Box<SpareDone>),
+    /// An interconnect's device, opened at start on a thread of its own (see [`open_devices`]).
+    DeviceOpened {
+        ic: usize,
+        result: Result<Box<OpenedDevice>, ccm_verbs::Error>,
+    },
 }
 
 /// A handle on a running node, cheap to clone, usable from any thread.
@@ -253,6 +258,7 @@ impl Node {
     pub fn start(cfg: NodeConfig, started: Instant) -> Result<Node, NodeError> {
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "starting the node");
         let secret = cfg.read_secret()?;
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "secret read");
         let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io {
             what: "pipe".into(),
             source: e.into(),
@@ -272,6 +278,9 @@ impl Node {
             wake: Arc::new(pipe_w),
             status: status.clone(),
         };
+        // The devices open first, each on a thread of its own, while the manager and the threads are
+        // set up: an interconnect's session starts as soon as its own device is open.
+        open_devices(&cfg, &handle, started);
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(
             &(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes(),
@@ -294,6 +303,7 @@ impl Node {
                 what: "spawn".into(),
                 source: e,
             })?;
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "threads started");
         Ok(Node {
             handle,
             thread: Some(thread),
@@ -328,6 +338,8 @@ struct Ic {
     spare_asked: bool,
     /// Bumped each time the device is (re)opened: a spare made on an older one is dropped.
     epoch: u64,
+    /// The device is being opened at start, off this thread ([`Request::DeviceOpened`] follows).
+    opening: bool,
 }
 
 struct Sess {
@@ -421,6 +433,81 @@ enum FactoryJob {
         dev: IcDevice,
         pd: ProtectionDomain,
     },
+}
+
+/// An interconnect's device with what the manager needs on it, and how long each step took.
+struct OpenedDevice {
+    dev: IcDevice,
+    pd: Option<ProtectionDomain>,
+    events: Option<AsyncEvents>,
+    up: bool,
+    /// The first control VI, made here so that a session never creates one on the driver thread.
+    spare: Option<RcChannel>,
+    /// "device 12.1 ms, protection domain 0.3 ms, ..." (the step times, for the log).
+    steps: String,
+}
+
+/// Open interconnect `cfg`'s device, its protection domain, async events and first control VI.
+fn open_ic(cfg: &InterconnectConfig) -> Result<OpenedDevice, ccm_verbs::Error> {
+    let mut steps = String::new();
+    let mut lap = Instant::now();
+    let mut step = |what: &str| {
+        let now = Instant::now();
+        if !steps.is_empty() {
+            steps.push_str(", ");
+        }
+        steps.push_str(&format!("{what} {:.2} ms", ms(now - lap)));
+        lap = now;
+    };
+    let dev = IcDevice::open(cfg.id, cfg.device.as_deref(), cfg.port, cfg.local_ip)?;
+    step("device and GID");
+    let pd = ProtectionDomain::new(&dev.ctx).ok();
+    step("protection domain");
+    let events = AsyncEvents::new(&dev.ctx).ok();
+    step("async events");
+    let up = dev
+        .ctx
+        .query_port(dev.port)
+        .map(|p| p.state == PortState::Active)
+        .unwrap_or(false);
+    step("port");
+    let spare = pd.as_ref().and_then(|pd| make_control_vi(&dev, pd).ok());
+    step("control VI");
+    Ok(OpenedDevice {
+        dev,
+        pd,
+        events,
+        up,
+        spare,
+        steps,
+    })
+}
+
+/// Open every interconnect's device at start, each on a thread of its own: neither the manager's
+/// other set-up nor another interconnect waits for a device, and on rxe opening one costs tens of
+/// milliseconds (the first open loads the provider). Each result comes back as a
+/// [`Request::DeviceOpened`], whereupon the driver tells the manager the port's state.
+fn open_devices(cfg: &NodeConfig, handle: &NodeHandle, started: Instant) {
+    for (i, c) in cfg.interconnects.iter().enumerate() {
+        let (c, tx, wake) = (c.clone(), handle.tx.clone(), handle.wake.clone());
+        let opener = move || {
+            let t = started.elapsed();
+            let result = open_ic(&c).map(Box::new);
+            tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
+                "interconnect {i}: device opened in {:.2} ms (from {:.2} ms): {}",
+                ms(started.elapsed() - t), ms(t),
+                result.as_ref().map_or_else(|e| e.to_string(), |d| d.steps.clone()));
+            if tx.send(Request::DeviceOpened { ic: i, result }).is_ok() {
+                let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("ccm-open-{i}"))
+            .spawn(opener.clone());
+        if spawned.is_err() {
+            opener(); // no thread to be had: open it here, the driver finds the result queued
+        }
+    }
 }
 
 /// A control VI: 32 receive slots of 256 bytes, 128 sends in flight.
@@ -649,6 +736,7 @@ impl Driver {
                 spare: None,
                 spare_asked: false,
                 epoch: 0,
+                opening: true,
             })
             .collect();
         Driver {
@@ -723,25 +811,14 @@ impl Driver {
         // The follower's listeners come first: binding needs only the address, and the kernel completes
         // the placer's TCP connect from the backlog while the devices open, so the placer's first
         // connect succeeds instead of being refused and waiting out a back-off.
+        // Connections wait in the backlog until the interconnect's device is open (`poll_sessions`).
         if !self.manager.config().is_placer() {
             for i in 0..self.ics.len() {
                 self.bind_listener(i);
             }
         }
-        for i in 0..self.ics.len() {
-            self.open_device(i);
-        }
-        self.record(format!(
-            "devices opened in {:.2} ms",
-            ms(self.started.elapsed() - t0)
-        ));
-        for i in 0..self.ics.len() {
-            let up = self.ics[i].port_up;
-            self.input(Input::PortState {
-                ic: InterconnectId(i as u8),
-                up,
-            });
-        }
+        // The devices are opening on threads of their own (`open_devices`): each interconnect's
+        // bring-up starts when its own device is open (`device_opened`).
         while !self.stop {
             self.turn();
         }
@@ -750,30 +827,28 @@ impl Driver {
         self.publish_status();
     }
 
+    /// Reopen interconnect `i`'s device on this thread (after it was removed).
     fn open_device(&mut self, i: usize) {
-        let c = &self.ics[i].cfg;
-        match IcDevice::open(c.id, c.device.as_deref(), c.port, c.local_ip) {
-            Ok(dev) => {
-                let pd = ProtectionDomain::new(&dev.ctx).ok();
-                let events = AsyncEvents::new(&dev.ctx).ok();
-                let up = dev
-                    .ctx
-                    .query_port(dev.port)
-                    .map(|p| p.state == PortState::Active)
-                    .unwrap_or(false);
-                // The first control VI is made here, before any session: a session then takes it
-                // without creating verbs objects on this thread (see `open_session`).
-                let spare = pd.as_ref().and_then(|pd| make_control_vi(&dev, pd).ok());
+        let result = open_ic(&self.ics[i].cfg);
+        self.install_device(i, result);
+    }
+
+    fn install_device(&mut self, i: usize, result: Result<OpenedDevice, ccm_verbs::Error>) {
+        match result {
+            Ok(d) => {
                 let ic = &mut self.ics[i];
-                ic.dev = Some(dev);
-                ic.pd = pd;
-                ic.events = events;
-                ic.port_up = up;
+                ic.dev = Some(d.dev);
+                ic.pd = d.pd;
+                ic.events = d.events;
+                ic.port_up = d.up;
                 ic.epoch += 1;
-                ic.spare = spare;
+                // The first control VI was made with the device, before any session: a session then
+                // takes it without creating verbs objects on this thread (see `open_session`).
+                ic.spare = d.spare;
                 ic.spare_asked = false;
             }
             Err(e) => {
+                let c = &self.ics[i].cfg;
                 let what = format!(
                     "interconnect {i}: device {:?} / {} unusable: {e}",
                     c.device, c.local_ip
@@ -782,6 +857,26 @@ impl Driver {
                 self.record(what);
             }
         }
+    }
+
+    /// Interconnect `i`'s device, opened at start off this thread: the manager learns its port state
+    /// and starts that interconnect's bring-up, whatever the other devices are doing.
+    fn device_opened(&mut self, i: usize, result: Result<OpenedDevice, ccm_verbs::Error>) {
+        self.ics[i].opening = false;
+        self.ics[i].last_probe = Instant::now();
+        self.install_device(i, result);
+        self.publish_port(i);
+        if self.ics.iter().all(|ic| !ic.opening) {
+            self.record(format!(
+                "devices opened {:.2} ms after process start",
+                ms(self.started.elapsed())
+            ));
+        }
+        let up = self.ics[i].port_up;
+        self.input(Input::PortState {
+            ic: InterconnectId(i as u8),
+            up,
+        });
     }
 
     fn turn(&mut self) {
@@ -862,7 +957,7 @@ impl Driver {
         // SAFETY-free: the borrowed fds live as long as `self`, which outlives `fds` in this scope.
         let wake: BorrowedFd<'_> = self.wake.as_fd();
         fds.push(PollFd::new(wake, PollFlags::POLLIN));
-        for ic in &self.ics {
+        for ic in self.ics.iter().filter(|ic| !ic.opening) {
             if let Some(l) = &ic.listener {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             }
@@ -936,6 +1031,7 @@ impl Driver {
                 Request::VisCreated(done) => self.vis_created(*done),
                 Request::SpareClientVis(done) => self.spare_made(*done),
                 Request::VisConnected(done) => self.vis_connected(*done),
+                Request::DeviceOpened { ic, result } => self.device_opened(ic, result.map(|d| *d)),
                 Request::SpareControlVi { ic, epoch, result } => {
                     let slot = &mut self.ics[ic];
                     match result {
@@ -1160,6 +1256,9 @@ impl Driver {
     fn poll_sessions(&mut self) {
         // Accept the partner's sessions.
         for i in 0..self.ics.len() {
+            if self.ics[i].opening {
+                continue; // a connection waits in the backlog until the device is open
+            }
             let accepted = match &self.ics[i].listener {
                 Some(l) => match l.accept() {
                     Ok((s, _)) => Some(s),
@@ -1481,6 +1580,7 @@ impl Driver {
                         self.input(Input::PortState { ic, up });
                     }
                 }
+                None if self.ics[i].opening => {}
                 None => {
                     if self.ics[i].last_probe.elapsed() >= Duration::from_millis(100) {
                         self.ics[i].last_probe = Instant::now();

@@ -19,7 +19,7 @@ use ccm_core::clients::monitor::{self, MonitorView};
 use ccm_core::clients::nvram;
 use ccm_core::manager::ClientSpec;
 use ccm_core::node::config::{ClientKind, NodeConfig};
-use ccm_core::node::{status, Node};
+use ccm_core::node::{status, EarlyDevices, Node};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -104,9 +104,6 @@ enum Cmd {
     },
 }
 
-/// When `ccm node`'s verbs warm-up ran (start and end, ms since `main()`) and what it found.
-static VERBS_WARM: std::sync::OnceLock<(f64, f64, String)> = std::sync::OnceLock::new();
-
 fn ms_since(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1e3
 }
@@ -135,20 +132,12 @@ fn main() -> ExitCode {
         .map(Duration::from)
         .unwrap_or_default();
     // `ccm node`: the first device list loads the verbs provider (tens of ms in the emulated lab). It
-    // needs nothing from the configuration, so it runs now, on a thread of its own, while arguments,
-    // logging and the configuration are set up; the devices open sooner after that.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "node") {
-        let _ = std::thread::Builder::new()
-            .name("ccm-verbs-warm".into())
-            .spawn(move || {
-                let from = ms_since(started);
-                let found = match ccm_verbs::devices() {
-                    Ok(d) => format!("{} devices", d.len()),
-                    Err(e) => e.to_string(),
-                };
-                let _ = VERBS_WARM.set((from, ms_since(started), found));
-            });
-    }
+    // needs nothing from the configuration, so it is made now, on a thread of its own, while arguments,
+    // logging and the configuration are set up; the node opens its devices from it.
+    let early = std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "node")
+        .then(|| EarlyDevices::list(started));
     // `Targets` rather than `EnvFilter`: same RUST_LOG syntax for what ccm needs ("ccm=info"), without
     // compiling regexes at start-up (about 100 ms in the software-emulated lab guest).
     let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
@@ -176,9 +165,14 @@ fn main() -> ExitCode {
     };
     let parsed = ms_since(started);
     let result = match cmd {
-        Cmd::Node { config, run_for } => {
-            run_node(&config, run_for, started, [logging, parsed], boot_at_main)
-        }
+        Cmd::Node { config, run_for } => run_node(
+            &config,
+            run_for,
+            started,
+            [logging, parsed],
+            boot_at_main,
+            early,
+        ),
         Cmd::Status {
             socket,
             json,
@@ -243,16 +237,14 @@ fn run_node(
     started: Instant,
     marks: [f64; 2],
     boot_at_main: Duration,
+    early: Option<EarlyDevices>,
 ) -> Res {
     tracing::info!(target: "ccm::node", at_ms = ms_since(started), "process started (logging set up at {:.2} ms, arguments parsed at {:.2} ms), reading {}", marks[0], marks[1], path.display());
     let cfg = NodeConfig::load(path)?;
     tracing::info!(target: "ccm::node", at_ms = ms_since(started), "configuration read");
-    if let Some((from, to, found)) = VERBS_WARM.get() {
-        tracing::info!(target: "ccm::node", at_ms = ms_since(started), "verbs provider loaded from {from:.2} to {to:.2} ms ({found})");
-    }
     let socket = cfg.status_socket.clone();
     let clients = cfg.clients.clone();
-    let node = Node::start(cfg, started)?;
+    let node = Node::start_listed(cfg, started, early)?;
     if let Some(before) = before_main(boot_at_main) {
         tracing::info!(target: "ccm::node", at_ms = ms_since(started), "the process started {before:.0} ms before main() (to a clock tick; at_ms counts from main())");
     }

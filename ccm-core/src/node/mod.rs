@@ -34,7 +34,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ccm_verbs::{
-    AccessFlags, AsyncEvents, Completion, MemoryRegion, PortState, ProtectionDomain, SharedMemory,
+    AccessFlags, AsyncEvents, Completion, DeviceList, MemoryRegion, PortState, ProtectionDomain,
+    SharedMemory,
 };
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -256,6 +257,15 @@ impl Node {
     /// Open the interconnects and start the manager. Returns as soon as the event loop runs: the
     /// initial sessions come up in the background (the first heartbeat is logged with its time).
     pub fn start(cfg: NodeConfig, started: Instant) -> Result<Node, NodeError> {
+        Node::start_listed(cfg, started, None)
+    }
+
+    /// [`Node::start`] with the device list made early (see [`EarlyDevices`]).
+    pub fn start_listed(
+        cfg: NodeConfig,
+        started: Instant,
+        early: Option<EarlyDevices>,
+    ) -> Result<Node, NodeError> {
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "starting the node");
         let secret = cfg.read_secret()?;
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "secret read");
@@ -280,7 +290,7 @@ impl Node {
         };
         // The devices open first, each on a thread of its own, while the manager and the threads are
         // set up: an interconnect's session starts as soon as its own device is open.
-        open_devices(&cfg, &handle, started);
+        open_devices(&cfg, &handle, started, early)?;
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(
             &(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes(),
@@ -447,8 +457,9 @@ struct OpenedDevice {
     steps: String,
 }
 
-/// Open interconnect `cfg`'s device, its protection domain, async events and first control VI.
-fn open_ic(cfg: &InterconnectConfig) -> Result<OpenedDevice, ccm_verbs::Error> {
+/// Open interconnect `cfg`'s device from `list`, its protection domain, async events and first
+/// control VI.
+fn open_ic(list: &DeviceList, cfg: &InterconnectConfig) -> Result<OpenedDevice, ccm_verbs::Error> {
     let mut steps = String::new();
     let mut lap = Instant::now();
     let mut step = |what: &str| {
@@ -459,7 +470,7 @@ fn open_ic(cfg: &InterconnectConfig) -> Result<OpenedDevice, ccm_verbs::Error> {
         steps.push_str(&format!("{what} {:.2} ms", ms(now - lap)));
         lap = now;
     };
-    let dev = IcDevice::open(cfg.id, cfg.device.as_deref(), cfg.port, cfg.local_ip)?;
+    let dev = IcDevice::open_listed(list, cfg.id, cfg.device.as_deref(), cfg.port, cfg.local_ip)?;
     step("device and GID");
     let pd = ProtectionDomain::new(&dev.ctx).ok();
     step("protection domain");
@@ -483,31 +494,75 @@ fn open_ic(cfg: &InterconnectConfig) -> Result<OpenedDevice, ccm_verbs::Error> {
     })
 }
 
-/// Open every interconnect's device at start, each on a thread of its own: neither the manager's
-/// other set-up nor another interconnect waits for a device, and on rxe opening one costs tens of
-/// milliseconds (the first open loads the provider). Each result comes back as a
-/// [`Request::DeviceOpened`], whereupon the driver tells the manager the port's state.
-fn open_devices(cfg: &NodeConfig, handle: &NodeHandle, started: Instant) {
-    for (i, c) in cfg.interconnects.iter().enumerate() {
-        let (c, tx, wake) = (c.clone(), handle.tx.clone(), handle.wake.clone());
-        let opener = move || {
+/// The device list, being made on a thread of its own from the very start of the process (the first
+/// listing loads the verbs provider: tens of ms in the emulated lab), for [`Node::start_listed`].
+pub struct EarlyDevices(JoinHandle<Listed>);
+
+/// A device list and when it was made (from, to: since process start).
+type Listed = (Result<DeviceList, ccm_verbs::Error>, Duration, Duration);
+
+fn list_devices(started: Instant) -> Listed {
+    let from = started.elapsed();
+    let list = DeviceList::get();
+    (list, from, started.elapsed())
+}
+
+impl EarlyDevices {
+    /// Start listing the devices now. `started` is the process start.
+    pub fn list(started: Instant) -> EarlyDevices {
+        EarlyDevices(std::thread::spawn(move || list_devices(started)))
+    }
+}
+
+/// Open every interconnect's device at start, off the driver thread and in configuration order, from
+/// one device list (`early`'s if given): neither the manager's set-up nor the first interconnect
+/// waits for the other devices, and on rxe opening one costs tens of milliseconds. Each device comes
+/// back as a [`Request::DeviceOpened`] as soon as it is open, whereupon the driver tells the manager
+/// its port state and that interconnect's bring-up starts. One thread, not one per device: in the
+/// lab's two-vCPU guest on a busy host, threads opening in parallel only competed with each other
+/// and with the first interconnect's handshake (measured: each open took as long as both in a row).
+fn open_devices(
+    cfg: &NodeConfig,
+    handle: &NodeHandle,
+    started: Instant,
+    early: Option<EarlyDevices>,
+) -> Result<(), NodeError> {
+    let (ics, tx, wake) = (
+        cfg.interconnects.clone(),
+        handle.tx.clone(),
+        handle.wake.clone(),
+    );
+    let opener = move || {
+        let (list, from, to) = match early {
+            Some(e) => e.0.join().unwrap_or_else(|_| list_devices(started)),
+            None => list_devices(started),
+        };
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
+            "devices listed in {:.2} ms (from {:.2} ms)", ms(to - from), ms(from));
+        for (i, c) in ics.iter().enumerate() {
             let t = started.elapsed();
-            let result = open_ic(&c).map(Box::new);
+            let result = match &list {
+                Ok(list) => open_ic(list, c).map(Box::new),
+                Err(e) => Err(e.clone()),
+            };
             tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
                 "interconnect {i}: device opened in {:.2} ms (from {:.2} ms): {}",
                 ms(started.elapsed() - t), ms(t),
                 result.as_ref().map_or_else(|e| e.to_string(), |d| d.steps.clone()));
-            if tx.send(Request::DeviceOpened { ic: i, result }).is_ok() {
-                let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
+            if tx.send(Request::DeviceOpened { ic: i, result }).is_err() {
+                return;
             }
-        };
-        let spawned = std::thread::Builder::new()
-            .name(format!("ccm-open-{i}"))
-            .spawn(opener.clone());
-        if spawned.is_err() {
-            opener(); // no thread to be had: open it here, the driver finds the result queued
+            let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
         }
-    }
+    };
+    std::thread::Builder::new()
+        .name("ccm-open".into())
+        .spawn(opener)
+        .map(drop)
+        .map_err(|e| NodeError::Io {
+            what: "spawn".into(),
+            source: e,
+        })
 }
 
 /// A control VI: 32 receive slots of 256 bytes, 128 sends in flight.
@@ -829,7 +884,7 @@ impl Driver {
 
     /// Reopen interconnect `i`'s device on this thread (after it was removed).
     fn open_device(&mut self, i: usize) {
-        let result = open_ic(&self.ics[i].cfg);
+        let result = DeviceList::get().and_then(|list| open_ic(&list, &self.ics[i].cfg));
         self.install_device(i, result);
     }
 

@@ -144,7 +144,7 @@ enum Request {
         result: Result<Box<RcChannel>, ccm_verbs::Error>,
     },
     SpareClientVis(Box<SpareDone>),
-    /// An interconnect's device, opened at start on a thread of its own (see [`open_devices`]).
+    /// An interconnect's device, opened at start off the driver thread (see [`open_devices`]).
     DeviceOpened {
         ic: usize,
         result: Result<Box<OpenedDevice>, ccm_verbs::Error>,
@@ -288,8 +288,8 @@ impl Node {
             wake: Arc::new(pipe_w),
             status: status.clone(),
         };
-        // The devices open first, each on a thread of its own, while the manager and the threads are
-        // set up: an interconnect's session starts as soon as its own device is open.
+        // The devices open first, on a thread of their own, while the manager and the threads are set
+        // up: an interconnect's session starts as soon as its own device is open.
         open_devices(&cfg, &handle, started, early)?;
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(
@@ -520,7 +520,8 @@ impl EarlyDevices {
 /// back as a [`Request::DeviceOpened`] as soon as it is open, whereupon the driver tells the manager
 /// its port state and that interconnect's bring-up starts. One thread, not one per device: in the
 /// lab's two-vCPU guest on a busy host, threads opening in parallel only competed with each other
-/// and with the first interconnect's handshake (measured: each open took as long as both in a row).
+/// and with the first interconnect's handshake (measured: each open then took about as long as both
+/// in a row had taken on one thread).
 fn open_devices(
     cfg: &NodeConfig,
     handle: &NodeHandle,

@@ -1397,11 +1397,13 @@ impl Driver {
         let deadline = self.now() + timeout;
         let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
         let s = self.sessions.get_mut(&id).expect("session");
+        let t = Instant::now();
         match s
             .control
             .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
         {
             Ok(_) => {
+                let took = t.elapsed();
                 s.connected = true;
                 s.confirm_deadline = Some(deadline);
                 s.held.push(msg);
@@ -1410,7 +1412,13 @@ impl Driver {
                     time_ns: 0,
                 })
                 .to_bytes();
-                if let Err(e) = s.control.send_inline(&probe) {
+                let sent = s.control.send_inline(&probe);
+                self.record(format!(
+                    "interconnect {}: control VI slam connected in {:.2} ms, probe sent",
+                    ic.0,
+                    ms(took)
+                ));
+                if let Err(e) = sent {
                     self.record(format!("interconnect {}: control VI probe: {e}", ic.0));
                     self.input(Input::ViError {
                         ic,

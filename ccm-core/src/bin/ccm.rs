@@ -249,6 +249,12 @@ fn run_node(
         tracing::info!(target: "ccm::node", at_ms = ms_since(started), "the process started {before:.0} ms before main() (to a clock tick; at_ms counts from main())");
     }
     let handle = node.handle();
+    // The manager's bring-up goes first: the configured clients register once the first heartbeat was
+    // exchanged, or after `CLIENTS_AFTER` at the latest (partner or not). None of them can be Ready
+    // before an interconnect is up anyway, and on the lab's two vCPUs their registration and threads
+    // competed with the handshake for the CPU.
+    handle.wait_first_heartbeat(CLIENTS_AFTER);
+    tracing::info!(target: "ccm::node", at_ms = ms_since(started), "registering {} clients", clients.len());
     let mut details: Vec<Detail> = Vec::new();
     let mut mirrors = Vec::new();
     for c in clients {
@@ -368,6 +374,9 @@ fn run_node(
     let _ = std::fs::remove_file(&socket);
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long `ccm node` holds its clients back for the first heartbeat at most (see `run_node`).
+const CLIENTS_AFTER: Duration = Duration::from_secs(1);
 
 /// Append-to-durable waits at least this long are listed as stalls (the gaps failovers leave).
 const STALL_US: u64 = 20_000;

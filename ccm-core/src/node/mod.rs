@@ -157,9 +157,29 @@ pub struct NodeHandle {
     tx: Sender<Request>,
     wake: Arc<OwnedFd>,
     status: Arc<Mutex<NodeStatus>>,
+    first_heartbeat: Arc<FirstHeartbeat>,
+}
+
+/// Set once the first heartbeat arrived from the partner over a control VI.
+#[derive(Default)]
+struct FirstHeartbeat {
+    seen: Mutex<bool>,
+    cv: std::sync::Condvar,
 }
 
 impl NodeHandle {
+    /// Wait until the first heartbeat from the partner arrived over a control VI, at most `timeout`;
+    /// whether it did.
+    pub fn wait_first_heartbeat(&self, timeout: Duration) -> bool {
+        let seen = self.first_heartbeat.seen.lock().expect("first heartbeat");
+        let (seen, _) = self
+            .first_heartbeat
+            .cv
+            .wait_timeout_while(seen, timeout, |seen| !*seen)
+            .expect("first heartbeat");
+        *seen
+    }
+
     fn request(&self, r: Request) -> Result<(), NodeError> {
         self.tx.send(r).map_err(|_| NodeError::Stopped)?;
         let _ = nix::unistd::write(self.wake.as_fd(), &[1u8]);
@@ -287,6 +307,7 @@ impl Node {
             tx,
             wake: Arc::new(pipe_w),
             status: status.clone(),
+            first_heartbeat: Arc::default(),
         };
         // The devices open first, on a thread of their own, while the manager and the threads are set
         // up: an interconnect's session starts as soon as its own device is open.
@@ -306,6 +327,7 @@ impl Node {
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "manager created");
         let factory = spawn_vi_factory(handle.tx.clone(), handle.wake.clone());
         let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status, factory);
+        driver.first_heartbeat_signal = handle.first_heartbeat.clone();
         let thread = std::thread::Builder::new()
             .name("ccm-node".into())
             .spawn(move || driver.run())
@@ -756,6 +778,8 @@ struct Driver {
     first_heartbeat_logged: bool,
     first_heartbeat_received: bool,
     first_heartbeat_ms: Option<f64>,
+    /// Told when the first heartbeat arrives ([`NodeHandle::wait_first_heartbeat`]).
+    first_heartbeat_signal: Arc<FirstHeartbeat>,
     link_failures: u64,
     factory: Factory,
     stop: bool,
@@ -815,6 +839,7 @@ impl Driver {
             first_heartbeat_logged: false,
             first_heartbeat_received: false,
             first_heartbeat_ms: None,
+            first_heartbeat_signal: Arc::default(),
             link_failures: 0,
             factory,
             stop: false,
@@ -1513,6 +1538,12 @@ impl Driver {
                     Ok(msg @ Message::Heartbeat(_)) if !self.first_heartbeat_received => {
                         self.first_heartbeat_received = true;
                         self.first_heartbeat_ms = Some(ms(self.started.elapsed()));
+                        *self
+                            .first_heartbeat_signal
+                            .seen
+                            .lock()
+                            .expect("first heartbeat") = true;
+                        self.first_heartbeat_signal.cv.notify_all();
                         self.record(format!(
                             "first heartbeat received over the control VI of interconnect {}",
                             ic.0

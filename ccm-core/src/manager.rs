@@ -13,10 +13,17 @@
 //!   once at start); the driver answers [`Input::SessionEstablished`] with the manager's control VI.
 //!   The transport is the driver's choice (the intended one is TCP on the interconnect's IP address);
 //!   the manager only needs an ordered, reliable message stream, which TCP and RC both are.
-//! * **415** peer info: both send [`Hello`]; each checks the cluster id, the partner's node id and the
-//!   overlap of version ranges (highest common version wins), then sends an [`AuthChallenge`]; each
-//!   answers the other's challenge with an [`AuthResponse`] (see [`crate::auth`]); after verifying it,
-//!   each sends [`PeerInfo`] (control VI, windows). A refusal is a typed [`wire::Error`] sent to the
+//! * **415** peer info, in two one-way trips: each side sends its [`Hello`] and its [`AuthChallenge`]
+//!   together (the challenge is random and needs nothing from the partner). On the partner's Hello
+//!   each checks the cluster id, the partner's node id and the overlap of version ranges (highest
+//!   common version wins); on the partner's challenge (which follows its Hello) each answers with an
+//!   [`AuthResponse`] (see [`crate::auth`]) followed at once by its [`PeerInfo`] (control VI,
+//!   windows). The partner's PeerInfo arrives after the partner's response on the ordered session and
+//!   is taken only once that response is verified, so nothing is acted on from an unauthenticated
+//!   partner; what an unauthenticated connector can learn is our control VI's address (QPN, PSN, GID:
+//!   in the header of every packet on the fabric anyway; the manager's window list is empty). The
+//!   messages and their order on each stream are those of the four-trip exchange of the first
+//!   version, so no protocol version was bumped for it (see [`wire`]). A refusal is a typed [`wire::Error`] sent to the
 //!   partner and an [`Action::LinkRefused`] locally, on both sides, then the session closes and the
 //!   interconnect retries after its back-off. Other interconnects are unaffected.
 //!   On the partner's [`PeerInfo`] the control VI is slam connected and the interconnect is *up*.
@@ -955,7 +962,8 @@ struct Handshake {
     nonce: [u8; 32],
     peer_hello: Option<Hello>,
     version: ProtocolVersion,
-    challenge: Option<[u8; 32]>,
+    /// Our challenge, sent with our Hello.
+    challenge: [u8; 32],
     responded: bool,
     peer_verified: bool,
 }
@@ -1587,6 +1595,9 @@ impl Manager {
             self.fail_link(now, i, LinkFailure::Replaced);
         }
         let nonce = self.random32();
+        // The challenge does not depend on the partner's Hello: it goes out with ours, so the
+        // handshake takes two one-way trips instead of four (see "415" in the module docs).
+        let challenge = self.random32();
         self.links[i].phase = Phase::Handshake(Box::new(Handshake {
             session,
             deadline: now + self.cfg.handshake_timeout,
@@ -1595,7 +1606,7 @@ impl Manager {
             nonce,
             peer_hello: None,
             version: 0,
-            challenge: None,
+            challenge,
             responded: false,
             peer_verified: false,
         }));
@@ -1610,6 +1621,7 @@ impl Manager {
             nonce,
         };
         self.send(i, Message::Hello(hello));
+        self.send(i, Message::AuthChallenge(AuthChallenge { challenge }));
     }
 
     // ----- 415: peer info, version, cluster, authentication ------------------------------------
@@ -1676,12 +1688,8 @@ impl Manager {
 
     fn on_handshake_message(&mut self, now: Time, i: usize, msg: Message) {
         let h = self.hs(i);
-        let (has_hello, responded, challenged, verified) = (
-            h.peer_hello.is_some(),
-            h.responded,
-            h.challenge.is_some(),
-            h.peer_verified,
-        );
+        let (has_hello, responded, verified) =
+            (h.peer_hello.is_some(), h.responded, h.peer_verified);
         match msg {
             Message::Hello(hello) if !has_hello => {
                 if hello.cluster != self.cfg.cluster {
@@ -1701,12 +1709,9 @@ impl Manager {
                     };
                     return self.refuse(now, i, e);
                 }
-                let challenge = self.random32();
                 let h = self.hs_mut(i);
                 h.version = hi;
                 h.peer_hello = Some(hello);
-                h.challenge = Some(challenge);
-                self.send(i, Message::AuthChallenge(AuthChallenge { challenge }));
             }
             Message::AuthChallenge(c) if has_hello && !responded => {
                 let h = self.hs(i);
@@ -1723,15 +1728,24 @@ impl Manager {
                         challenger_nonce: &peer.nonce,
                     },
                 );
-                self.hs_mut(i).responded = true;
+                let h = self.hs_mut(i);
+                h.responded = true;
+                // PeerInfo follows our proof at once instead of waiting for the partner's: it is
+                // acted on only by a partner that verified this proof (it arrives after it on the
+                // ordered session), and ours is acted on only once we verified theirs (below).
+                let info = PeerInfo {
+                    control_vi: h.control_vi,
+                    windows: h.windows.clone(),
+                };
                 self.send(i, Message::AuthResponse(AuthResponse { mac }));
+                self.send(i, Message::PeerInfo(info));
             }
-            Message::AuthResponse(r) if challenged && !verified => {
+            Message::AuthResponse(r) if has_hello && !verified => {
                 let h = self.hs(i);
                 let peer = h
                     .peer_hello
                     .as_ref()
-                    .expect("a challenge follows the hello");
+                    .expect("guarded: a response is taken only after the hello");
                 let ok = auth::verify(
                     &self.cfg.secret,
                     &auth::Transcript {
@@ -1739,7 +1753,7 @@ impl Manager {
                         challenger: self.cfg.node,
                         cluster: self.cfg.cluster,
                         version: h.version,
-                        challenge: h.challenge.as_ref().expect("checked"),
+                        challenge: &h.challenge,
                         responder_nonce: &peer.nonce,
                         challenger_nonce: &h.nonce,
                     },
@@ -1748,13 +1762,7 @@ impl Manager {
                 if !ok {
                     return self.refuse(now, i, HandshakeError::AuthenticationFailed);
                 }
-                let h = self.hs_mut(i);
-                h.peer_verified = true;
-                let info = PeerInfo {
-                    control_vi: h.control_vi,
-                    windows: h.windows.clone(),
-                };
-                self.send(i, Message::PeerInfo(info));
+                self.hs_mut(i).peer_verified = true;
             }
             Message::PeerInfo(p) if verified => self.link_up(now, i, p),
             _ => self.refuse(

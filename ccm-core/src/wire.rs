@@ -40,6 +40,14 @@
 //! | [`ClientReset`] | 520/525 for one client | one client pair's binding failed (a VI error on a healthy link): drop that generation |
 //! | [`LoadReport`] | adaptive balancing | bytes each of the sender's clients posted in the last sampling period, for the placer |
 //! | [`Error`] | 415 | a typed refusal (version, cluster, authentication, protocol) before closing |
+//!
+//! Order of step 415 on each side's stream, the same since protocol version 1: `Hello`,
+//! `AuthChallenge`, `AuthResponse`, `PeerInfo`. A receiver takes a challenge or a response only after
+//! the Hello, and a PeerInfo only after it verified the response. Since 2026-11-30 a manager sends its
+//! challenge together with its Hello and its PeerInfo right after its response (two one-way trips
+//! instead of four, see [`crate::manager`]); a version-1 manager that waits for the partner's Hello
+//! and verification before sending them accepts this order unchanged, and the encoding did not change,
+//! so the protocol version stays 1.
 
 use thiserror::Error;
 

@@ -264,6 +264,105 @@ fn fig4_bring_up_runs_410_to_445_in_order_and_both_clients_go() {
 }
 
 #[test]
+fn the_handshake_takes_two_one_way_trips_hello_with_challenge_then_response_with_peer_info() {
+    let mut p = Pair::standard(1);
+    p.run_for(Duration::from_millis(1));
+    for n in 0..2 {
+        let at = |want: fn(&Step) -> bool| {
+            p.steps[n]
+                .iter()
+                .find(|(_, s)| want(s))
+                .map(|(t, _)| *t)
+                .expect("step taken")
+        };
+        let session = at(|s| matches!(s, Step::SessionEstablished410 { .. }));
+        let up = at(|s| matches!(s, Step::PeerInfoExchanged415 { .. }));
+        // Hello + AuthChallenge one way, AuthResponse + PeerInfo the other: 2 x 10 µs on this network.
+        assert_eq!(
+            up.0 - session.0,
+            20_000,
+            "node {n}: 410 at {session}, 415 at {up}"
+        );
+    }
+}
+
+#[test]
+fn a_peer_info_after_a_failed_response_is_never_acted_on() {
+    let mut b = Pair::config(2, 1, 1);
+    b.secret = b"guess".to_vec();
+    let mut p = Pair::new(Pair::config(1, 2, 1), b);
+    p.run_for(Duration::from_millis(1));
+    for n in 0..2 {
+        assert!(
+            !p.steps[n]
+                .iter()
+                .any(|(_, s)| matches!(s, Step::PeerInfoExchanged415 { .. })),
+            "node {n} took the partner's PeerInfo"
+        );
+        assert_eq!(p.m[n].partner_status(), PartnerStatus::Unknown);
+    }
+}
+
+#[test]
+fn a_response_or_peer_info_before_the_partners_hello_is_a_protocol_refusal() {
+    for early in [
+        Message::AuthResponse(ccm_core::wire::AuthResponse { mac: [0; 32] }),
+        Message::PeerInfo(ccm_core::wire::PeerInfo {
+            control_vi: vi(0, 7),
+            windows: vec![],
+        }),
+    ] {
+        let mut m = Manager::new(Pair::config(1, 2, 1), Time::ZERO, [1; 32]);
+        let ic = InterconnectId(0);
+        let session = SessionId(0);
+        while m.poll_action().is_some() {}
+        m.handle(
+            Time(MS),
+            Input::SessionEstablished {
+                ic,
+                session,
+                control_vi: vi(0, 1),
+                windows: vec![],
+            },
+        );
+        // Our Hello and challenge go out together, before anything is heard from the partner.
+        let mut sent = Vec::new();
+        while let Some(a) = m.poll_action() {
+            if let Action::Send { msg, .. } = a {
+                sent.push(msg);
+            }
+        }
+        assert!(matches!(
+            sent[..],
+            [Message::Hello(_), Message::AuthChallenge(_)]
+        ));
+        m.handle(
+            Time(2 * MS),
+            Input::Message {
+                ic,
+                session,
+                msg: early,
+            },
+        );
+        let mut refused = Vec::new();
+        while let Some(a) = m.poll_action() {
+            if let Action::LinkRefused { error, .. } = a {
+                refused.push(error);
+            }
+        }
+        assert!(
+            matches!(refused[..], [HandshakeError::Protocol(_)]),
+            "{refused:?}"
+        );
+        assert_eq!(
+            m.link_status(),
+            [LinkStatus::Backoff],
+            "refused, retried later"
+        );
+    }
+}
+
+#[test]
 fn all_clients_go_to_the_partner_in_one_batch() {
     let mut p = Pair::standard(1);
     for id in 1..=5 {

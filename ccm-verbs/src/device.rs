@@ -19,14 +19,17 @@ pub struct DeviceInfo {
     pub guid: u64,
 }
 
-/// The device list, freed on drop.
-struct DeviceList {
+/// The device list (`ibv_get_device_list`), freed on drop. Listing rescans sysfs for every device (and
+/// the first listing of a process loads the providers): open several devices from one list with
+/// [`DeviceList::open`] rather than one [`Context::open`] each.
+pub struct DeviceList {
     list: *mut *mut sys::ibv_device,
     len: usize,
 }
 
 impl DeviceList {
-    fn get() -> Result<DeviceList> {
+    /// Lists the devices of this machine.
+    pub fn get() -> Result<DeviceList> {
         let mut n: i32 = 0;
         // SAFETY: `n` is a valid out pointer; the list is freed in Drop.
         let list = unsafe { sys::ibv_get_device_list(&mut n) };
@@ -44,6 +47,11 @@ impl DeviceList {
         (0..self.len).map(move |i| unsafe { *self.list.add(i) })
     }
 }
+
+// SAFETY: the list array is owned by this value until `ibv_free_device_list` in Drop, and its
+// `ibv_device` entries are read-only, reference-counted libibverbs objects usable from any thread
+// (libibverbs serialises its own list state). Nothing here is tied to the listing thread.
+unsafe impl Send for DeviceList {}
 
 impl Drop for DeviceList {
     fn drop(&mut self) {
@@ -133,19 +141,30 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// Opens the device named `name`. Succeeds whatever the state of its ports.
     pub fn open(name: &str) -> Result<Context> {
-        let list = DeviceList::get()?;
-        let dev = list
+        DeviceList::get()?.open(name)
+    }
+}
+
+impl DeviceList {
+    /// The listed devices' names, in list order.
+    pub fn names(&self) -> Vec<String> {
+        self.devices().map(device_name).collect()
+    }
+
+    /// Opens the listed device named `name`. Succeeds whatever the state of its ports.
+    pub fn open(&self, name: &str) -> Result<Context> {
+        let dev = self
             .devices()
             .find(|&d| device_name(d) == name)
             .ok_or_else(|| Error::NoDevice(name.to_string()))?;
-        // SAFETY: `dev` is a live entry of `list`; only the `dev_path` char array is read (a
+        // SAFETY: `dev` is a live entry of this list; only the `dev_path` char array is read (a
         // NUL-terminated string filled by libibverbs), through a raw place, no reference to the
         // whole struct.
         let dev_path = unsafe {
             let p = std::ptr::addr_of!((*dev).dev_path) as *const std::ffi::c_char;
             CStr::from_ptr(p).to_string_lossy().into_owned()
         };
-        // SAFETY: `dev` is a live entry of `list`, which outlives this call.
+        // SAFETY: `dev` is a live entry of this list, which outlives this call.
         let ctx = unsafe { sys::ibv_open_device(dev) };
         if ctx.is_null() {
             return Err(verb_errno("ibv_open_device"));
@@ -158,7 +177,9 @@ impl Context {
             }),
         })
     }
+}
 
+impl Context {
     /// Device name.
     pub fn name(&self) -> &str {
         &self.inner.name

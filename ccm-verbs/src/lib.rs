@@ -40,7 +40,9 @@ pub mod shared;
 pub mod types;
 
 pub use cq::{Completion, CompletionChannel, CompletionQueue, CqEvent};
-pub use device::{devices, random_psn, Context, DeviceAttr, DeviceInfo, ProtectionDomain};
+pub use device::{
+    devices, random_psn, Context, DeviceAttr, DeviceInfo, DeviceList, ProtectionDomain,
+};
 pub use error::{Error, Result};
 pub use event::{AsyncEvent, AsyncEvents};
 pub use mr::{ExclusiveMemory, MemoryRegion, RegionMemory, Sge};

@@ -19,7 +19,7 @@ use ccm_core::clients::monitor::{self, MonitorView};
 use ccm_core::clients::nvram;
 use ccm_core::manager::ClientSpec;
 use ccm_core::node::config::{ClientKind, NodeConfig};
-use ccm_core::node::{status, Node};
+use ccm_core::node::{status, EarlyDevices, Node};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -83,8 +83,40 @@ enum Cmd {
     },
 }
 
+fn ms_since(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+/// How long before `main()` the process started (exec, dynamic linking, Rust's runtime set-up), from
+/// the kernel's start time of the process: `/proc/self/stat` counts in clock ticks (10 ms), so
+/// this is good to a tick. `None` where it cannot be read.
+fn before_main(boot_at_main: Duration) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 22 (starttime); the fields after the command name, which ends with the last ')', start at 3.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()?;
+    // USER_HZ, the unit of /proc's clock ticks: 100 on every Linux architecture ccm runs on.
+    let start = Duration::from_millis(ticks * 10);
+    Some(boot_at_main.checked_sub(start)?.as_secs_f64() * 1e3)
+}
+
 fn main() -> ExitCode {
     let started = Instant::now();
+    let boot_at_main = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_default();
+    // `ccm node`: the first device list loads the verbs provider (tens of ms in the emulated lab). It
+    // needs nothing from the configuration, so it is made now, on a thread of its own, while arguments,
+    // logging and the configuration are set up; the node opens its devices from it.
+    let early = std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "node")
+        .then(|| EarlyDevices::list(started));
     // `Targets` rather than `EnvFilter`: same RUST_LOG syntax for what ccm needs ("ccm=info"), without
     // compiling regexes at start-up (about 100 ms in the software-emulated lab guest).
     let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
@@ -105,8 +137,21 @@ fn main() -> ExitCode {
             .with(filter)
             .init();
     }
-    let result = match Cli::parse().cmd {
-        Cmd::Node { config, run_for } => run_node(&config, run_for, started),
+    let logging = ms_since(started);
+    let cmd = match node_args(std::env::args_os()) {
+        Some(node) => node,
+        None => Cli::parse().cmd,
+    };
+    let parsed = ms_since(started);
+    let result = match cmd {
+        Cmd::Node { config, run_for } => run_node(
+            &config,
+            run_for,
+            started,
+            [logging, parsed],
+            boot_at_main,
+            early,
+        ),
         Cmd::Status {
             socket,
             json,
@@ -127,16 +172,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// `ccm node --config PATH [--run-for SECS]`, read without clap; anything else (other spellings,
+/// `--help`, errors) returns `None` and goes to clap. Building clap's command tree is the largest piece
+/// of code a node ran before its first heartbeat: in the emulated lab, where a new process's code is
+/// translated on first use, about 100 ms of the start-up.
+fn node_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<Cmd> {
+    let mut args = args.into_iter().skip(1);
+    if args.next()? != "node" {
+        return None;
+    }
+    let (mut config, mut run_for) = (None, None);
+    while let Some(a) = args.next() {
+        if a == "--config" && config.is_none() {
+            config = Some(PathBuf::from(args.next()?));
+        } else if a == "--run-for" && run_for.is_none() {
+            run_for = Some(args.next()?.to_str()?.parse::<f64>().ok()?);
+        } else {
+            return None;
+        }
+    }
+    Some(Cmd::Node {
+        config: config?,
+        run_for,
+    })
+}
+
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
 type Detail = Box<dyn Fn() -> Value + Send + Sync>;
 
-fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
-    tracing::info!(target: "ccm::node", at_ms = started.elapsed().as_secs_f64() * 1e3, "process started, reading {}", path.display());
+/// `marks`: when logging was set up and the arguments parsed, in ms since `main()`.
+/// `boot_at_main`: CLOCK_BOOTTIME when `main()` began (for [`before_main`]).
+fn run_node(
+    path: &Path,
+    run_for: Option<f64>,
+    started: Instant,
+    marks: [f64; 2],
+    boot_at_main: Duration,
+    early: Option<EarlyDevices>,
+) -> Res {
+    tracing::info!(target: "ccm::node", at_ms = ms_since(started), "process started (logging set up at {:.2} ms, arguments parsed at {:.2} ms), reading {}", marks[0], marks[1], path.display());
     let cfg = NodeConfig::load(path)?;
+    tracing::info!(target: "ccm::node", at_ms = ms_since(started), "configuration read");
     let socket = cfg.status_socket.clone();
     let clients = cfg.clients.clone();
-    let node = Node::start(cfg, started)?;
+    let node = Node::start_listed(cfg, started, early)?;
+    if let Some(before) = before_main(boot_at_main) {
+        tracing::info!(target: "ccm::node", at_ms = ms_since(started), "the process started {before:.0} ms before main() (to a clock tick; at_ms counts from main())");
+    }
     let handle = node.handle();
+    // The manager's bring-up goes first: the configured clients register once the first heartbeat was
+    // exchanged, or after `CLIENTS_AFTER` at the latest (partner or not). None of them can be Ready
+    // before an interconnect is up anyway, and on the lab's two vCPUs their registration and threads
+    // competed with the handshake for the CPU.
+    handle.wait_first_heartbeat(CLIENTS_AFTER);
+    tracing::info!(target: "ccm::node", at_ms = ms_since(started), "registering {} clients", clients.len());
     let mut details: Vec<Detail> = Vec::new();
     let mut mirrors = Vec::new();
     for c in clients {
@@ -256,6 +345,9 @@ fn run_node(path: &Path, run_for: Option<f64>, started: Instant) -> Res {
     let _ = std::fs::remove_file(&socket);
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long `ccm node` holds its clients back for the first heartbeat at most (see `run_node`).
+const CLIENTS_AFTER: Duration = Duration::from_secs(1);
 
 /// Append-to-durable waits at least this long are listed as stalls (the gaps failovers leave).
 const STALL_US: u64 = 20_000;
@@ -454,4 +546,49 @@ fn summary(a: &Path, b: &Path) -> Res {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clap_node(argv: &[&str]) -> Option<(PathBuf, Option<f64>)> {
+        match Cli::try_parse_from(argv).ok()?.cmd {
+            Cmd::Node { config, run_for } => Some((config, run_for)),
+            _ => None,
+        }
+    }
+
+    fn fast_node(argv: &[&str]) -> Option<(PathBuf, Option<f64>)> {
+        match node_args(argv.iter().map(std::ffi::OsString::from))? {
+            Cmd::Node { config, run_for } => Some((config, run_for)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_node_fast_path_reads_what_clap_reads_and_leaves_everything_else_to_clap() {
+        for argv in [
+            &["ccm", "node", "--config", "a.toml"][..],
+            &["ccm", "node", "--config", "a.toml", "--run-for", "2.5"],
+            &["ccm", "node", "--run-for", "0", "--config", "/x/b.toml"],
+        ] {
+            assert_eq!(fast_node(argv), clap_node(argv), "{argv:?}");
+            assert!(fast_node(argv).is_some(), "{argv:?}");
+        }
+        // Other spellings, help, mistakes and other commands are clap's.
+        for argv in [
+            &["ccm", "node", "--config=a.toml"][..],
+            &["ccm", "node", "--help"],
+            &["ccm", "node"],
+            &["ccm", "node", "--config"],
+            &["ccm", "node", "--config", "a", "--config", "b"],
+            &["ccm", "node", "--config", "a", "--run-for", "soon"],
+            &["ccm", "node", "--config", "a", "extra"],
+            &["ccm", "status", "--socket", "s"],
+            &["ccm"],
+        ] {
+            assert_eq!(fast_node(argv), None, "{argv:?}");
+        }
+    }
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ccm_verbs::{
-    AccessFlags, Completion, CompletionQueue, Context, Endpoint, Gid, GidEntry, InitAttr,
-    MemoryRegion, Mtu as VerbsMtu, ProtectionDomain, QpCaps, QueuePair, RtrAttr, RtsAttr, SendOp,
-    SendWr,
+    AccessFlags, Completion, CompletionQueue, Context, DeviceList, Endpoint, Gid, GidEntry,
+    InitAttr, MemoryRegion, Mtu as VerbsMtu, ProtectionDomain, QpCaps, QueuePair, RtrAttr, RtsAttr,
+    SendOp, SendWr,
 };
 
 use crate::wire::{InterconnectId, Mtu, ViAddress};
@@ -42,12 +42,23 @@ impl IcDevice {
         port: u8,
         local_ip: IpAddr,
     ) -> Result<IcDevice, ccm_verbs::Error> {
+        IcDevice::open_listed(&DeviceList::get()?, id, device, port, local_ip)
+    }
+
+    /// [`IcDevice::open`] from a device list already made (listing costs a sysfs scan of every device).
+    pub fn open_listed(
+        list: &DeviceList,
+        id: InterconnectId,
+        device: Option<&str>,
+        port: u8,
+        local_ip: IpAddr,
+    ) -> Result<IcDevice, ccm_verbs::Error> {
         let ctx = match device {
-            Some(name) => Context::open(name)?,
+            Some(name) => list.open(name)?,
             None => {
                 let mut found = None;
-                for d in ccm_verbs::devices()? {
-                    let ctx = Context::open(&d.name)?;
+                for name in list.names() {
+                    let ctx = list.open(&name)?;
                     if ctx.gid_by_ip(port, local_ip).is_ok() {
                         found = Some(ctx);
                         break;

@@ -34,7 +34,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ccm_verbs::{
-    AccessFlags, AsyncEvents, Completion, MemoryRegion, PortState, ProtectionDomain, SharedMemory,
+    AccessFlags, AsyncEvents, Completion, DeviceList, MemoryRegion, PortState, ProtectionDomain,
+    SharedMemory,
 };
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -143,6 +144,11 @@ enum Request {
         result: Result<Box<RcChannel>, ccm_verbs::Error>,
     },
     SpareClientVis(Box<SpareDone>),
+    /// An interconnect's device, opened at start off the driver thread (see [`open_devices`]).
+    DeviceOpened {
+        ic: usize,
+        result: Result<Box<OpenedDevice>, ccm_verbs::Error>,
+    },
 }
 
 /// A handle on a running node, cheap to clone, usable from any thread.
@@ -151,9 +157,29 @@ pub struct NodeHandle {
     tx: Sender<Request>,
     wake: Arc<OwnedFd>,
     status: Arc<Mutex<NodeStatus>>,
+    first_heartbeat: Arc<FirstHeartbeat>,
+}
+
+/// Set once the first heartbeat arrived from the partner over a control VI.
+#[derive(Default)]
+struct FirstHeartbeat {
+    seen: Mutex<bool>,
+    cv: std::sync::Condvar,
 }
 
 impl NodeHandle {
+    /// Wait until the first heartbeat from the partner arrived over a control VI, at most `timeout`;
+    /// whether it did.
+    pub fn wait_first_heartbeat(&self, timeout: Duration) -> bool {
+        let seen = self.first_heartbeat.seen.lock().expect("first heartbeat");
+        let (seen, _) = self
+            .first_heartbeat
+            .cv
+            .wait_timeout_while(seen, timeout, |seen| !*seen)
+            .expect("first heartbeat");
+        *seen
+    }
+
     fn request(&self, r: Request) -> Result<(), NodeError> {
         self.tx.send(r).map_err(|_| NodeError::Stopped)?;
         let _ = nix::unistd::write(self.wake.as_fd(), &[1u8]);
@@ -251,8 +277,18 @@ impl Node {
     /// Open the interconnects and start the manager. Returns as soon as the event loop runs: the
     /// initial sessions come up in the background (the first heartbeat is logged with its time).
     pub fn start(cfg: NodeConfig, started: Instant) -> Result<Node, NodeError> {
+        Node::start_listed(cfg, started, None)
+    }
+
+    /// [`Node::start`] with the device list made early (see [`EarlyDevices`]).
+    pub fn start_listed(
+        cfg: NodeConfig,
+        started: Instant,
+        early: Option<EarlyDevices>,
+    ) -> Result<Node, NodeError> {
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "starting the node");
         let secret = cfg.read_secret()?;
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "secret read");
         let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io {
             what: "pipe".into(),
             source: e.into(),
@@ -271,7 +307,11 @@ impl Node {
             tx,
             wake: Arc::new(pipe_w),
             status: status.clone(),
+            first_heartbeat: Arc::default(),
         };
+        // The devices open first, on a thread of their own, while the manager and the threads are set
+        // up: an interconnect's session starts as soon as its own device is open.
+        open_devices(&cfg, &handle, started, early)?;
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(
             &(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes(),
@@ -288,6 +328,7 @@ impl Node {
         let factory = spawn_vi_factory(handle.tx.clone(), handle.wake.clone());
         let realtime = cfg.realtime;
         let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status, factory);
+        driver.first_heartbeat_signal = handle.first_heartbeat.clone();
         let thread = std::thread::Builder::new()
             .name("ccm-node".into())
             .spawn(move || {
@@ -300,6 +341,7 @@ impl Node {
                 what: "spawn".into(),
                 source: e,
             })?;
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "threads started");
         Ok(Node {
             handle,
             thread: Some(thread),
@@ -334,6 +376,8 @@ struct Ic {
     spare_asked: bool,
     /// Bumped each time the device is (re)opened: a spare made on an older one is dropped.
     epoch: u64,
+    /// The device is being opened at start, off this thread ([`Request::DeviceOpened`] follows).
+    opening: bool,
 }
 
 struct Sess {
@@ -427,6 +471,127 @@ enum FactoryJob {
         dev: IcDevice,
         pd: ProtectionDomain,
     },
+}
+
+/// An interconnect's device with what the manager needs on it, and how long each step took.
+struct OpenedDevice {
+    dev: IcDevice,
+    pd: Option<ProtectionDomain>,
+    events: Option<AsyncEvents>,
+    up: bool,
+    /// The first control VI, made here so that a session never creates one on the driver thread.
+    spare: Option<RcChannel>,
+    /// "device 12.1 ms, protection domain 0.3 ms, ..." (the step times, for the log).
+    steps: String,
+}
+
+/// Open interconnect `cfg`'s device from `list`, its protection domain, async events and first
+/// control VI.
+fn open_ic(list: &DeviceList, cfg: &InterconnectConfig) -> Result<OpenedDevice, ccm_verbs::Error> {
+    let mut steps = String::new();
+    let mut lap = Instant::now();
+    let mut step = |what: &str| {
+        let now = Instant::now();
+        if !steps.is_empty() {
+            steps.push_str(", ");
+        }
+        steps.push_str(&format!("{what} {:.2} ms", ms(now - lap)));
+        lap = now;
+    };
+    let dev = IcDevice::open_listed(list, cfg.id, cfg.device.as_deref(), cfg.port, cfg.local_ip)?;
+    step("device and GID");
+    let pd = ProtectionDomain::new(&dev.ctx).ok();
+    step("protection domain");
+    let events = AsyncEvents::new(&dev.ctx).ok();
+    step("async events");
+    let up = dev
+        .ctx
+        .query_port(dev.port)
+        .map(|p| p.state == PortState::Active)
+        .unwrap_or(false);
+    step("port");
+    let spare = pd.as_ref().and_then(|pd| make_control_vi(&dev, pd).ok());
+    step("control VI");
+    Ok(OpenedDevice {
+        dev,
+        pd,
+        events,
+        up,
+        spare,
+        steps,
+    })
+}
+
+/// The device list, being made on a thread of its own from the very start of the process (the first
+/// listing loads the verbs provider: tens of ms in the emulated lab), for [`Node::start_listed`].
+pub struct EarlyDevices(JoinHandle<Listed>);
+
+/// A device list and when it was made (from, to: since process start).
+type Listed = (Result<DeviceList, ccm_verbs::Error>, Duration, Duration);
+
+fn list_devices(started: Instant) -> Listed {
+    let from = started.elapsed();
+    let list = DeviceList::get();
+    (list, from, started.elapsed())
+}
+
+impl EarlyDevices {
+    /// Start listing the devices now. `started` is the process start.
+    pub fn list(started: Instant) -> EarlyDevices {
+        EarlyDevices(std::thread::spawn(move || list_devices(started)))
+    }
+}
+
+/// Open every interconnect's device at start, off the driver thread and in configuration order, from
+/// one device list (`early`'s if given): neither the manager's set-up nor the first interconnect
+/// waits for the other devices, and on rxe opening one costs tens of milliseconds. Each device comes
+/// back as a [`Request::DeviceOpened`] as soon as it is open, whereupon the driver tells the manager
+/// its port state and that interconnect's bring-up starts. One thread, not one per device: in the
+/// lab's two-vCPU guest on a busy host, threads opening in parallel only competed with each other
+/// and with the first interconnect's handshake (measured: each open then took about as long as both
+/// in a row had taken on one thread).
+fn open_devices(
+    cfg: &NodeConfig,
+    handle: &NodeHandle,
+    started: Instant,
+    early: Option<EarlyDevices>,
+) -> Result<(), NodeError> {
+    let (ics, tx, wake) = (
+        cfg.interconnects.clone(),
+        handle.tx.clone(),
+        handle.wake.clone(),
+    );
+    let opener = move || {
+        let (list, from, to) = match early {
+            Some(e) => e.0.join().unwrap_or_else(|_| list_devices(started)),
+            None => list_devices(started),
+        };
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
+            "devices listed in {:.2} ms (from {:.2} ms)", ms(to - from), ms(from));
+        for (i, c) in ics.iter().enumerate() {
+            let t = started.elapsed();
+            let result = match &list {
+                Ok(list) => open_ic(list, c).map(Box::new),
+                Err(e) => Err(e.clone()),
+            };
+            tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
+                "interconnect {i}: device opened in {:.2} ms (from {:.2} ms): {}",
+                ms(started.elapsed() - t), ms(t),
+                result.as_ref().map_or_else(|e| e.to_string(), |d| d.steps.clone()));
+            if tx.send(Request::DeviceOpened { ic: i, result }).is_err() {
+                return;
+            }
+            let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
+        }
+    };
+    std::thread::Builder::new()
+        .name("ccm-open".into())
+        .spawn(opener)
+        .map(drop)
+        .map_err(|e| NodeError::Io {
+            what: "spawn".into(),
+            source: e,
+        })
 }
 
 /// A control VI: 32 receive slots of 256 bytes, 128 sends in flight.
@@ -622,6 +787,8 @@ struct Driver {
     realtime: bool,
     /// Whether `refill_spares` has anything to look at.
     spares_check: bool,
+    /// Told when the first heartbeat arrives ([`NodeHandle::wait_first_heartbeat`]).
+    first_heartbeat_signal: Arc<FirstHeartbeat>,
     link_failures: u64,
     factory: Factory,
     stop: bool,
@@ -658,6 +825,7 @@ impl Driver {
                 spare: None,
                 spare_asked: false,
                 epoch: 0,
+                opening: true,
             })
             .collect();
         Driver {
@@ -682,6 +850,7 @@ impl Driver {
             first_heartbeat_ms: None,
             realtime: false,
             spares_check: true,
+            first_heartbeat_signal: Arc::default(),
             link_failures: 0,
             factory,
             stop: false,
@@ -734,25 +903,14 @@ impl Driver {
         // The follower's listeners come first: binding needs only the address, and the kernel completes
         // the placer's TCP connect from the backlog while the devices open, so the placer's first
         // connect succeeds instead of being refused and waiting out a back-off.
+        // Connections wait in the backlog until the interconnect's device is open (`poll_sessions`).
         if !self.manager.config().is_placer() {
             for i in 0..self.ics.len() {
                 self.bind_listener(i);
             }
         }
-        for i in 0..self.ics.len() {
-            self.open_device(i);
-        }
-        self.record(format!(
-            "devices opened in {:.2} ms",
-            ms(self.started.elapsed() - t0)
-        ));
-        for i in 0..self.ics.len() {
-            let up = self.ics[i].port_up;
-            self.input(Input::PortState {
-                ic: InterconnectId(i as u8),
-                up,
-            });
-        }
+        // The devices are opening on threads of their own (`open_devices`): each interconnect's
+        // bring-up starts when its own device is open (`device_opened`).
         while !self.stop {
             self.turn();
         }
@@ -785,31 +943,29 @@ impl Driver {
         }
     }
 
+    /// Reopen interconnect `i`'s device on this thread (after it was removed).
     fn open_device(&mut self, i: usize) {
-        let c = &self.ics[i].cfg;
-        match IcDevice::open(c.id, c.device.as_deref(), c.port, c.local_ip) {
-            Ok(dev) => {
-                let pd = ProtectionDomain::new(&dev.ctx).ok();
-                let events = AsyncEvents::new(&dev.ctx).ok();
-                let up = dev
-                    .ctx
-                    .query_port(dev.port)
-                    .map(|p| p.state == PortState::Active)
-                    .unwrap_or(false);
-                // The first control VI is made here, before any session: a session then takes it
-                // without creating verbs objects on this thread (see `open_session`).
-                let spare = pd.as_ref().and_then(|pd| make_control_vi(&dev, pd).ok());
+        let result = DeviceList::get().and_then(|list| open_ic(&list, &self.ics[i].cfg));
+        self.install_device(i, result);
+    }
+
+    fn install_device(&mut self, i: usize, result: Result<OpenedDevice, ccm_verbs::Error>) {
+        match result {
+            Ok(d) => {
                 let ic = &mut self.ics[i];
-                ic.dev = Some(dev);
-                ic.pd = pd;
-                ic.events = events;
-                ic.port_up = up;
+                ic.dev = Some(d.dev);
+                ic.pd = d.pd;
+                ic.events = d.events;
+                ic.port_up = d.up;
                 ic.epoch += 1;
-                ic.spare = spare;
+                // The first control VI was made with the device, before any session: a session then
+                // takes it without creating verbs objects on this thread (see `open_session`).
+                ic.spare = d.spare;
                 ic.spare_asked = false;
                 self.spares_check = true;
             }
             Err(e) => {
+                let c = &self.ics[i].cfg;
                 let what = format!(
                     "interconnect {i}: device {:?} / {} unusable: {e}",
                     c.device, c.local_ip
@@ -818,6 +974,26 @@ impl Driver {
                 self.record(what);
             }
         }
+    }
+
+    /// Interconnect `i`'s device, opened at start off this thread: the manager learns its port state
+    /// and starts that interconnect's bring-up, whatever the other devices are doing.
+    fn device_opened(&mut self, i: usize, result: Result<OpenedDevice, ccm_verbs::Error>) {
+        self.ics[i].opening = false;
+        self.ics[i].last_probe = Instant::now();
+        self.install_device(i, result);
+        self.publish_port(i);
+        if self.ics.iter().all(|ic| !ic.opening) {
+            self.record(format!(
+                "devices opened {:.2} ms after process start",
+                ms(self.started.elapsed())
+            ));
+        }
+        let up = self.ics[i].port_up;
+        self.input(Input::PortState {
+            ic: InterconnectId(i as u8),
+            up,
+        });
     }
 
     fn turn(&mut self) {
@@ -898,7 +1074,7 @@ impl Driver {
         // SAFETY-free: the borrowed fds live as long as `self`, which outlives `fds` in this scope.
         let wake: BorrowedFd<'_> = self.wake.as_fd();
         fds.push(PollFd::new(wake, PollFlags::POLLIN));
-        for ic in &self.ics {
+        for ic in self.ics.iter().filter(|ic| !ic.opening) {
             if let Some(l) = &ic.listener {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             }
@@ -972,6 +1148,7 @@ impl Driver {
                 Request::VisCreated(done) => self.vis_created(*done),
                 Request::SpareClientVis(done) => self.spare_made(*done),
                 Request::VisConnected(done) => self.vis_connected(*done),
+                Request::DeviceOpened { ic, result } => self.device_opened(ic, result.map(|d| *d)),
                 Request::SpareControlVi { ic, epoch, result } => {
                     let slot = &mut self.ics[ic];
                     match result {
@@ -1196,6 +1373,9 @@ impl Driver {
     fn poll_sessions(&mut self) {
         // Accept the partner's sessions.
         for i in 0..self.ics.len() {
+            if self.ics[i].opening {
+                continue; // a connection waits in the backlog until the device is open
+            }
             let accepted = match &self.ics[i].listener {
                 Some(l) => match l.accept() {
                     Ok((s, _)) => Some(s),
@@ -1278,11 +1458,13 @@ impl Driver {
         let deadline = self.now() + timeout;
         let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
         let s = self.sessions.get_mut(&id).expect("session");
+        let t = Instant::now();
         match s
             .control
             .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
         {
             Ok(_) => {
+                let took = t.elapsed();
                 s.connected = true;
                 s.confirm_deadline = Some(deadline);
                 s.held.push(msg);
@@ -1291,7 +1473,13 @@ impl Driver {
                     time_ns: 0,
                 })
                 .to_bytes();
-                if let Err(e) = s.control.send_inline(&probe) {
+                let sent = s.control.send_inline(&probe);
+                self.record(format!(
+                    "interconnect {}: control VI slam connected in {:.2} ms, probe sent",
+                    ic.0,
+                    ms(took)
+                ));
+                if let Err(e) = sent {
                     self.record(format!("interconnect {}: control VI probe: {e}", ic.0));
                     self.input(Input::ViError {
                         ic,
@@ -1386,6 +1574,12 @@ impl Driver {
                     Ok(msg @ Message::Heartbeat(_)) if !self.first_heartbeat_received => {
                         self.first_heartbeat_received = true;
                         self.first_heartbeat_ms = Some(ms(self.started.elapsed()));
+                        *self
+                            .first_heartbeat_signal
+                            .seen
+                            .lock()
+                            .expect("first heartbeat") = true;
+                        self.first_heartbeat_signal.cv.notify_all();
                         self.record(format!(
                             "first heartbeat received over the control VI of interconnect {}",
                             ic.0
@@ -1517,6 +1711,7 @@ impl Driver {
                         self.input(Input::PortState { ic, up });
                     }
                 }
+                None if self.ics[i].opening => {}
                 None => {
                     if self.ics[i].last_probe.elapsed() >= Duration::from_millis(100) {
                         self.ics[i].last_probe = Instant::now();

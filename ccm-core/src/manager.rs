@@ -2757,35 +2757,48 @@ impl Manager {
                 let count = b.vi_count;
                 let generation = Generation(self.next_generation);
                 self.next_generation += 1;
-                let c = self.clients.get_mut(&id).expect("registered");
-                c.standbys.push(Binding {
-                    generation,
-                    ic,
-                    vi_count: count,
-                    local: None,
-                    remote: None,
-                    connected: false,
-                    slammed: false,
-                    partner_ready: false,
-                    live: false,
-                    windows: Vec::new(),
-                });
-                self.push(Action::CreateClientVis {
-                    client: id,
-                    ic,
-                    generation,
-                    count,
-                });
-                self.step(
-                    now,
-                    Step::Standby {
-                        client: id,
-                        ic,
-                        generation,
-                    },
-                );
+                self.add_standby(now, id, ic, generation, count, None);
             }
         }
+    }
+
+    /// A standby binding of `id` on `ic` (the partner's end `remote` if known): its VIs are made (420).
+    fn add_standby(
+        &mut self,
+        now: Time,
+        id: ClientId,
+        ic: InterconnectId,
+        generation: Generation,
+        count: u8,
+        remote: Option<ClientEntry>,
+    ) {
+        let c = self.clients.get_mut(&id).expect("registered");
+        c.standbys.push(Binding {
+            generation,
+            ic,
+            vi_count: count,
+            local: None,
+            remote,
+            connected: false,
+            slammed: false,
+            partner_ready: false,
+            live: false,
+            windows: Vec::new(),
+        });
+        self.push(Action::CreateClientVis {
+            client: id,
+            ic,
+            generation,
+            count,
+        });
+        self.step(
+            now,
+            Step::Standby {
+                client: id,
+                ic,
+                generation,
+            },
+        );
     }
 
     /// Follower: the placer made a standby of `e.generation` on link `i`: make this end (it is
@@ -2822,33 +2835,7 @@ impl Manager {
             self.drop_standby(now, id, g, false);
         }
         let count = e.vis.len() as u8;
-        let c = self.clients.get_mut(&id).expect("checked");
-        c.standbys.push(Binding {
-            generation,
-            ic,
-            vi_count: count,
-            local: None,
-            remote: Some(e),
-            connected: false,
-            slammed: false,
-            partner_ready: false,
-            live: false,
-            windows: Vec::new(),
-        });
-        self.push(Action::CreateClientVis {
-            client: id,
-            ic,
-            generation,
-            count,
-        });
-        self.step(
-            now,
-            Step::Standby {
-                client: id,
-                ic,
-                generation,
-            },
-        );
+        self.add_standby(now, id, ic, generation, count, Some(e));
     }
 
     /// A standby's VIs are made: its addresses go to the partner on its link, then slam connect.

@@ -96,6 +96,59 @@ struct Applied {
     bad_payloads: u64,
 }
 
+/// Node 1's NVRAM mirror writer and node 2's end of it (recording what it applies), over `base(n)` rings.
+fn start_mirror_pair(
+    nodes: &[Node],
+    spec: ClientSpec,
+    base: &dyn Fn(u64) -> PathBuf,
+) -> (Arc<Mirror>, Mirror, Arc<Mutex<Applied>>) {
+    let applied2 = Arc::new(Mutex::new(Applied::default()));
+    let into = applied2.clone();
+    let record: nvram::ApplyFn = Box::new(move |lsn: Lsn, p: &[u8]| {
+        let mut a = into.lock().unwrap();
+        a.lsns.push(lsn.0);
+        if p != payload(lsn.0).as_slice() {
+            a.bad_payloads += 1;
+        }
+    });
+    let m1 = nvram::start_with(
+        &nodes[0].handle(),
+        spec.clone(),
+        &base(1),
+        RING,
+        Box::new(|_, _| {}),
+    )
+    .unwrap();
+    let m2 = nvram::start_with(&nodes[1].handle(), spec, &base(2), RING, record).unwrap();
+    (Arc::new(m1), m2, applied2)
+}
+
+/// The failover monitors, one per node (each consumes the other's heartbeats).
+fn start_monitors(nodes: &[Node]) -> Vec<Arc<Mutex<ccm_core::clients::monitor::MonitorView>>> {
+    use ccm_core::clients::monitor::{self, MonitorView};
+    let monitor_spec = ClientSpec {
+        id: ClientId(9),
+        name: "monitor".into(),
+        class: BandwidthClass::Low,
+        vi_count: 1,
+        pinned: None,
+    };
+    nodes
+        .iter()
+        .map(|n| {
+            let view = Arc::new(Mutex::new(MonitorView::new()));
+            let m = n
+                .handle()
+                .register(monitor_spec.clone(), Vec::new())
+                .unwrap();
+            let (tx, _rx) = crossbeam_channel::unbounded();
+            let v = view.clone();
+            std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
+            view
+        })
+        .collect()
+}
+
 struct Files(Vec<PathBuf>);
 impl Drop for Files {
     fn drop(&mut self) {
@@ -437,7 +490,7 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
     else {
         return;
     };
-    use ccm_core::clients::monitor::{self, MonitorView, PartnerState};
+    use ccm_core::clients::monitor::PartnerState;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let tcp_port = 19_720;
     let t_nodes = Instant::now();
@@ -487,56 +540,8 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
             }
         })
     };
-    let applied2 = Arc::new(Mutex::new(Applied::default()));
-    let recorder = |into: Arc<Mutex<Applied>>| -> nvram::ApplyFn {
-        Box::new(move |lsn: Lsn, p: &[u8]| {
-            let mut a = into.lock().unwrap();
-            a.lsns.push(lsn.0);
-            if p != payload(lsn.0).as_slice() {
-                a.bad_payloads += 1;
-            }
-        })
-    };
-    let m1 = Arc::new(
-        nvram::start_with(
-            &nodes[0].handle(),
-            spec.clone(),
-            &base(1),
-            RING,
-            Box::new(|_, _| {}),
-        )
-        .unwrap(),
-    );
-    let m2 = nvram::start_with(
-        &nodes[1].handle(),
-        spec,
-        &base(2),
-        RING,
-        recorder(applied2.clone()),
-    )
-    .unwrap();
-    // The failover monitors, one per node (each consumes the other's heartbeats).
-    let monitor_spec = ClientSpec {
-        id: ClientId(9),
-        name: "monitor".into(),
-        class: BandwidthClass::Low,
-        vi_count: 1,
-        pinned: None,
-    };
-    let views: Vec<Arc<Mutex<MonitorView>>> = nodes
-        .iter()
-        .map(|n| {
-            let view = Arc::new(Mutex::new(MonitorView::new()));
-            let m = n
-                .handle()
-                .register(monitor_spec.clone(), Vec::new())
-                .unwrap();
-            let (tx, _rx) = crossbeam_channel::unbounded();
-            let v = view.clone();
-            std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
-            view
-        })
-        .collect();
+    let (m1, m2, applied2) = start_mirror_pair(&nodes, spec, &base);
+    let views = start_monitors(&nodes);
     let t_monitors = Instant::now();
     // Monitor times (since the monitors started) in node time (ms since `t_nodes`).
     let monitor_ms = |d: Duration| (d + (t_monitors - t_nodes)).as_secs_f64() * 1e3;
@@ -773,7 +778,7 @@ fn lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link() {
     ) else {
         return;
     };
-    use ccm_core::clients::monitor::{self, MonitorView, PartnerState};
+    use ccm_core::clients::monitor::PartnerState;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     const LOSS_PCT: &str = "30";
     const LOSS_FOR: Duration = Duration::from_secs(5);
@@ -804,55 +809,8 @@ fn lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link() {
         vi_count: 1,
         pinned: None,
     };
-    let applied2 = Arc::new(Mutex::new(Applied::default()));
-    let recorder = |into: Arc<Mutex<Applied>>| -> nvram::ApplyFn {
-        Box::new(move |lsn: Lsn, p: &[u8]| {
-            let mut a = into.lock().unwrap();
-            a.lsns.push(lsn.0);
-            if p != payload(lsn.0).as_slice() {
-                a.bad_payloads += 1;
-            }
-        })
-    };
-    let m1 = Arc::new(
-        nvram::start_with(
-            &nodes[0].handle(),
-            spec.clone(),
-            &base(1),
-            RING,
-            Box::new(|_, _| {}),
-        )
-        .unwrap(),
-    );
-    let m2 = nvram::start_with(
-        &nodes[1].handle(),
-        spec,
-        &base(2),
-        RING,
-        recorder(applied2.clone()),
-    )
-    .unwrap();
-    let monitor_spec = ClientSpec {
-        id: ClientId(9),
-        name: "monitor".into(),
-        class: BandwidthClass::Low,
-        vi_count: 1,
-        pinned: None,
-    };
-    let views: Vec<Arc<Mutex<MonitorView>>> = nodes
-        .iter()
-        .map(|n| {
-            let view = Arc::new(Mutex::new(MonitorView::new()));
-            let m = n
-                .handle()
-                .register(monitor_spec.clone(), Vec::new())
-                .unwrap();
-            let (tx, _rx) = crossbeam_channel::unbounded();
-            let v = view.clone();
-            std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
-            view
-        })
-        .collect();
+    let (m1, m2, applied2) = start_mirror_pair(&nodes, spec, &base);
+    let views = start_monitors(&nodes);
     let t_monitors = Instant::now();
     let all_up = || {
         std::thread::sleep(Duration::from_millis(45));

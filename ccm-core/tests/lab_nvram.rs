@@ -4,6 +4,7 @@
 //! partner exactly once, in order, with its payload, and both rings must compare equal.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,45 @@ struct Applied {
     bad_payloads: u64,
 }
 
+/// The NVRAM ring files of node `n` in test `tag` (per process, under /dev/shm).
+fn ring_base(tag: &str, n: u64) -> PathBuf {
+    PathBuf::from(format!(
+        "/dev/shm/ccm-lab-nvram-{tag}-{}-{n}",
+        std::process::id()
+    ))
+}
+
+/// Both nodes' ring files, none left from an earlier run; removed again when dropped.
+fn fresh_rings(base: &dyn Fn(u64) -> PathBuf) -> Files {
+    let files: Vec<PathBuf> = [1, 2]
+        .iter()
+        .flat_map(|&n| nvram::ring_paths(&base(n)))
+        .collect();
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    Files(files)
+}
+
+/// Nodes 1 and 2 on the lab's interconnects.
+fn start_nodes(lab: &LabTopology, tcp_port: u16, t_nodes: Instant) -> Vec<Node> {
+    [1, 2]
+        .iter()
+        .map(|&n| Node::start(config(lab, n, tcp_port), t_nodes).unwrap())
+        .collect()
+}
+
+/// The NVRAM mirror client of these tests.
+fn nvram_spec() -> ClientSpec {
+    ClientSpec {
+        id: ClientId(40),
+        name: "nvram".into(),
+        class: BandwidthClass::High,
+        vi_count: 1,
+        pinned: None,
+    }
+}
+
 /// Node 1's NVRAM mirror writer and node 2's end of it (recording what it applies), over `base(n)` rings.
 fn start_mirror_pair(
     nodes: &[Node],
@@ -147,6 +187,68 @@ fn start_monitors(nodes: &[Node]) -> Vec<Arc<Mutex<ccm_core::clients::monitor::M
             view
         })
         .collect()
+}
+
+/// Every interconnect is up on both nodes (after a gentle pause: see [`wait_all_up`]).
+fn all_up(nodes: &[Node]) -> bool {
+    std::thread::sleep(Duration::from_millis(45));
+    nodes.iter().all(|n| {
+        n.handle()
+            .status()
+            .interconnects
+            .iter()
+            .all(|i| i.state == "Up")
+    })
+}
+
+/// Waits until both mirrors are synced, both monitors say Up and every interconnect is up on both
+/// nodes; returns each monitor's history length then. (The nodes' status is a snapshot cloned under
+/// the driver's lock: polled gently, the guest's two CPUs already run both nodes and the mirrors.)
+fn wait_all_up(
+    nodes: &[Node],
+    m1: &Mirror,
+    m2: &Mirror,
+    views: &[Arc<Mutex<ccm_core::clients::monitor::MonitorView>>],
+) -> Vec<usize> {
+    use ccm_core::clients::monitor::PartnerState;
+    wait_until(
+        Duration::from_secs(20),
+        "mirrors synced, monitors Up, both interconnects up on both nodes",
+        || {
+            m1.is_synced()
+                && m2.is_synced()
+                && views
+                    .iter()
+                    .all(|v| matches!(v.lock().unwrap().state, PartnerState::Up { .. }))
+                && all_up(nodes)
+        },
+    );
+    views
+        .iter()
+        .map(|v| v.lock().unwrap().history.len())
+        .collect()
+}
+
+/// The writer: full speed, each append waiting only for ring space (back-pressure), never for
+/// durability. Returns its stop flag, the last LSN it appended, and the thread.
+fn spawn_full_speed_writer(
+    m1: &Arc<Mirror>,
+) -> (Arc<AtomicBool>, Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(AtomicU64::new(0));
+    let (m1, stop2, last2) = (m1.clone(), stop.clone(), last.clone());
+    let writer = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            i += 1;
+            let lsn = m1
+                .append_wait(&payload(i), Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("append {i}: {e} (stats {:?})", m1.stats()));
+            assert_eq!(lsn, Lsn(i));
+            last2.store(i, Ordering::Relaxed);
+        }
+    });
+    (stop, last, writer)
 }
 
 struct Files(Vec<PathBuf>);
@@ -491,34 +593,12 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
         return;
     };
     use ccm_core::clients::monitor::PartnerState;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let tcp_port = 19_720;
     let t_nodes = Instant::now();
-    let base = |n: u64| {
-        PathBuf::from(format!(
-            "/dev/shm/ccm-lab-nvram-cuts-{}-{n}",
-            std::process::id()
-        ))
-    };
-    let mut files = Vec::new();
-    for n in [1, 2] {
-        files.extend(nvram::ring_paths(&base(n)));
-    }
-    let _files = Files(files.clone());
-    for f in &files {
-        let _ = std::fs::remove_file(f);
-    }
-    let nodes: Vec<Node> = [1, 2]
-        .iter()
-        .map(|&n| Node::start(config(&lab, n, tcp_port), t_nodes).unwrap())
-        .collect();
-    let spec = ClientSpec {
-        id: ClientId(40),
-        name: "nvram".into(),
-        class: BandwidthClass::High,
-        vi_count: 1,
-        pinned: None,
-    };
+    let base = |n: u64| ring_base("cuts", n);
+    let _files = fresh_rings(&base);
+    let nodes = start_nodes(&lab, tcp_port, t_nodes);
+    let spec = nvram_spec();
     // Both nodes' events, sampled (the node keeps only its last 256), to explain any monitor change.
     let events = Arc::new(Mutex::new(Vec::<(f64, usize, String)>::new()));
     let sampling = Arc::new(AtomicBool::new(true));
@@ -545,52 +625,9 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
     let t_monitors = Instant::now();
     // Monitor times (since the monitors started) in node time (ms since `t_nodes`).
     let monitor_ms = |d: Duration| (d + (t_monitors - t_nodes)).as_secs_f64() * 1e3;
-    // The nodes' status is a snapshot cloned under the lock the driver publishes through: poll it gently,
-    // the guest's two CPUs already run both nodes, a full-speed writer and the mirror threads.
-    let all_up = || {
-        std::thread::sleep(Duration::from_millis(45));
-        nodes.iter().all(|n| {
-            n.handle()
-                .status()
-                .interconnects
-                .iter()
-                .all(|i| i.state == "Up")
-        })
-    };
-    wait_until(
-        Duration::from_secs(20),
-        "mirrors synced, monitors Up, both interconnects up on both nodes",
-        || {
-            m1.is_synced()
-                && m2.is_synced()
-                && views
-                    .iter()
-                    .all(|v| matches!(v.lock().unwrap().state, PartnerState::Up { .. }))
-                && all_up()
-        },
-    );
-    let history_before: Vec<usize> = views
-        .iter()
-        .map(|v| v.lock().unwrap().history.len())
-        .collect();
+    let history_before = wait_all_up(&nodes, &m1, &m2, &views);
 
-    // The writer: full speed, each append waiting only for ring space (back-pressure), never for durability.
-    let stop = Arc::new(AtomicBool::new(false));
-    let last = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (m1, stop, last) = (m1.clone(), stop.clone(), last.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let lsn = m1
-                    .append_wait(&payload(i), Duration::from_secs(30))
-                    .unwrap_or_else(|e| panic!("append {i}: {e} (stats {:?})", m1.stats()));
-                assert_eq!(lsn, Lsn(i));
-                last.store(i, Ordering::Relaxed);
-            }
-        })
-    };
+    let (stop, last, writer) = spawn_full_speed_writer(&m1);
     let active = Arc::new(Mutex::new(None));
     let _guard = CutGuard {
         lab: lab.clone(),
@@ -606,7 +643,9 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
     ];
     let mut report = Vec::new();
     for cut in kinds {
-        wait_until(Duration::from_secs(30), "both interconnects up", all_up);
+        wait_until(Duration::from_secs(30), "both interconnects up", || {
+            all_up(&nodes)
+        });
         wait_until(Duration::from_secs(30), "the mirror synced", || {
             m1.is_synced()
         });
@@ -631,7 +670,9 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
         std::thread::sleep(Duration::from_millis(300));
         fault_within(&lab, cut.undo(ic), Duration::from_secs(20));
         *active.lock().unwrap() = None;
-        wait_until(Duration::from_secs(30), "the cut link back up", all_up);
+        wait_until(Duration::from_secs(30), "the cut link back up", || {
+            all_up(&nodes)
+        });
         let d = m1.durable_lsn();
         wait_until(
             Duration::from_secs(30),
@@ -779,81 +820,19 @@ fn lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link() {
         return;
     };
     use ccm_core::clients::monitor::PartnerState;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     const LOSS_PCT: &str = "30";
     const LOSS_FOR: Duration = Duration::from_secs(5);
     let tcp_port = 19_730;
     let t_nodes = Instant::now();
-    let base = |n: u64| {
-        PathBuf::from(format!(
-            "/dev/shm/ccm-lab-nvram-loss-{}-{n}",
-            std::process::id()
-        ))
-    };
-    let mut files = Vec::new();
-    for n in [1, 2] {
-        files.extend(nvram::ring_paths(&base(n)));
-    }
-    let _files = Files(files.clone());
-    for f in &files {
-        let _ = std::fs::remove_file(f);
-    }
-    let nodes: Vec<Node> = [1, 2]
-        .iter()
-        .map(|&n| Node::start(config(&lab, n, tcp_port), t_nodes).unwrap())
-        .collect();
-    let spec = ClientSpec {
-        id: ClientId(40),
-        name: "nvram".into(),
-        class: BandwidthClass::High,
-        vi_count: 1,
-        pinned: None,
-    };
+    let base = |n: u64| ring_base("loss", n);
+    let _files = fresh_rings(&base);
+    let nodes = start_nodes(&lab, tcp_port, t_nodes);
+    let spec = nvram_spec();
     let (m1, m2, applied2) = start_mirror_pair(&nodes, spec, &base);
     let views = start_monitors(&nodes);
     let t_monitors = Instant::now();
-    let all_up = || {
-        std::thread::sleep(Duration::from_millis(45));
-        nodes.iter().all(|n| {
-            n.handle()
-                .status()
-                .interconnects
-                .iter()
-                .all(|i| i.state == "Up")
-        })
-    };
-    wait_until(
-        Duration::from_secs(20),
-        "mirrors synced, monitors Up, both interconnects up on both nodes",
-        || {
-            m1.is_synced()
-                && m2.is_synced()
-                && views
-                    .iter()
-                    .all(|v| matches!(v.lock().unwrap().state, PartnerState::Up { .. }))
-                && all_up()
-        },
-    );
-    let history_before: Vec<usize> = views
-        .iter()
-        .map(|v| v.lock().unwrap().history.len())
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let last = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (m1, stop, last) = (m1.clone(), stop.clone(), last.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let lsn = m1
-                    .append_wait(&payload(i), Duration::from_secs(30))
-                    .unwrap_or_else(|e| panic!("append {i}: {e} (stats {:?})", m1.stats()));
-                assert_eq!(lsn, Lsn(i));
-                last.store(i, Ordering::Relaxed);
-            }
-        })
-    };
+    let history_before = wait_all_up(&nodes, &m1, &m2, &views);
+    let (stop, last, writer) = spawn_full_speed_writer(&m1);
     std::thread::sleep(Duration::from_millis(500));
     let ic = m1.link().expect("connected").0;
     let (stats_before, durable_before) = (m1.stats(), m1.durable_lsn());
@@ -916,7 +895,9 @@ fn lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link() {
         "loss cleared at {:.2} s monitor time",
         t_monitors.elapsed().as_secs_f64()
     );
-    wait_until(Duration::from_secs(30), "both interconnects up", all_up);
+    wait_until(Duration::from_secs(30), "both interconnects up", || {
+        all_up(&nodes)
+    });
     let d = m1.durable_lsn();
     wait_until(
         Duration::from_secs(30),

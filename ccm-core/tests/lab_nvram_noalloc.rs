@@ -3,8 +3,6 @@
 //! `append` posts onto an idle link and `wait_durable` reaps the completion itself, so the post, the poll and
 //! the bookkeeping of both are counted; with batches in flight appends only join the next batch.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,35 +14,11 @@ use ccm_core::node::Node;
 use ccm_core::wire::{BandwidthClass, ClientId};
 use ccm_verbs::lab::{LabTopology, Side};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts calls per thread.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: ccm_verbs::alloc_count::Counting = ccm_verbs::alloc_count::Counting;
 
 fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
+    ccm_verbs::alloc_count::allocations()
 }
 
 const RING: u64 = 4 << 20;

@@ -211,6 +211,13 @@ impl Pair {
         self.input(n, Input::Client(ClientRequest::Register(spec)));
     }
 
+    /// Both nodes see interconnect `ic`'s port go `up` or down.
+    fn port_state(&mut self, ic: InterconnectId, up: bool) {
+        for n in 0..2 {
+            self.input(n, Input::PortState { ic, up });
+        }
+    }
+
     fn events_of(&self, n: usize, id: u32) -> Vec<&ClientEvent> {
         self.told[n]
             .iter()
@@ -593,8 +600,7 @@ fn losing_one_of_two_interconnects_fails_over_without_suspecting_the_partner() {
     let on = p.ready_on(0, 1).expect("ready");
     let other = InterconnectId(1 - on.0);
     p.cut[on.0 as usize] = true;
-    p.input(0, Input::PortState { ic: on, up: false });
-    p.input(1, Input::PortState { ic: on, up: false });
+    p.port_state(on, false);
     p.run_for(Duration::from_millis(5));
     for n in 0..2 {
         assert_eq!(
@@ -614,8 +620,7 @@ fn losing_one_of_two_interconnects_fails_over_without_suspecting_the_partner() {
     }
     // The port comes back: after the hold-down, the client fails back to its home.
     p.cut[on.0 as usize] = false;
-    p.input(0, Input::PortState { ic: on, up: true });
-    p.input(1, Input::PortState { ic: on, up: true });
+    p.port_state(on, true);
     p.run_for(Duration::from_millis(300));
     assert_eq!(
         p.ready_on(0, 1),
@@ -997,20 +1002,7 @@ fn fig9_failover_goes_to_the_least_utilised_link_by_measured_load() {
     assert_eq!(p.ready_on(0, 2), Some(InterconnectId(0)));
     assert_eq!(p.ready_on(0, 3), Some(InterconnectId(1)));
     p.cut[0] = true;
-    p.input(
-        0,
-        Input::PortState {
-            ic: InterconnectId(0),
-            up: false,
-        },
-    );
-    p.input(
-        1,
-        Input::PortState {
-            ic: InterconnectId(0),
-            up: false,
-        },
-    );
+    p.port_state(InterconnectId(0), false);
     p.run_for(Duration::from_millis(5));
     assert_eq!(p.ready_on(0, 2), Some(InterconnectId(2)));
     assert_eq!(p.ready_on(1, 2), Some(InterconnectId(2)));
@@ -1029,20 +1021,7 @@ fn without_measurements_failover_ranks_links_by_class_weight() {
     }
     p.run_for(Duration::from_millis(5));
     p.cut[0] = true;
-    p.input(
-        0,
-        Input::PortState {
-            ic: InterconnectId(0),
-            up: false,
-        },
-    );
-    p.input(
-        1,
-        Input::PortState {
-            ic: InterconnectId(0),
-            up: false,
-        },
-    );
+    p.port_state(InterconnectId(0), false);
     p.run_for(Duration::from_millis(5));
     assert_eq!(p.ready_on(0, 2), Some(InterconnectId(1)));
 }
@@ -1125,8 +1104,7 @@ fn on_failover_the_answering_node_sends_its_vi_addresses_before_its_own_slam_con
     let other = InterconnectId(1 - on.0);
     let cut_at = p.now;
     p.cut[on.0 as usize] = true;
-    p.input(0, Input::PortState { ic: on, up: false });
-    p.input(1, Input::PortState { ic: on, up: false });
+    p.port_state(on, false);
     p.run_for(Duration::from_millis(5));
     assert_eq!(p.ready_on(0, 1), Some(other));
     assert_eq!(p.ready_on(1, 1), Some(other));
@@ -1245,15 +1223,7 @@ fn at_bring_up_a_client_whose_home_stays_broken_starts_elsewhere_after_the_grace
 fn at_bring_up_a_client_whose_home_port_is_down_does_not_wait() {
     let mut p = Pair::standard(2);
     p.cut_from_start(0);
-    for n in 0..2 {
-        p.input(
-            n,
-            Input::PortState {
-                ic: InterconnectId(0),
-                up: false,
-            },
-        );
-    }
+    p.port_state(InterconnectId(0), false);
     p.register(0, 1, BandwidthClass::Low);
     p.register(1, 1, BandwidthClass::Low);
     p.run_for(Duration::from_millis(10));
@@ -1314,8 +1284,7 @@ fn a_port_down_failover_promotes_the_standby_with_only_a_ready_exchange() {
     let other = InterconnectId(1 - on.0);
     let cut_at = p.now;
     p.cut[on.0 as usize] = true;
-    p.input(0, Input::PortState { ic: on, up: false });
-    p.input(1, Input::PortState { ic: on, up: false });
+    p.port_state(on, false);
     p.run_for(Duration::from_millis(1));
     for n in 0..2 {
         assert_eq!(
@@ -1390,12 +1359,10 @@ fn after_a_promotion_a_new_standby_is_made_on_the_healed_interconnect_and_failba
     let mut p = Pair::standard(2);
     let (on, g) = pair_with_ripe_standby(&mut p);
     p.cut[on.0 as usize] = true;
-    p.input(0, Input::PortState { ic: on, up: false });
-    p.input(1, Input::PortState { ic: on, up: false });
+    p.port_state(on, false);
     p.run_for(Duration::from_millis(50));
     p.cut[on.0 as usize] = false;
-    p.input(0, Input::PortState { ic: on, up: true });
-    p.input(1, Input::PortState { ic: on, up: true });
+    p.port_state(on, true);
     // Once home is up again, both nodes hold a ripe standby there (a newer generation) ...
     p.run_for(Duration::from_millis(50));
     let sb = p.m[0].standbys(ClientId(1));
@@ -1464,8 +1431,7 @@ fn a_standby_whose_vis_fail_goes_on_both_sides_the_binding_is_untouched_and_fail
     // ... so a failover now runs 420-445, and still resumes the client.
     let cut_at = p.now;
     p.cut[on.0 as usize] = true;
-    p.input(0, Input::PortState { ic: on, up: false });
-    p.input(1, Input::PortState { ic: on, up: false });
+    p.port_state(on, false);
     p.run_for(Duration::from_millis(5));
     assert_eq!(p.ready_on(0, 1), Some(other));
     assert_eq!(p.ready_on(1, 1), Some(other));

@@ -28,6 +28,7 @@
 //! no device answer makes the library panic. Unknown status, opcode, state and event numbers
 //! decode to `Other`/`Unknown` variants.
 
+pub mod alloc_count;
 pub mod clock;
 pub mod cq;
 pub mod device;

@@ -27,7 +27,8 @@
 //!
 //! **Nothing acknowledged is lost.** `durable_lsn` only moves on the RC completion of a batch's last work request
 //! (RC completes in order: every earlier WRITE of the batch is placed). On a link loss, batches in flight are
-//! forgotten and everything after `durable` is sent again on the new link (`link_reset`). Ring space is reused only
+//! forgotten and everything after `durable` is sent again on the new link (`link_up` as soon as it is up, or
+//! `link_reset` with the partner's report). Ring space is reused only
 //! once the partner reported it applied ([`MirrorWriter::applied`]): a full ring is back-pressure
 //! ([`MirrorError::RingFull`]), never an overwrite.
 //!
@@ -364,6 +365,9 @@ impl Digest {
 #[derive(Clone, Copy, Debug, Default)]
 struct InFlight {
     id: u64,
+    start_pos: u64,
+    /// LSN of the entry before `start_pos`.
+    start_lsn: Lsn,
     end_pos: u64,
     last_lsn: Lsn,
 }
@@ -389,6 +393,10 @@ pub struct MirrorWriter {
     /// `None` for a volatile log; otherwise ring space is reused only up to the `released` of the last
     /// [`WriterCheckpoint`] the caller persisted (see [`MirrorWriter::checkpoint_persisted`]).
     persisted_released: Option<u64>,
+    /// Start (position, LSN before it) of the oldest WRITE of an earlier connection that may still land: batches
+    /// in flight when the writer moved to a new connection, until the partner's first report there says it
+    /// left the old ones ([`old_links_closed`](Self::old_links_closed)).
+    fence: Option<(u64, Lsn)>,
     next_batch_id: u64,
     in_flight: [InFlight; MAX_BATCHES_IN_FLIGHT],
     in_flight_first: usize,
@@ -414,6 +422,7 @@ impl MirrorWriter {
             released: 0,
             released_lsn: Lsn(0),
             persisted_released: None,
+            fence: None,
             next_batch_id: 0,
             in_flight: [InFlight::default(); MAX_BATCHES_IN_FLIGHT],
             in_flight_first: 0,
@@ -483,6 +492,7 @@ impl MirrorWriter {
             released: c.released,
             released_lsn: c.released_lsn,
             persisted_released: Some(c.released),
+            fence: None,
             next_batch_id: 0,
             in_flight: [InFlight::default(); MAX_BATCHES_IN_FLIGHT],
             in_flight_first: 0,
@@ -500,12 +510,15 @@ impl MirrorWriter {
     /// [`applied`](Self::applied) / [`link_reset`](Self::link_reset) (the only calls that free space), or
     /// the ring fills (back-pressure, never an overwrite).
     pub fn checkpoint(&self) -> WriterCheckpoint {
+        // Not `released` itself: a WRITE of this process that may still land after a crash covers nothing
+        // before the safe point, so a restarted writer that reuses space only behind it is safe from it.
+        let (released, released_lsn) = self.safe_point();
         WriterCheckpoint {
             head: self.head,
             lsn: self.last_lsn(),
             digest: self.digest,
-            released: self.released,
-            released_lsn: self.released_lsn,
+            released,
+            released_lsn,
         }
     }
 
@@ -554,10 +567,29 @@ impl MirrorWriter {
 
     /// Bytes the ring can still take before back-pressure.
     pub fn free(&self) -> u64 {
-        let reusable = self
-            .persisted_released
-            .map_or(self.released, |p| p.min(self.released));
+        let safe = self.safe_point().0;
+        let reusable = self.persisted_released.map_or(safe, |p| p.min(safe));
         self.capacity - (self.head - reusable)
+    }
+
+    /// Ring space before this position (and LSN) may be overwritten: the partner applied it (`released`),
+    /// and no WRITE that may still land covers it: none in flight on this connection, none of an earlier
+    /// one the partner may not have left. (A WRITE re-sending what the partner already holds can be in
+    /// flight after the partner reported it applied.) It never moves back.
+    fn safe_point(&self) -> (u64, Lsn) {
+        let mut p = (self.released, self.released_lsn);
+        if let Some(f) = self.fence {
+            if f.0 < p.0 {
+                p = f;
+            }
+        }
+        if self.in_flight_len > 0 {
+            let b = &self.in_flight[self.in_flight_first];
+            if b.start_pos < p.0 {
+                p = (b.start_pos, b.start_lsn);
+            }
+        }
+        p
     }
 
     /// Batches posted and not yet completed.
@@ -628,6 +660,7 @@ impl MirrorWriter {
         {
             return None;
         }
+        let (start_pos, start_lsn) = (self.sent, self.sent_lsn);
         let start = self.sent % self.capacity;
         let len = self.head - self.sent;
         let mut segments = [Segment::default(); 2];
@@ -659,6 +692,8 @@ impl MirrorWriter {
         let slot = (self.in_flight_first + self.in_flight_len) % MAX_BATCHES_IN_FLIGHT;
         self.in_flight[slot] = InFlight {
             id: batch.id,
+            start_pos,
+            start_lsn,
             end_pos: batch.end_pos,
             last_lsn: batch.last_lsn,
         };
@@ -695,14 +730,45 @@ impl MirrorWriter {
         self.released = pos;
         self.released_lsn = lsn;
         self.acknowledge(pos, lsn);
+        // After a `link_up` the partner may report entries that reached it on the old link (their
+        // completions lost) beyond what is sent on this one: never send from behind `durable`, whose ring
+        // space may be reused from now on.
+        if self.sent < self.durable {
+            self.sent = self.durable;
+            self.sent_lsn = self.durable_lsn;
+        }
         self.credits_granted = self.credits_granted.max(credits_total);
         Ok(())
+    }
+
+    /// A new connection is up and the writer resumes on what it knows, without waiting for the partner's
+    /// report: batches in flight on the old connection are forgotten and everything after `durable` is sent
+    /// again, at the same offsets, with the same bytes (what the partner already holds falls to its LSN
+    /// check). `credits` is the notification window every reader grants on a new connection before its
+    /// first report. The space of the batches that were in flight is not reused until the partner's first
+    /// report on a new connection ([`old_links_closed`](Self::old_links_closed)): one of them may still land
+    /// until the partner leaves the old connection.
+    pub fn link_up(&mut self, credits: u64) {
+        if self.in_flight_len > 0 {
+            // Those WRITEs may still land, until the partner leaves the old connection.
+            let b = &self.in_flight[self.in_flight_first];
+            if self.fence.is_none_or(|f| b.start_pos < f.0) {
+                self.fence = Some((b.start_pos, b.start_lsn));
+            }
+        }
+        self.in_flight_len = 0;
+        self.sent = self.durable;
+        self.sent_lsn = self.durable_lsn;
+        self.notifications_sent = 0;
+        self.credits_granted = credits;
     }
 
     /// The link carrying the mirror failed, or the mirror moves to another link: batches in flight are
     /// forgotten, and everything the partner does not hold will be sent again by [`next_batch`](Self::next_batch).
     /// `partner_pos`/`partner_lsn` is what the partner applied (it tells it when the new connection comes up);
-    /// `credits` the notification receives it posted on the new connection.
+    /// `credits` the notification receives it posted on the new connection. The same as
+    /// [`link_up`](Self::link_up) then, with the partner's first report, [`applied`](Self::applied) and
+    /// [`old_links_closed`](Self::old_links_closed).
     pub fn link_reset(
         &mut self,
         partner_pos: u64,
@@ -710,17 +776,21 @@ impl MirrorWriter {
         credits: u64,
     ) -> Result<(), MirrorError> {
         self.check_applied(partner_pos, partner_lsn)?;
-        self.in_flight_len = 0;
         self.released = partner_pos;
         self.released_lsn = partner_lsn;
         self.acknowledge(partner_pos, partner_lsn);
         // Bytes up to `durable` are in the partner's memory (an RC completion or its own report says so);
         // everything after is written again, at the same offsets, with the same bytes.
-        self.sent = self.durable;
-        self.sent_lsn = self.durable_lsn;
-        self.notifications_sent = 0;
-        self.credits_granted = credits;
+        self.link_up(credits);
+        self.old_links_closed();
         Ok(())
+    }
+
+    /// The partner's first report on the current connection arrived: it left every earlier connection
+    /// (the client puts its old VI in the error state before it reports on a new one), so no WRITE of one
+    /// can land any more and their space may be reused once applied.
+    pub fn old_links_closed(&mut self) {
+        self.fence = None;
     }
 
     fn check_applied(&self, pos: u64, lsn: Lsn) -> Result<(), MirrorError> {
@@ -799,9 +869,10 @@ pub struct WriterCheckpoint {
     pub lsn: Lsn,
     /// Digest of every entry up to `lsn`.
     pub digest: Digest,
-    /// Ring position up to which the partner had applied (and the ring may be reused).
+    /// Ring position up to which the partner had applied and the ring may be reused (no WRITE that may
+    /// still land covers anything before it).
     pub released: u64,
-    /// Last LSN the partner had applied.
+    /// The LSN of the entry before `released`.
     pub released_lsn: Lsn,
 }
 
@@ -1135,6 +1206,53 @@ mod tests {
             0
         );
         assert_eq!(r.digest(), w.digest());
+    }
+
+    /// On a new connection the writer resends at once from what it knows (`link_up`), before the
+    /// partner's first report; space that a WRITE still in flight covers (this connection's, or one
+    /// forgotten with the old connection until the partner's first report says it left it) is not reused,
+    /// even once the partner reported it applied; nor is it behind the checkpoint a restart would use.
+    #[test]
+    fn a_writer_resumes_on_a_new_link_at_once_and_reuses_no_space_a_late_write_covers() {
+        let (mut local, mut mirror) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut w = MirrorWriter::new(CAP, 4).unwrap();
+        let mut r = MirrorReader::new(CAP).unwrap();
+        let entry = [7u8; 960]; // 992 bytes with its header: four fill most of the ring
+        for _ in 0..4 {
+            w.append(&mut local, &entry).unwrap();
+        }
+        // The batch lands but its completion is lost with the link; the partner applied it.
+        let old = w.next_batch().unwrap();
+        copy(&old, &local, &mut mirror);
+        let s = r.scan(&mirror, |_, _| {}).unwrap();
+        assert_eq!(s.applied_lsn, Lsn(4));
+        // New connection: the writer sends again at once, everything after its durable position.
+        w.link_up(4);
+        let resend = w.next_batch().expect("resent before any report");
+        assert_eq!(resend.last_lsn, Lsn(4));
+        assert_eq!(w.checkpoint().released, 0);
+        // The partner reports it applied: durable, but nothing is reused while the resend is in flight.
+        w.applied(s.applied_pos, s.applied_lsn, 4).unwrap();
+        assert_eq!(
+            w.durable_lsn(),
+            Lsn(4),
+            "the partner's report makes it durable"
+        );
+        assert!(matches!(
+            w.append(&mut local, &entry),
+            Err(MirrorError::RingFull { .. })
+        ));
+        // The resend completes; the old batch may still land until the partner says it left the old link.
+        w.batch_completed(resend.id).unwrap();
+        assert!(w.append(&mut local, &entry).is_err());
+        assert_eq!(
+            w.checkpoint().released,
+            0,
+            "a restart reuses nothing either"
+        );
+        w.old_links_closed();
+        assert_eq!(w.checkpoint().released, s.applied_pos);
+        assert_eq!(w.append(&mut local, &entry).unwrap(), Lsn(5));
     }
 
     /// The digest chains the entries' own checksums: both sides and `Digest::add` agree, and it changes

@@ -18,7 +18,8 @@
 //! in three ways (a port-down cut placing a prefix of the WRITEs in flight, the last one maybe torn, with a
 //! prefix of the completions and acks still delivered; a silent loss delivering nothing more; a failback
 //! or migration placing everything but losing the completions), a new link each time (the writer resumes
-//! with [`MirrorWriter::link_reset`] on the partner's first ack), the partner process crashing (maybe after
+//! with [`MirrorWriter::link_up`] at once, the partner later: late WRITEs of the cut link land until the
+//! partner leaves it), the partner process crashing (maybe after
 //! applying but before persisting its checkpoint) and restarting from its checkpoint, and the writer process
 //! crashing (maybe mid-append or while persisting its checkpoint) and restarting with
 //! [`MirrorWriter::recover`].
@@ -60,6 +61,9 @@ pub enum Bug {
     LostWrite,
     /// The partner reports what it applied without persisting its checkpoint first.
     AckBeforeCheckpoint,
+    /// The partner acks on a new connection while its old one still accepts writes (it never puts its old
+    /// VI in the error state), so a late write of the old connection can land in reused ring space.
+    OldLinkStaysOpen,
 }
 
 /// One simulation run.
@@ -102,8 +106,10 @@ pub struct Report {
     pub duplicates: u64,
     /// Link cuts: port down with partial placement, silent loss, failback or migration.
     pub cuts: [u64; 3],
-    /// New links (each a `link_reset`).
+    /// New links (the writer resumes on each with `link_up`).
     pub links: u64,
+    /// Late WRITEs of a cut link placed after the cut (packets already on the wire).
+    pub late_writes: u64,
     /// Partner process crashes (then restarts from its checkpoint).
     pub partner_crashes: u64,
     /// Writer process crashes (then restarts with `MirrorWriter::recover`).
@@ -126,6 +132,7 @@ impl Report {
             *t += c;
         }
         self.links += r.links;
+        self.late_writes += r.late_writes;
         self.partner_crashes += r.partner_crashes;
         self.writer_crashes += r.writer_crashes;
         self.torn_appends += r.torn_appends;
@@ -153,6 +160,7 @@ impl Bug {
             Bug::CorruptPlacement => "corrupt",
             Bug::LostWrite => "lost-write",
             Bug::AckBeforeCheckpoint => "ack-before-checkpoint",
+            Bug::OldLinkStaysOpen => "old-link-open",
         }
     }
 }
@@ -219,8 +227,11 @@ struct Link {
     receives: u64,
     /// Notification receives granted on this link, in total.
     granted: u64,
+    /// The partner got its `Ready` for this link: it put its old connection's VI in the error state,
+    /// handles notifications and acks. (The writer sends from the moment the link is up.)
+    partner_ready: bool,
     /// The writer had the partner's first ack on this link.
-    synced: bool,
+    first_ack: bool,
 }
 
 /// A ring that takes only `budget` more bytes, then drops writes: a process killed while copying.
@@ -266,6 +277,9 @@ struct Sim {
     violation: Option<String>,
     /// The payload of an append the writer was killed in (in the log only if it was copied whole).
     pending_torn: Option<Vec<u8>>,
+    /// WRITEs of a cut link still on the wire: ring offset and the bytes they carry (read at the cut).
+    /// They may land until the partner puts its old VI in the error state (its `Ready` on a new link).
+    late: Vec<(u64, Vec<u8>)>,
     report: Report,
 }
 
@@ -315,6 +329,7 @@ impl Sim {
             applied: 0,
             violation: None,
             pending_torn: None,
+            late: Vec::new(),
             report: Report::default(),
         }
     }
@@ -330,7 +345,7 @@ impl Sim {
     }
 
     fn random_step(&mut self) {
-        match self.rng.gen_range(0..1000) {
+        match self.rng.gen_range(0..1130) {
             0..=199 => self.append_burst(),
             200..=339 => self.post(),
             340..=519 => self.place(),
@@ -342,7 +357,9 @@ impl Sim {
             935..=939 => self.partner_crash(),
             940..=969 => self.partner_restart(),
             970..=974 => self.writer_crash(),
-            _ => self.writer_restart(),
+            975..=999 => self.writer_restart(),
+            1000..=1119 => self.partner_ready(),
+            _ => self.place_late(),
         }
     }
 
@@ -394,9 +411,6 @@ impl Sim {
         let (Some(w), Some(link)) = (self.writer.as_mut(), self.link.as_mut()) else {
             return;
         };
-        if !link.synced {
-            return;
-        }
         let mut n = 0;
         while let Some(b) = w.next_batch() {
             let segs = b.segments();
@@ -493,7 +507,7 @@ impl Sim {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        if link.notifications == 0 {
+        if !link.partner_ready || link.notifications == 0 {
             return;
         }
         let n = link.notifications;
@@ -543,50 +557,70 @@ impl Sim {
         }
     }
 
-    /// The writer gets the partner's ack: the first on a link resets it, later ones free ring space; then
-    /// it persists its checkpoint.
+    /// The writer gets the partner's ack: it frees ring space; then the writer persists its checkpoint.
     fn writer_ack(&mut self, a: Ack) {
         let (Some(w), Some(link)) = (self.writer.as_mut(), self.link.as_mut()) else {
             return;
         };
-        let r = if link.synced {
-            w.applied(a.pos, a.lsn, a.credits)
-        } else {
-            w.link_reset(a.pos, a.lsn, a.credits)
-        };
-        if let Err(e) = r {
+        if let Err(e) = w.applied(a.pos, a.lsn, a.credits) {
             return self.violate(format!("writer refused the partner's ack {a:?}: {e}"));
         }
-        let first = !link.synced;
-        link.synced = true;
+        if !link.first_ack {
+            // Sent after the partner left every earlier link.
+            link.first_ack = true;
+            w.old_links_closed();
+        }
         let c = w.checkpoint();
         persist_writer(&mut self.wslots, c, None);
         w.checkpoint_persisted(&c);
         self.reported_durable = self.reported_durable.max(w.durable_lsn());
-        self.trace(|| {
-            format!(
-                "writer got ack {} (pos {}){}",
-                a.lsn.0,
-                a.pos,
-                if first { ": link reset" } else { "" }
-            )
-        });
+        self.trace(|| format!("writer got ack {} (pos {})", a.lsn.0, a.pos));
     }
 
     fn link_up(&mut self) {
         if self.link.is_some() || self.writer.is_none() || self.partner.is_none() {
             return;
         }
+        // The window every reader grants a new connection (the client's `NOTIFY_WINDOW`).
         let window = self.rng.gen_range(1..=8);
         self.link = Some(Link {
             receives: window,
             granted: window,
             ..Link::default()
         });
+        // On its Ready the writer resumes at once, from what it knows the partner holds.
+        self.writer.as_mut().expect("checked").link_up(window);
         self.report.links += 1;
-        self.trace(|| format!("new link, {window} receives"));
-        // On Ready the partner tells the writer where it stands.
+        self.trace(|| format!("new link, {window} receives; the writer resumes"));
+    }
+
+    /// The partner gets its Ready on the new link (maybe long after the writer): it leaves its old
+    /// connection (its VI goes to the error state: late writes of the old link no longer land), then tells
+    /// the writer where it stands.
+    fn partner_ready(&mut self) {
+        if self.link.as_ref().is_none_or(|l| l.partner_ready) || self.partner.is_none() {
+            return;
+        }
+        if self.cfg.bug != Some(Bug::OldLinkStaysOpen) {
+            self.late.clear();
+        }
+        self.link.as_mut().expect("checked").partner_ready = true;
+        self.trace(|| "partner ready on the new link".into());
         self.scan_and_ack();
+    }
+
+    /// A late WRITE of a cut link lands, while the partner's old VI still takes writes.
+    fn place_late(&mut self) {
+        let old_open = self.cfg.bug == Some(Bug::OldLinkStaysOpen)
+            || !self.link.as_ref().is_some_and(|l| l.partner_ready);
+        if self.late.is_empty() || !old_open {
+            return;
+        }
+        let (offset, bytes) = self.late.remove(self.rng.gen_range(0..self.late.len()));
+        let o = offset as usize;
+        self.mirror[o..o + bytes.len()].copy_from_slice(&bytes);
+        self.report.late_writes += 1;
+        self.trace(|| format!("a late write of the old link landed at {offset}"));
     }
 
     /// The link dies: a prefix of what was in flight still happens, the rest is lost.
@@ -612,7 +646,8 @@ impl Sim {
         let ops: Vec<Op> = link.ops.drain(..).collect();
         match kind {
             0 => {
-                // Port down: the WRITEs before the failure are placed, the one it hits maybe in part.
+                // Port down: the WRITEs before the failure are placed, the one it hits maybe in part;
+                // some after it may still be on the wire, carrying the ring's bytes of now.
                 let k = self.rng.gen_range(0..=ops.len());
                 for op in &ops[..k] {
                     self.place_one(*op, None);
@@ -621,6 +656,13 @@ impl Sim {
                     if self.rng.gen_bool(0.5) {
                         let cut = self.rng.gen_range(0..=op.seg.len);
                         self.place_one(*op, Some(cut));
+                    }
+                }
+                for op in ops.iter().skip(k) {
+                    if self.rng.gen_bool(0.5) {
+                        let (o, len) = (op.seg.offset as usize, op.seg.len as usize);
+                        self.late
+                            .push((op.seg.offset, self.local[o..o + len].to_vec()));
                     }
                 }
                 // Completions and acks already generated may still be polled before the error.
@@ -665,6 +707,8 @@ impl Sim {
                 check_apply(history, applied, violation, l, p)
             });
         }
+        // Its VIs died with it: nothing of the old link lands any more.
+        self.late.clear();
         self.partner = None;
         let persisted = newest_reader(&self.rslots).unwrap_or_default();
         self.report.reapplied += self.applied.saturating_sub(persisted.lsn.0);
@@ -833,11 +877,15 @@ impl Sim {
         self.writer_restart();
         self.partner_restart();
         self.link_up();
+        self.partner_ready();
         for _ in 0..100_000 {
+            while !self.late.is_empty() {
+                self.place_late();
+            }
             let done = {
                 let w = self.writer.as_ref().expect("restarted");
                 let l = self.link.as_ref().expect("up");
-                l.synced
+                l.partner_ready
                     && w.durable_lsn() == w.last_lsn()
                     && self.applied == w.last_lsn().0
                     && l.ops.is_empty()
@@ -970,13 +1018,14 @@ mod tests {
     #[test]
     fn the_faults_are_exercised() {
         let mut t = Report::default();
-        for seed in 0..50 {
+        for seed in 0..60 {
             t.add(&run_seed(seed).unwrap_or_else(|f| panic!("{f}")));
         }
         assert!(t.ring_full > 0 && t.duplicates > 0, "{t:?}");
         assert!(t.cuts.iter().all(|&c| c > 0), "{t:?}");
         assert!(t.partner_crashes > 0 && t.writer_crashes > 0, "{t:?}");
         assert!(t.torn_appends > 0 && t.reapplied > 0, "{t:?}");
+        assert!(t.late_writes > 0, "{t:?}");
         assert!(
             t.appended > 10_000 && t.batches > 300 && t.links > 100,
             "{t:?}"
@@ -1008,6 +1057,20 @@ mod tests {
     fn a_lost_write_is_caught() {
         let f = caught(Bug::LostWrite);
         assert!(f.what.contains("reported durable"), "{f}");
+    }
+
+    /// Why the writer may resume on a new link before the partner's first ack: the partner acks there
+    /// only after its old VI stopped taking writes. Without that, a late write lands in reused space.
+    #[test]
+    fn an_old_link_left_open_is_caught() {
+        let f = caught(Bug::OldLinkStaysOpen);
+        assert!(
+            f.what.contains("wrong payload")
+                || f.what.contains("reported durable")
+                || f.what.contains("rings differ")
+                || f.what.contains("applied"),
+            "{f}"
+        );
     }
 
     #[test]

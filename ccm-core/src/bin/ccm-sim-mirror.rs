@@ -60,6 +60,7 @@ fn parse() -> Result<Args, String> {
                         Bug::CorruptPlacement,
                         Bug::LostWrite,
                         Bug::AckBeforeCheckpoint,
+                        Bug::OldLinkStaysOpen,
                     ]
                     .into_iter()
                     .find(|b| b.flag() == v)

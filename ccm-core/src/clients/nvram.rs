@@ -27,7 +27,7 @@
 //! into one larger batch until a completion is reaped or [`COALESCE_BYTES`] wait (the mirror thread spins
 //! while anything is in flight). Batches stay in order because only the holder of the send side takes a batch from the writer
 //! and posts it; the mirror thread installs the send side only after the writer was reset to the
-//! connection (the partner's first ack) and removes it, under that lock, before it leaves the connection.
+//! connection (on `Ready`) and removes it, under that lock, before it leaves the connection.
 //! A fault met by another thread on the send side is handed to the mirror thread, which reports it.
 //!
 //! **Receive credits.** Each client VI has 64 receive slots shared by two kinds of message: notifications
@@ -37,9 +37,16 @@
 //! about as many acks are ever outstanding: well under 64, no receiver-not-ready retries.
 //!
 //! **New connection** (every `Ready`, the first and every resumed one after a failover or failback): both sides
-//! scan their mirror ring and immediately send their current ack; a writer sends nothing on a connection
-//! before the partner's first ack, which it feeds to [`MirrorWriter::link_reset`]: everything the partner
-//! does not hold is sent again, at the same offsets, and duplicates fall to the partner's LSN check.
+//! scan their mirror ring and immediately send their current ack, and each writer resumes at once
+//! ([`MirrorWriter::link_up`]): everything after its durable position is sent again, at the same offsets,
+//! with the same bytes, within the [`NOTIFY_WINDOW`] every reader grants a new connection, and duplicates
+//! fall to the partner's LSN check. It does not wait for the partner's first ack, so the partner's own
+//! resume (its node's decision, its mirror thread) is not on the writer's path: the RC completion alone
+//! makes the resent entries durable. That is safe because ring space is overwritten only when no WRITE
+//! that may still land covers it (see [`MirrorWriter::free`]): not while a batch covering it is in flight
+//! on this connection, nor, after a move, while one was in flight on an earlier connection that the
+//! partner may not have left yet. The partner's first ack on a new connection says it left them: it puts
+//! its old VI in the error state before it acks on a new one.
 //!
 //! **Failure**: on `Stop`, `PartnerDown` or any error completion the client stops posting at once (an error
 //! completion is reported with [`ClientHandle::report_vi_error`] so the manager re-places the binding) and
@@ -640,6 +647,10 @@ impl Mirror {
                 return true;
             }
             polls += 1;
+            // No connection to reap from (a failover is under way): leave the CPU to it and sleep.
+            if !shared.synced.load(Ordering::Relaxed) {
+                break;
+            }
             // The clock is read now and then: in the lab guest it is an emulated HPET.
             if polls % 64 == 0 && start.elapsed() >= drive {
                 break;
@@ -728,7 +739,7 @@ impl Mirror {
         }
     }
 
-    /// Connected, and the partner's first ack on this connection arrived: the writer is sending.
+    /// Connected: the writer is sending on this connection.
     pub fn is_synced(&self) -> bool {
         self.shared.synced.load(Ordering::Relaxed)
     }
@@ -807,8 +818,8 @@ struct Conn {
     vi: Arc<RcChannel>,
     local: ClientRegion,
     remote: MemoryWindow,
-    /// The partner's first ack arrived (the writer was reset to it).
-    synced: bool,
+    /// The partner's first ack on this connection arrived.
+    first_ack: bool,
     /// The partner refused our state: write nothing more on this connection.
     wedged: bool,
     /// Notification slots reposted on this connection.
@@ -949,11 +960,12 @@ impl Client {
                     vi,
                     local,
                     remote,
-                    synced: false,
+                    first_ack: false,
                     wedged: false,
                     notify_reposted: 0,
                 }));
-                // Tell the partner's writer where we stand, so it can resume.
+                // Our writer resumes at once; and we tell the partner's writer where we stand.
+                self.resume_writer();
                 if let Err(f) = self.scan_and_ack() {
                     self.fail(f);
                 }
@@ -1114,6 +1126,28 @@ impl Client {
         Ok(n > 0 || pumped)
     }
 
+    /// On `Ready`: the writer resumes on the new connection from what it knows is in the partner's memory
+    /// ([`MirrorWriter::link_up`]), without waiting for the partner's first ack (that would put the
+    /// partner's own resume on our critical path), and from now on any thread may post on it.
+    fn resume_writer(&mut self) {
+        let Some(c) = &self.conn else { return };
+        let sent = {
+            let mut g = self.shared.lock();
+            g.writer.link_up(NOTIFY_WINDOW);
+            g.writer.sent_lsn()
+        };
+        self.shared.posted.store(sent.0, Ordering::SeqCst);
+        self.shared.lock_send().conn = Some(SendConn {
+            vi: c.vi.clone(),
+            local: c.local.clone(),
+            remote: c.remote,
+            fault: None,
+        });
+        self.shared.synced.store(true, Ordering::Relaxed);
+        tracing::info!(target: "ccm::nvram", ic = c.ic.0, resend_from = sent.0, "mirror writer resumed");
+        self.shared.pump();
+    }
+
     fn partner_ack(&mut self, a: Ack) -> Result<(), Fault> {
         let Some(c) = &mut self.conn else {
             return Ok(());
@@ -1121,37 +1155,28 @@ impl Client {
         if c.wedged {
             return Ok(());
         }
-        let (durable, sent) = {
+        let durable = {
             let mut g = self.shared.lock();
-            let r = if c.synced {
-                g.writer
-                    .applied(a.applied_pos, a.applied_lsn, a.credits_total)
-            } else {
-                g.writer
-                    .link_reset(a.applied_pos, a.applied_lsn, a.credits_total)
-            };
-            r.map_err(|e| Fault::Protocol(format!("partner ack {a:?}: {e}")))?;
+            g.writer
+                .applied(a.applied_pos, a.applied_lsn, a.credits_total)
+                .map_err(|e| Fault::Protocol(format!("partner ack {a:?}: {e}")))?;
+            if !c.first_ack {
+                // The partner reports on this connection only after it put its old VI in the error
+                // state: no WRITE of an earlier connection can land any more.
+                g.writer.old_links_closed();
+            }
             // Before any append may reuse the space this ack freed.
             g.persist()
                 .map_err(|e| Fault::Protocol(format!("writer checkpoint: {e}")))?;
-            (g.writer.durable_lsn(), g.writer.sent_lsn())
+            g.writer.durable_lsn()
         };
-        if !c.synced {
-            c.synced = true;
-            // The writer is reset to this connection: from now on any thread may post on it.
-            self.shared.posted.store(sent.0, Ordering::SeqCst);
-            self.shared.lock_send().conn = Some(SendConn {
-                vi: c.vi.clone(),
-                local: c.local.clone(),
-                remote: c.remote,
-                fault: None,
-            });
-            self.shared.synced.store(true, Ordering::Relaxed);
+        if !c.first_ack {
+            c.first_ack = true;
             tracing::info!(
                 target: "ccm::nvram",
                 ic = c.ic.0,
                 partner_lsn = a.applied_lsn.0,
-                "mirror writer resumed at the partner's position"
+                "the partner's first ack on this connection"
             );
         }
         self.shared

@@ -117,13 +117,14 @@ fn main() -> ExitCode {
         args.threads
     );
     println!(
-        "appended {}, back-pressure {}, batches {}, WRITEs placed {} (twice {}), links {}, cuts port-down {} \
+        "appended {}, back-pressure {}, batches {}, WRITEs placed {} (twice {}, late {}), links {}, cuts port-down {} \
          silent {} failback {}, partner crashes {} (entries re-applied {}), writer crashes {} (torn appends {})",
         t.appended,
         t.ring_full,
         t.batches,
         t.placed,
         t.duplicates,
+        t.late_writes,
         t.links,
         t.cuts[0],
         t.cuts[1],

@@ -671,6 +671,19 @@ pub fn run(lab: &LabTopology, o: &FailoverOpts) -> Result<FailoverRun, String> {
     let (steps, mut raw) = sampler
         .join()
         .map_err(|_| "the event sampler panicked".to_string())?;
+    // The mirrors' own steps (left a link, resumed, the partner's first ack, the first completion).
+    for (n, m) in [(1u8, &pair.a), (2, &pair.b)] {
+        for s in m.steps() {
+            raw.push((
+                pair.us(s.at),
+                n,
+                format!(
+                    "mirror {:?} on interconnect {} (LSN {})",
+                    s.kind, s.ic.0, s.lsn.0
+                ),
+            ));
+        }
+    }
     raw.sort_by(|a, b| a.0.total_cmp(&b.0));
 
     let [s1, s2] = steps;

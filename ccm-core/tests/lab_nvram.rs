@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccm_core::clients::nvram::{self, Mirror};
+use ccm_core::clients::nvram::{self, Mirror, StepKind};
 use ccm_core::manager::ClientSpec;
 use ccm_core::mirror::Lsn;
 use ccm_core::node::config::NodeConfig;
@@ -358,6 +358,7 @@ fn lab_nvram_mirror_survives_link_cuts() {
     };
     let mut faults = Vec::new();
     let mut moved_to = None;
+    let mut cut_ic = None;
     let mut cuts = 0;
     let mut longest_append = Duration::ZERO;
     let t_append = Instant::now();
@@ -373,6 +374,7 @@ fn lab_nvram_mirror_survives_link_cuts() {
             // Cut the interconnect the mirror is on, while appending.
             let ic = m1.link().unwrap_or(first).0;
             *down.lock().unwrap() = Some(ic);
+            cut_ic = Some(ic);
             cuts += 1;
             let lab = lab.clone();
             faults.push(std::thread::spawn(move || {
@@ -416,6 +418,26 @@ fn lab_nvram_mirror_survives_link_cuts() {
         m1.stats()
     );
     let durable_s = t_append.elapsed().as_secs_f64();
+    // The mirror's own record of the failover: it left the cut link, resumed on the other one, and its
+    // first completion came there.
+    let steps = m1.steps();
+    let cut_ic = cut_ic.expect("a link was cut");
+    let left = steps
+        .iter()
+        .position(|s| s.ic.0 == cut_ic && matches!(s.kind, StepKind::Stop | StepKind::ViError))
+        .unwrap_or_else(|| panic!("never left interconnect {cut_ic}: {steps:?}"));
+    let resumed = left
+        + steps[left..]
+            .iter()
+            .position(|s| s.kind == StepKind::Resumed)
+            .unwrap_or_else(|| panic!("never resumed: {steps:?}"));
+    assert_eq!(Some(steps[resumed].ic), moved_to, "{steps:?}");
+    assert!(
+        steps[resumed..]
+            .iter()
+            .any(|s| s.kind == StepKind::FirstDurable && Some(s.ic) == moved_to),
+        "no completion after resuming: {steps:?}"
+    );
     assert!(m2.wait_durable(Lsn(FROM_NODE2), Duration::from_secs(30)));
     wait_until(Duration::from_secs(20), "node 2 applied everything", || {
         m2.stats().partner_applied == N

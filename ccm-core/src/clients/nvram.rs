@@ -102,6 +102,37 @@ pub const COALESCE_BYTES: u64 = 256 << 10;
 /// sleeps (and needs a wake-up) only when the link is slow or failing.
 pub const DRIVE: Duration = Duration::from_millis(5);
 
+/// Steps [`Mirror::steps`] keeps (the oldest are dropped).
+pub const STEPS_KEPT: usize = 256;
+
+/// What happened to the mirror's connection (for diagnostics: [`Mirror::steps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// `Stop` on this interconnect: the mirror left it.
+    Stop,
+    /// An error completion or a failed post: the mirror left the connection and told the node.
+    ViError,
+    /// `Ready`: the writer resumed here, sending again everything after LSN `lsn`.
+    Resumed,
+    /// The partner's first ack on this connection (it applied up to `lsn`).
+    FirstAck,
+    /// The first batch completed on this connection: durable up to `lsn`.
+    FirstDurable,
+}
+
+/// One step of the mirror's connection life, at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// When.
+    pub at: Instant,
+    /// What.
+    pub kind: StepKind,
+    /// On which interconnect.
+    pub ic: InterconnectId,
+    /// The LSN it concerns (see [`StepKind`]).
+    pub lsn: Lsn,
+}
+
 const ACK_MAGIC: u32 = u32::from_le_bytes(*b"CCMA");
 
 /// What a reader tells the writer: everything up to `applied_pos` (last entry `applied_lsn`) is applied, and
@@ -295,6 +326,10 @@ fn reap(c: &SendConn, wc: &mut [Completion], shared: &Shared) -> Result<bool, Fa
         }
         if let Some(d) = durable {
             shared.counters.durable.fetch_max(d.0, Ordering::SeqCst);
+            if shared.first_durable_due.swap(false, Ordering::Relaxed) {
+                let ic = InterconnectId(shared.link.load(Ordering::Relaxed) as u8);
+                shared.step(StepKind::FirstDurable, ic, d);
+            }
             // Read under the writer lock, where a waiter counts itself before it sleeps: it either saw
             // the new durable LSN or is counted here.
             wake = shared.sleepers.load(Ordering::SeqCst) > 0;
@@ -359,6 +394,10 @@ struct Shared {
     thread: OnceLock<Thread>,
     /// [`Mirror::set_spin`], nanoseconds.
     spin_ns: AtomicU64,
+    /// The connection's steps ([`Mirror::steps`]); room for [`STEPS_KEPT`] made at the start.
+    steps: Mutex<std::collections::VecDeque<Step>>,
+    /// The first batch completion on the current connection is still to be recorded.
+    first_durable_due: AtomicBool,
 }
 
 impl Shared {
@@ -396,6 +435,20 @@ impl Shared {
     /// Appended entries not yet handed out in a batch.
     fn unposted(&self) -> bool {
         self.counters.appended.load(Ordering::SeqCst) > self.posted.load(Ordering::SeqCst)
+    }
+
+    /// Records a step (not on the data path: a connection changes, or its first completion).
+    fn step(&self, kind: StepKind, ic: InterconnectId, lsn: Lsn) {
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        if steps.len() == STEPS_KEPT {
+            steps.pop_front();
+        }
+        steps.push_back(Step {
+            at: Instant::now(),
+            kind,
+            ic,
+            lsn,
+        });
     }
 
     fn lock_send(&self) -> MutexGuard<'_, SendSide> {
@@ -526,6 +579,8 @@ pub fn start_with(
         stop: AtomicBool::new(false),
         thread: OnceLock::new(),
         spin_ns: AtomicU64::new(0),
+        steps: Mutex::new(std::collections::VecDeque::with_capacity(STEPS_KEPT)),
+        first_durable_due: AtomicBool::new(false),
     });
     shared
         .counters
@@ -737,6 +792,13 @@ impl Mirror {
             NO_LINK => None,
             i => Some(InterconnectId(i as u8)),
         }
+    }
+
+    /// The latest steps of the mirror's connections (at most [`STEPS_KEPT`], oldest first): when it left
+    /// a link, resumed on another, heard the partner's first ack and saw its first completion there.
+    pub fn steps(&self) -> Vec<Step> {
+        let steps = self.shared.steps.lock().unwrap_or_else(|e| e.into_inner());
+        steps.iter().copied().collect()
     }
 
     /// Connected: the writer is sending on this connection.
@@ -973,6 +1035,7 @@ impl Client {
             ClientNotice::Stop { ic } => {
                 c.stops.fetch_add(1, Ordering::Relaxed);
                 if self.conn.as_ref().is_some_and(|k| k.ic == ic) {
+                    shared.step(StepKind::Stop, ic, self.shared.lock().writer.durable_lsn());
                     self.set_conn(None);
                 }
             }
@@ -1002,6 +1065,8 @@ impl Client {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "ccm::nvram", "mirror VI failed: {what}");
                 if let Some(c) = &self.conn {
+                    let durable = self.shared.lock().writer.durable_lsn();
+                    self.shared.step(StepKind::ViError, c.ic, durable);
                     self.handle.report_vi_error(c.ic, c.generation);
                 }
                 self.set_conn(None);
@@ -1144,6 +1209,8 @@ impl Client {
             fault: None,
         });
         self.shared.synced.store(true, Ordering::Relaxed);
+        self.shared.first_durable_due.store(true, Ordering::Relaxed);
+        self.shared.step(StepKind::Resumed, c.ic, sent);
         tracing::info!(target: "ccm::nvram", ic = c.ic.0, resend_from = sent.0, "mirror writer resumed");
         self.shared.pump();
     }
@@ -1172,6 +1239,7 @@ impl Client {
         };
         if !c.first_ack {
             c.first_ack = true;
+            self.shared.step(StepKind::FirstAck, c.ic, a.applied_lsn);
             tracing::info!(
                 target: "ccm::nvram",
                 ic = c.ic.0,

@@ -104,6 +104,9 @@ struct FailoverArgs {
     /// TCP port of the nodes' initial sessions.
     #[arg(long, default_value_t = 19_800)]
     tcp_port: u16,
+    /// Run the nodes' driver threads at normal priority (`realtime = false`) instead of SCHED_FIFO.
+    #[arg(long)]
+    no_realtime: bool,
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -606,6 +609,7 @@ fn failover(a: FailoverArgs) -> AnyResult<ExitCode> {
             hold_down_ms: a.hold_down_ms,
             tcp_port: a.tcp_port,
             ring_bytes: 16 << 20,
+            realtime: !a.no_realtime,
         },
     };
     let run = failover::run(&lab, &o)?;
@@ -655,6 +659,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         hold_down_ms: 500,
         tcp_port: 19_820,
         ring_bytes: 16 << 20,
+        realtime: true,
     };
     let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters, c.tx_depth as u64)?;
     // The two thread hand-offs inside "durable", measured alone in this boot.

@@ -27,6 +27,8 @@ pub struct PairSpec {
     pub tcp_port: u16,
     /// Size of each mirror ring.
     pub ring_bytes: u64,
+    /// The nodes' driver threads ask for SCHED_FIFO (the nodes' default).
+    pub realtime: bool,
 }
 
 /// The mirror client both nodes register (High bandwidth class: a link of its own).
@@ -55,12 +57,13 @@ fn config(lab: &LabTopology, node: u64, s: &PairSpec) -> Result<NodeConfig, Stri
     std::fs::write(&secret, "ccm-bench lab secret 0123456789abcdef").map_err(|e| e.to_string())?;
     let mut text = format!(
         "node = {node}\npartner = {partner}\ncluster = 9\nsecret_file = \"{secret}\"\n\
-         status_socket = \"/tmp/ccm-bench-{pid}-{node}.sock\"\n\
+         status_socket = \"/tmp/ccm-bench-{pid}-{node}.sock\"\nrealtime = {rt}\n\
          [timing]\nheartbeat_ms = {hb}\nheartbeat_misses = {miss}\nconnect_ms = 200\nhandshake_ms = 1000\n\
          failback_hold_down_ms = {hold}\npartner_down_ms = {down}\n",
         partner = 3 - node,
         secret = secret.display(),
         pid = std::process::id(),
+        rt = s.realtime,
         hb = s.heartbeat_ms,
         miss = s.heartbeat_misses,
         hold = s.hold_down_ms,

@@ -522,6 +522,14 @@ impl MirrorWriter {
         }
     }
 
+    /// A checkpoint would let more ring space be reused than the last one persisted: take and persist one
+    /// (besides after every report of the partner, when a batch completion or the partner's first report on
+    /// a connection moved the safe point). Always false for a volatile writer.
+    pub fn checkpoint_due(&self) -> bool {
+        self.persisted_released
+            .is_some_and(|p| p < self.safe_point().0)
+    }
+
     /// `c` (taken from this writer) is persisted: ring space up to its `released` may be reused. A volatile
     /// writer ignores this.
     pub fn checkpoint_persisted(&mut self, c: &WriterCheckpoint) {

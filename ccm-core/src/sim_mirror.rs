@@ -495,6 +495,12 @@ impl Sim {
         };
         match w.batch_completed(id) {
             Ok(d) => {
+                if w.checkpoint_due() {
+                    // As the client: a completed resend may free space the last checkpoint holds.
+                    let c = w.checkpoint();
+                    persist_writer(&mut self.wslots, c, None);
+                    w.checkpoint_persisted(&c);
+                }
                 self.reported_durable = self.reported_durable.max(d);
                 self.trace(|| format!("batch {id} completed: durable {}", d.0));
             }
@@ -890,6 +896,8 @@ impl Sim {
                     && self.applied == w.last_lsn().0
                     && l.ops.is_empty()
                     && l.acks.is_empty()
+                    && l.completions.is_empty()
+                    && w.in_flight() == 0
                     && l.notifications == 0
             };
             if done {
@@ -944,6 +952,15 @@ impl Sim {
         }
         if r.digest() != w.digest() || w.digest() != self.digest {
             return Err(fail("digests differ".into()));
+        }
+        // Liveness: with everything applied and acknowledged the whole ring is free again (nothing keeps
+        // space the writer could never get back, which would stall it at back-pressure forever).
+        if w.free() != self.cap {
+            return Err(fail(format!(
+                "the drained writer gets only {} of {} ring bytes back: {w:?}",
+                w.free(),
+                self.cap
+            )));
         }
         let c = compare_rings(&self.local, &self.mirror).map_err(|e| fail(e.to_string()))?;
         if w.last_lsn() > Lsn(0) && c.lsn_range.map(|r| r.1) != Some(w.last_lsn()) {

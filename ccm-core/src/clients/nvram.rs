@@ -324,6 +324,13 @@ fn reap(c: &SendConn, wc: &mut [Completion], shared: &Shared) -> Result<bool, Fa
             }
             // Otherwise one of the reader's acks went out.
         }
+        if let (Some(g), Some(_)) = (g.as_mut(), durable) {
+            // A completed resend may free ring space the last checkpoint still holds.
+            if g.writer.checkpoint_due() {
+                g.persist()
+                    .map_err(|e| Fault::Protocol(format!("writer checkpoint: {e}")))?;
+            }
+        }
         if let Some(d) = durable {
             shared.counters.durable.fetch_max(d.0, Ordering::SeqCst);
             if shared.first_durable_due.swap(false, Ordering::Relaxed) {

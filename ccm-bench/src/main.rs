@@ -641,6 +641,11 @@ fn failover(a: FailoverArgs) -> AnyResult<ExitCode> {
 
 const MIRROR_SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
 
+/// Bytes one entry of `size` payload bytes takes in the mirror's ring (header, alignment).
+fn entry_bytes(size: usize) -> usize {
+    size.saturating_add(ENTRY_HEADER).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
+}
+
 fn compare_mirror(c: &Common) -> AnyResult<()> {
     let lab = lab("ccm-bench compare mirror")?;
     let sizes = if c.size.is_empty() {
@@ -658,7 +663,35 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         tcp_port: 19_820,
         ring_bytes: 16 << 20,
     };
-    let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters, c.tx_depth as u64)?;
+    // The floor at the entry's ring bytes measured while both nodes and their idle mirrors are up: what
+    // the nodes' own threads (drivers, mirror threads' periodic wake-ups) cost a WRITE that is not theirs.
+    let mut beside = |size: usize, link: u8| -> Result<Option<Histogram<u64>>, String> {
+        let ic = lab.ic(link as usize);
+        let mut pc = c.clone();
+        pc.dev = Some(ic.a.device.clone());
+        pc.peer_dev = Some(ic.b.device.clone());
+        pc.gid_ip = Some(ic.a.ip);
+        pc.peer_gid_ip = Some(ic.b.ip);
+        let p = plan(&pc, false);
+        let entry = entry_bytes(size);
+        let q = queue_spec(Op::Write, entry, Length::Iters(iters), 16, 0);
+        let fp = Pair::connect(&p.a, &p.b, &q).map_err(|e| e.to_string())?;
+        let mut h = stats::new_histogram();
+        for ns in run_write_completion(&fp, 20, iters).map_err(|e| e.to_string())? {
+            h.record(ns.min(60_000_000_000))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Some(h))
+    };
+    let ours = mirror_bench::run_ours(
+        &lab,
+        &pair,
+        &sizes,
+        iters,
+        iters,
+        c.tx_depth as u64,
+        &mut beside,
+    )?;
     // The two thread hand-offs inside "durable", measured alone in this boot.
     let (unpark_us, notify_us) = mirror_bench::handoff_probe(200);
     let clock_us = mirror_bench::clock_probe(200) / 1000.0;
@@ -693,7 +726,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         // The same at the bytes the mirror writes for one entry (header and alignment: 64 B -> 128, 1 KiB
         // -> 1088, two packets at the lab's MTU of 1024), then as the protocol sends them: WRITE_WITH_IMM
         // into posted receives, and with the partner answering each one with an ack-sized SEND.
-        let entry = o.size.saturating_add(ENTRY_HEADER).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN;
+        let entry = entry_bytes(o.size);
         let mut floors = Vec::new();
         for (name, imm, inline) in [
             ("floor_entry", None, 0),
@@ -795,6 +828,9 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             "ratio_bw": report::ratio(o.mb_per_s, bw.mb_per_s),
         });
         v["entry_bytes"] = entry.into();
+        if let Some(h) = &o.beside {
+            floors.push(("floor_entry_nodes_up", stats::summarize(h)));
+        }
         for (name, fl) in &floors {
             v[*name] = serde_json::json!({
                 "p50_us": fl.p50_us, "p90_us": fl.p90_us, "p99_us": fl.p99_us, "p999_us": fl.p999_us,

@@ -42,6 +42,9 @@ pub struct MirrorSize {
     pub moved: bool,
     /// Where the time of one entry goes (see [`Stages`]).
     pub stages: Stages,
+    /// What the caller's `beside` hook of [`run_ours`] measured at this size, on the link the mirror was
+    /// on, while both nodes and their mirror clients were still up (idle): nanoseconds.
+    pub beside: Option<Histogram<u64>>,
 }
 
 /// The stages of one append -> durable, seen from the bench (nothing in the data path is instrumented): a
@@ -78,7 +81,9 @@ fn fill(lsn: u64, p: &mut [u8]) {
     }
 }
 
-/// Runs our side for every size (see the module doc).
+/// Runs our side for every size (see the module doc). After each size, with both nodes still up and
+/// their mirrors idle, `beside(size, interconnect)` may measure something next to them (the bench's raw
+/// floor: what the nodes' own threads cost a WRITE that is not theirs).
 pub fn run_ours(
     lab: &LabTopology,
     pair_spec: &PairSpec,
@@ -86,6 +91,7 @@ pub fn run_ours(
     iters: u64,
     bw_iters: u64,
     window: u64,
+    beside: &mut dyn FnMut(usize, u8) -> Result<Option<Histogram<u64>>, String>,
 ) -> Result<MirrorOurs, String> {
     let pair = MirrorPair::start(lab, pair_spec, Box::new(|_, _| {}), Duration::from_secs(30))?;
     // Let the placement settle (both links up, then a failback hold-down) so no move happens during the runs.
@@ -152,6 +158,7 @@ pub fn run_ours(
             );
             let mut size_figures = m.size;
             size_figures.moved = moved;
+            size_figures.beside = beside(size, on)?;
             out.push((size_figures, on));
         }
         Ok(())
@@ -219,6 +226,7 @@ fn measure(
             entries_per_batch: bw_iters as f64 / batches as f64,
             moved: false,
             stages,
+            beside: None,
         },
         stops_before,
         latency_done_ms,

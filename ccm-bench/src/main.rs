@@ -17,9 +17,11 @@ use ccm_bench::report::{
     bandwidth_table, latency_table, BandwidthFigures, BandwidthRun, LatencyFigures, LatencyRun,
 };
 use ccm_bench::verbs_bench::{
-    run_bandwidth, run_latency, run_write_completion, Length, Op, Pair, QueueSpec, SideSpec,
+    run_bandwidth, run_imm_completion, run_latency, run_write_completion, ImmPeer, Length, Op,
+    Pair, QueueSpec, SideSpec,
 };
 use ccm_bench::{bringup, mirror_bench, plot, report, stats};
+use ccm_core::mirror::{ENTRY_ALIGN, ENTRY_HEADER};
 use ccm_verbs::lab::LabTopology;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
@@ -643,6 +645,11 @@ fn failover(a: FailoverArgs) -> AnyResult<ExitCode> {
 
 const MIRROR_SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
 
+/// Bytes one entry of `size` payload bytes takes in the mirror's ring (header, alignment).
+fn entry_bytes(size: usize) -> usize {
+    size.saturating_add(ENTRY_HEADER).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
+}
+
 fn compare_mirror(c: &Common) -> AnyResult<()> {
     let lab = lab("ccm-bench compare mirror")?;
     let sizes = if c.size.is_empty() {
@@ -661,11 +668,41 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         ring_bytes: 16 << 20,
         realtime: true,
     };
-    let ours = mirror_bench::run_ours(&lab, &pair, &sizes, iters, iters, c.tx_depth as u64)?;
+    // The floor at the entry's ring bytes measured while both nodes and their idle mirrors are up: what
+    // the nodes' own threads (drivers, mirror threads' periodic wake-ups) cost a WRITE that is not theirs.
+    let mut beside = |size: usize, link: u8| -> Result<Option<Histogram<u64>>, String> {
+        let ic = lab.ic(link as usize);
+        let mut pc = c.clone();
+        pc.dev = Some(ic.a.device.clone());
+        pc.peer_dev = Some(ic.b.device.clone());
+        pc.gid_ip = Some(ic.a.ip);
+        pc.peer_gid_ip = Some(ic.b.ip);
+        let p = plan(&pc, false);
+        let entry = entry_bytes(size);
+        let q = queue_spec(Op::Write, entry, Length::Iters(iters), 16, 0);
+        let fp = Pair::connect(&p.a, &p.b, &q).map_err(|e| e.to_string())?;
+        let mut h = stats::new_histogram();
+        for ns in run_write_completion(&fp, 20, iters).map_err(|e| e.to_string())? {
+            h.record(ns.min(60_000_000_000))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Some(h))
+    };
+    let ours = mirror_bench::run_ours(
+        &lab,
+        &pair,
+        &sizes,
+        iters,
+        iters,
+        c.tx_depth as u64,
+        &mut beside,
+    )?;
     // The two thread hand-offs inside "durable", measured alone in this boot.
     let (unpark_us, notify_us) = mirror_bench::handoff_probe(200);
+    let clock_us = mirror_bench::clock_probe(200) / 1000.0;
     eprintln!(
-        "ccm-bench: hand-off medians: unpark -> running {unpark_us:.1} us, notify_all -> wait returns {notify_us:.1} us"
+        "ccm-bench: hand-off medians: unpark -> running {unpark_us:.1} us, notify_all -> wait returns {notify_us:.1} us; \
+         one clock read {clock_us:.2} us"
     );
     let mut port = c.port;
     let mut curves = Vec::new();
@@ -691,6 +728,38 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             h
         };
         let f = stats::summarize(&floor);
+        // The same at the bytes the mirror writes for one entry (header and alignment: 64 B -> 128, 1 KiB
+        // -> 1088, two packets at the lab's MTU of 1024), then as the protocol sends them: WRITE_WITH_IMM
+        // into posted receives, and with the partner answering each one with an ack-sized SEND.
+        let entry = entry_bytes(o.size);
+        let mut floors = Vec::new();
+        for (name, imm, inline) in [
+            ("floor_entry", None, 0),
+            ("floor_entry_inline", None, 256),
+            ("floor_imm", Some(ImmPeer::Repost), 0),
+            ("floor_imm_ack", Some(ImmPeer::Ack), 0),
+        ] {
+            // Inline data (copied into the work request by the provider) only where the entry fits.
+            if inline > 0 && entry > inline {
+                continue;
+            }
+            let mut q = queue_spec(Op::Write, entry, Length::Iters(iters), 16, inline as u32);
+            if imm.is_some() {
+                q.recv_depth = 64;
+                q.prepost = 64;
+                q.inline = 64;
+            }
+            let fp = Pair::connect(&p.a, &p.b, &q)?;
+            let ns = match imm {
+                None => run_write_completion(&fp, 20, iters)?,
+                Some(peer) => run_imm_completion(&fp, 20, iters, peer)?,
+            };
+            let mut h = stats::new_histogram();
+            for ns in ns {
+                h.record(ns.min(60_000_000_000))?;
+            }
+            floors.push((name, stats::summarize(&h)));
+        }
         let (lat, peer_h) = peer_latency(&p, Op::Write, o.size, 1, &mut port)?;
         let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;
         let s = stats::summarize(&o.latency);
@@ -718,7 +787,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 points: plot::percentile_points(h),
             });
         }
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "bench": "mirror",
             "size": o.size,
             "iters": iters,
@@ -753,7 +822,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             "stages_p50_us": {
                 "append": o.stages.append_us, "handoff_post": o.stages.handoff_post_us,
                 "completion": o.stages.completion_us, "total_spinning_waiter": o.stages.total_us,
-                "unpark_probe": unpark_us, "notify_probe": notify_us,
+                "unpark_probe": unpark_us, "notify_probe": notify_us, "clock_read_probe": clock_us,
             },
             "ratio_p50": report::ratio(s.p50_us, lat.p50_us),
             "ratio_p99": report::ratio(s.p99_us, lat.p99_us),
@@ -763,6 +832,17 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             "ratio_spin_floor_p99": report::ratio(sp.p99_us, f.p99_us),
             "ratio_bw": report::ratio(o.mb_per_s, bw.mb_per_s),
         });
+        v["entry_bytes"] = entry.into();
+        if let Some(h) = &o.beside {
+            floors.push(("floor_entry_nodes_up", stats::summarize(h)));
+        }
+        for (name, fl) in &floors {
+            v[*name] = serde_json::json!({
+                "p50_us": fl.p50_us, "p90_us": fl.p90_us, "p99_us": fl.p99_us, "p999_us": fl.p999_us,
+                "max_us": fl.max_us, "samples": fl.samples,
+            });
+            v[format!("ratio_{name}_p50")] = report::ratio(s.p50_us, fl.p50_us).into();
+        }
         if c.json {
             println!("{v}");
         } else {
@@ -787,6 +867,12 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 "ccm mirror, set_spin", sp.p50_us, sp.p90_us, sp.p99_us, sp.p999_us,
                 o.stages.append_us, o.stages.handoff_post_us, o.stages.completion_us, o.stages.total_us,
             );
+            for (name, fl) in &floors {
+                println!(
+                    "  {name} ({entry} B): p50 {:.2} us, p99 {:.2} us",
+                    fl.p50_us, fl.p99_us
+                );
+            }
         }
     }
     if let Some(path) = &c.plot {

@@ -42,6 +42,9 @@ pub struct MirrorSize {
     pub moved: bool,
     /// Where the time of one entry goes (see [`Stages`]).
     pub stages: Stages,
+    /// What the caller's `beside` hook of [`run_ours`] measured at this size, on the link the mirror was
+    /// on, while both nodes and their mirror clients were still up (idle): nanoseconds.
+    pub beside: Option<Histogram<u64>>,
 }
 
 /// The stages of one append -> durable, seen from the bench (nothing in the data path is instrumented): a
@@ -78,7 +81,9 @@ fn fill(lsn: u64, p: &mut [u8]) {
     }
 }
 
-/// Runs our side for every size (see the module doc).
+/// Runs our side for every size (see the module doc). After each size, with both nodes still up and
+/// their mirrors idle, `beside(size, interconnect)` may measure something next to them (the bench's raw
+/// floor: what the nodes' own threads cost a WRITE that is not theirs).
 pub fn run_ours(
     lab: &LabTopology,
     pair_spec: &PairSpec,
@@ -86,6 +91,7 @@ pub fn run_ours(
     iters: u64,
     bw_iters: u64,
     window: u64,
+    beside: &mut dyn FnMut(usize, u8) -> Result<Option<Histogram<u64>>, String>,
 ) -> Result<MirrorOurs, String> {
     let pair = MirrorPair::start(lab, pair_spec, Box::new(|_, _| {}), Duration::from_secs(30))?;
     // Let the placement settle (both links up, then a failback hold-down) so no move happens during the runs.
@@ -152,6 +158,7 @@ pub fn run_ours(
             );
             let mut size_figures = m.size;
             size_figures.moved = moved;
+            size_figures.beside = beside(size, on)?;
             out.push((size_figures, on));
         }
         Ok(())
@@ -219,6 +226,7 @@ fn measure(
             entries_per_batch: bw_iters as f64 / batches as f64,
             moved: false,
             stages,
+            beside: None,
         },
         stops_before,
         latency_done_ms,
@@ -235,6 +243,7 @@ fn stages(pair: &MirrorPair, p: &mut [u8], iters: u64, wait: Duration) -> Result
         let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
         let t1 = Instant::now();
         let mut t2 = None;
+        let mut polls = 0u32;
         loop {
             if t2.is_none() && pair.a.stats().batches != batches {
                 t2 = Some(Instant::now());
@@ -242,7 +251,9 @@ fn stages(pair: &MirrorPair, p: &mut [u8], iters: u64, wait: Duration) -> Result
             if pair.a.durable_lsn() >= lsn {
                 break;
             }
-            if t1.elapsed() > wait {
+            // The clock now and then only: a read can cost tens of microseconds in the lab guest.
+            polls += 1;
+            if polls % 64 == 0 && t1.elapsed() > wait {
                 return Err(format!("entry {} not durable in {wait:?}", lsn.0));
             }
             std::thread::yield_now();
@@ -338,6 +349,23 @@ pub fn handoff_probe(iters: u64) -> (f64, f64) {
     }
     let cond = waiter.join().map(|h| h.value_at_quantile(0.5)).unwrap_or(0);
     (park as f64 / 1000.0, cond as f64 / 1000.0)
+}
+
+/// What one `Instant::now()` costs in this machine, nanoseconds: the median over `reps` runs of 100 reads
+/// each. In the lab guest it is a few hundred nanoseconds with the TSC, tens of microseconds once the
+/// kernel judged the emulated TSC unstable and reads the emulated HPET through a system call.
+pub fn clock_probe(reps: u64) -> f64 {
+    let mut h = stats::new_histogram();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let mut last = t;
+        for _ in 0..100 {
+            last = std::hint::black_box(Instant::now());
+        }
+        let ns = (last - t).as_nanos() as u64 / 100;
+        let _ = h.record(ns.max(1));
+    }
+    h.value_at_quantile(0.5) as f64
 }
 
 /// `iters` entries one at a time, `append` -> `wait_durable`, after 20 untimed ones.

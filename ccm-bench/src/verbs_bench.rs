@@ -402,6 +402,106 @@ pub fn run_write_completion(pair: &Pair, warmup: u64, iters: u64) -> Result<Vec<
     Ok(out)
 }
 
+/// Bytes of the mirror's ack, which [`run_imm_completion`]'s peer answers with (`nvram::Ack::LEN`).
+pub const ACK_BYTES: usize = 28;
+
+/// What B does in [`run_imm_completion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImmPeer {
+    /// B's thread reposts each consumed receive, nothing else.
+    Repost,
+    /// B's thread reposts and answers every notification with an [`ACK_BYTES`] inline SEND (signalled,
+    /// its completion polled), and a thread on A reposts the receives those answers consume: the
+    /// mirror's protocol without its code.
+    Ack,
+}
+
+/// The floor of the mirror's protocol: [`run_write_completion`], but each message an RDMA
+/// WRITE_WITH_IMM that consumes a receive B has posted (the pair needs receives preposted on both
+/// sides, `size` at least [`ACK_BYTES`], and A's `max_inline_data` at least [`ACK_BYTES`] for
+/// [`ImmPeer::Ack`]). B's and A's helper threads poll their queues busily, yielding when idle, so the
+/// figure includes whatever CPU they take from the writer on the guest's 2 vCPUs.
+pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -> Result<Vec<u64>> {
+    let (a, b) = (&pair.a, &pair.b);
+    let sge = [a.mr.slice(a.tx_off, a.size.max(1))?];
+    let done = AtomicBool::new(false);
+    let mut out = Vec::with_capacity(iters as usize);
+    // Receives of one side: reposted as they complete; with `answer`, each one is answered.
+    let serve = |s: &Side, answer: bool| -> Result<u64> {
+        let rsge = [s.mr.slice(s.rx_off, s.size.max(1))?];
+        let ack = [0x5au8; ACK_BYTES];
+        let mut wc = [Completion::default(); 16];
+        let mut swc = [Completion::default(); 16];
+        let mut sent = 0u64;
+        let mut pending = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            let n = s.recv_cq.poll(&mut wc)?;
+            for c in &wc[..n] {
+                check(c, "receive")?;
+                s.qp.post_recv_one(c.wr_id(), &rsge)?;
+                if answer {
+                    // Room in the send queue (16 deep in the bench's pairs).
+                    while pending >= 8 {
+                        let m = s.send_cq.poll(&mut swc)?;
+                        for c in &swc[..m] {
+                            check(c, "answer")?;
+                        }
+                        pending -= m as u64;
+                    }
+                    s.qp.post_send_one(&SendWr::inline(sent, SendOp::Send, &ack))?;
+                    sent += 1;
+                    pending += 1;
+                }
+            }
+            let m = if pending > 0 {
+                s.send_cq.poll(&mut swc)?
+            } else {
+                0
+            };
+            for c in &swc[..m] {
+                check(c, "answer")?;
+            }
+            pending -= m as u64;
+            if n == 0 && m == 0 {
+                std::thread::yield_now();
+            }
+        }
+        Ok(sent)
+    };
+    let mut run = || -> Result<()> {
+        let mut wc = [Completion::default(); 1];
+        for i in 0..warmup + iters {
+            let t = Instant::now();
+            let to = SendOp::WriteWithImm(a.peer_rx, i as u32);
+            a.qp.post_send_one(&SendWr::new(i, to, &sge))?;
+            loop {
+                if a.send_cq.poll(&mut wc)? == 1 {
+                    check(&wc[0], "write with immediate")?;
+                    break;
+                }
+            }
+            if i >= warmup {
+                out.push(t.elapsed().as_nanos().max(1) as u64);
+            }
+        }
+        Ok(())
+    };
+    let answer = peer == ImmPeer::Ack;
+    let (r, rb, ra) = std::thread::scope(|sc| {
+        let hb = sc.spawn(|| serve(b, answer));
+        let ha = answer.then(|| sc.spawn(|| serve(a, false)));
+        let r = run();
+        done.store(true, Ordering::Relaxed);
+        (r, hb.join(), ha.map(|h| h.join()))
+    });
+    r?;
+    rb.map_err(|_| BenchError::Run("node B thread panicked".into()))??;
+    if let Some(ra) = ra {
+        ra.map_err(|_| BenchError::Run("node A thread panicked".into()))??;
+    }
+    Ok(out)
+}
+
 /// Result of a latency run: the initiator's post timestamps and the tick rate.
 pub struct LatencyResult {
     /// Cycle counter at every post of node A.

@@ -24,10 +24,14 @@
 //! [`Mirror::wait_durable`] reaps its own entry's completion (as `ib_write_lat` polls its own CQ), for up
 //! to [`DRIVE`] or the spin of [`Mirror::set_spin`]. Any thread holding the send side posts what is
 //! appended, at once while fewer than [`EAGER_BATCHES`] batches are in flight; beyond that entries gather
-//! into one larger batch until a completion is reaped or [`COALESCE_BYTES`] wait (the mirror thread spins
-//! while anything is in flight). Batches stay in order because only the holder of the send side takes a batch from the writer
-//! and posts it; the mirror thread installs the send side only after the writer was reset to the
-//! connection (on `Ready`) and removes it, under that lock, before it leaves the connection.
+//! into one larger batch until a completion is reaped or [`COALESCE_BYTES`] wait. The mirror thread spins
+//! (yielding) while batches are in flight, except while the only one is being reaped by a thread in
+//! `wait_durable`: then it parks, so it does not take the CPU from that waiter and from rxe's own work
+//! (on the lab's 2 vCPUs). A batch of one segment of at most [`MAX_INLINE`] bytes (an entry of up to
+//! 224 payload bytes) is posted inline, the cheaper post on rxe. Batches stay in order because only the
+//! holder of the send side takes a batch from the writer and posts it; the mirror thread installs the
+//! send side only after the writer was reset to the connection (on `Ready`) and removes it, under that
+//! lock, before it leaves the connection.
 //! A fault met by another thread on the send side is handed to the mirror thread, which reports it.
 //!
 //! **Receive credits.** Each client VI has 64 receive slots shared by two kinds of message: notifications
@@ -83,7 +87,7 @@ use crate::mirror::{
     compare_rings, Batch, Checkpoint, Digest, Lsn, MirrorError, MirrorReader, MirrorWriter,
     WriterCheckpoint,
 };
-use crate::node::channel::RcChannel;
+use crate::node::channel::{RcChannel, MAX_INLINE};
 use crate::node::meter::ByteMeter;
 use crate::node::{ClientHandle, ClientMemory, ClientNotice, ClientRegion, NodeError, NodeHandle};
 use crate::wire::{Generation, InterconnectId, MemoryWindow};
@@ -272,6 +276,9 @@ struct SendConn {
 
 struct SendSide {
     conn: Option<SendConn>,
+    /// The local log ring (read for inline batches; the bytes of a batch do not change until the partner
+    /// applied them).
+    ring: Arc<SharedMemory>,
     /// Highest LSN ever handed out in a batch (to count re-sends).
     max_sent: Lsn,
     wc: [Completion; 16],
@@ -280,12 +287,17 @@ struct SendSide {
 impl SendSide {
     /// Reap completed batches, then post every batch the writer has. True if anything happened.
     fn pump(&mut self, shared: &Shared) -> bool {
-        let SendSide { conn, max_sent, wc } = self;
+        let SendSide {
+            conn,
+            ring,
+            max_sent,
+            wc,
+        } = self;
         let Some(c) = conn else { return false };
         if c.fault.is_some() {
             return false;
         }
-        match reap(c, wc, shared).and_then(|r| Ok(r | post(c, max_sent, shared)?)) {
+        match reap(c, wc, shared).and_then(|r| Ok(r | post(c, ring, max_sent, shared)?)) {
             Ok(progress) => progress,
             Err(f) => {
                 c.fault = Some(f);
@@ -350,7 +362,12 @@ fn reap(c: &SendConn, wc: &mut [Completion], shared: &Shared) -> Result<bool, Fa
 
 /// Post every batch the writer has (credits and in-flight window permitting; beyond [`EAGER_BATCHES`] in
 /// flight only once [`COALESCE_BYTES`] wait).
-fn post(c: &SendConn, max_sent: &mut Lsn, shared: &Shared) -> Result<bool, Fault> {
+fn post(
+    c: &SendConn,
+    ring: &SharedMemory,
+    max_sent: &mut Lsn,
+    shared: &Shared,
+) -> Result<bool, Fault> {
     let mut posted = false;
     while shared.unposted() {
         let (b, first) = {
@@ -365,7 +382,7 @@ fn post(c: &SendConn, max_sent: &mut Lsn, shared: &Shared) -> Result<bool, Fault
             }
         };
         shared.posted.store(b.last_lsn.0, Ordering::SeqCst);
-        post_batch(c, &b).map_err(|e| Fault::Vi(format!("post: {e}")))?;
+        post_batch(c, ring, &b).map_err(|e| Fault::Vi(format!("post: {e}")))?;
         shared.meter.add(b.segments().iter().map(|s| s.len).sum());
         posted = true;
         let counters = &shared.counters;
@@ -392,6 +409,9 @@ struct Shared {
     posted: AtomicU64,
     /// The mirror thread is parked (or about to): an append it must post wakes it.
     parked: AtomicBool,
+    /// Threads reaping their own entry's completion in [`Mirror::wait_durable`]: while there is one and
+    /// one batch is in flight, the mirror thread parks instead of spinning next to the waiter.
+    drivers: AtomicU32,
     meter: ByteMeter,
     counters: Counters,
     mirror_digest: AtomicU32,
@@ -571,6 +591,7 @@ pub fn start_with(
         sleepers: AtomicU32::new(0),
         send: Mutex::new(SendSide {
             conn: None,
+            ring: local.clone(),
             // What the old process may have sent: a resend of it counts as one.
             max_sent: appended,
             wc: [Completion::default(); 16],
@@ -578,6 +599,7 @@ pub fn start_with(
         send_fault: AtomicBool::new(false),
         posted: AtomicU64::new(durable.0),
         parked: AtomicBool::new(false),
+        drivers: AtomicU32::new(0),
         meter: handle.meter(),
         counters: Counters::default(),
         mirror_digest: AtomicU32::new(reader.digest().0),
@@ -653,8 +675,14 @@ impl Mirror {
         Ok(lsn)
     }
 
-    /// [`append`](Self::append), waiting up to `timeout` while the ring is full.
+    /// [`append`](Self::append), waiting up to `timeout` while the ring is full. The clock is read only
+    /// once the ring is found full (about 1 us a read in the lab guest once its kernel judged the TSC
+    /// unstable and reads the emulated HPET).
     pub fn append_wait(&self, payload: &[u8], timeout: Duration) -> Result<Lsn, MirrorError> {
+        let first = self.append(payload);
+        if !matches!(first, Err(MirrorError::RingFull { .. })) {
+            return first;
+        }
         let deadline = Instant::now() + timeout;
         loop {
             match self.append(payload) {
@@ -665,10 +693,13 @@ impl Mirror {
                     }
                     let g = self.shared.lock();
                     if g.writer.free() < needed {
+                        // Counted under the writer lock, so the ack that frees space notifies us.
+                        self.shared.sleepers.fetch_add(1, Ordering::SeqCst);
                         let _ = self
                             .shared
                             .changed
                             .wait_timeout(g, (deadline - now).min(Duration::from_millis(10)));
+                        self.shared.sleepers.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
                 other => return other,
@@ -699,30 +730,38 @@ impl Mirror {
         if self.counted_durable() >= lsn {
             return true;
         }
-        let start = Instant::now();
-        let deadline = start + timeout;
         let drive = self.spin().max(DRIVE).min(timeout);
         let mut polls = 0u32;
-        loop {
+        // The clock is read only every 64 polls, the first time after them: an entry that is durable
+        // within those never reads it (about 1 us a read in the lab guest on the emulated HPET). So
+        // `timeout` counts from the 64th poll.
+        let mut start = None;
+        shared.drivers.fetch_add(1, Ordering::SeqCst);
+        let driven = loop {
             shared.pump();
             if self.counted_durable() >= lsn {
-                return true;
+                break true;
             }
             polls += 1;
             // No connection to reap from (a failover is under way): leave the CPU to it and sleep.
             if !shared.synced.load(Ordering::Relaxed) {
-                break;
+                break false;
             }
-            // The clock is read now and then: in the lab guest it is an emulated HPET.
-            if polls % 64 == 0 && start.elapsed() >= drive {
-                break;
+            if polls % 64 == 0 && start.get_or_insert_with(Instant::now).elapsed() >= drive {
+                break false;
             }
             if polls % 8 == 0 {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
+        };
+        shared.drivers.fetch_sub(1, Ordering::SeqCst);
+        if driven {
+            return true;
         }
+        // (Unset if the drive ended before the clock was read: no connection.)
+        let deadline = start.unwrap_or_else(Instant::now) + timeout;
         if shared.parked.load(Ordering::SeqCst) {
             shared.wake();
         }
@@ -951,7 +990,14 @@ impl Client {
                     let now = Instant::now();
                     now.duration_since(*idle_since.get_or_insert(now)) < spin
                 };
-                if spinning || self.shared.lock().writer.in_flight() > 0 {
+                // A thread in `wait_durable` reaps its batch's completion itself: with only that batch
+                // in flight, spinning next to it would only take CPU from it (and from rxe's own work)
+                // on a small machine. With more in flight (a stream of appends) this thread keeps
+                // reaping and posting, so appends and posts overlap.
+                let in_flight = self.shared.lock().writer.in_flight();
+                let reaping = in_flight > 1
+                    || (in_flight == 1 && self.shared.drivers.load(Ordering::SeqCst) == 0);
+                if spinning || reaping {
                     std::thread::yield_now();
                 } else {
                     // Also with entries unposted: this turn's pump could not post them (no connection
@@ -1258,23 +1304,46 @@ impl Client {
             .counters
             .durable
             .fetch_max(durable.0, Ordering::SeqCst);
-        self.shared.changed.notify_all();
+        // Ring space was released (and `durable` may have moved): wake whoever sleeps on it. Counted
+        // under the writer lock, as in `reap`; a notify without sleepers would still be a system call.
+        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
+            self.shared.changed.notify_all();
+        }
         Ok(())
     }
 }
 
 /// RDMA WRITE the batch's segments from the local ring to the same offsets of the partner's mirror ring, the
 /// last one with the immediate that notifies the partner; only that one is signalled. One post call (one
-/// doorbell) for the whole batch.
-fn post_batch(c: &SendConn, b: &Batch) -> Result<(), ccm_verbs::Error> {
+/// doorbell) for the whole batch. A batch of one segment of at most [`MAX_INLINE`] bytes goes inline.
+fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_verbs::Error> {
     let segs = b.segments();
+    let imm = b.last_lsn.0 as u32;
+    let wr_id = BATCH_TAG | b.id;
+    if segs.len() == 1 && segs[0].len as usize <= MAX_INLINE.min(c.vi.max_inline()) {
+        // Inline: the provider copies the bytes into the work request (rxe then skips the memory region
+        // lookup, the cheaper post for small entries); read from the ring onto the stack first, since no
+        // reference into the mapping may be lent out.
+        let mut buf = [0u8; MAX_INLINE];
+        let bytes = &mut buf[..segs[0].len as usize];
+        ring.read(segs[0].offset as usize, bytes)?;
+        let to = RemoteAddr {
+            addr: c.remote.addr + segs[0].offset,
+            rkey: c.remote.rkey,
+        };
+        c.vi.check_port()?;
+        return c.vi.qp().post_send_one(&SendWr::inline(
+            wr_id,
+            SendOp::WriteWithImm(to, imm),
+            bytes,
+        ));
+    }
     let mut sges = [c
         .local
         .slice(segs[0].offset as usize, segs[0].len as usize)?; 2];
     for (k, seg) in segs.iter().enumerate().skip(1) {
         sges[k] = c.local.slice(seg.offset as usize, seg.len as usize)?;
     }
-    let wr_id = BATCH_TAG | b.id;
     let wr = |k: usize| {
         let to = RemoteAddr {
             addr: c.remote.addr + segs[k].offset,
@@ -1283,7 +1352,7 @@ fn post_batch(c: &SendConn, b: &Batch) -> Result<(), ccm_verbs::Error> {
         if k + 1 == segs.len() {
             SendWr::new(
                 wr_id,
-                SendOp::WriteWithImm(to, b.last_lsn.0 as u32),
+                SendOp::WriteWithImm(to, imm),
                 std::slice::from_ref(&sges[k]),
             )
         } else {

@@ -13,6 +13,11 @@
 //!   once at start); the driver answers [`Input::SessionEstablished`] with the manager's control VI.
 //!   The transport is the driver's choice (the intended one is TCP on the interconnect's IP address);
 //!   the manager only needs an ordered, reliable message stream, which TCP and RC both are.
+//!   A placer whose connect failed (the follower not running yet, or restarting) retries after an
+//!   exponential back-off (`backoff_min..backoff_max`); the follower's [`wire::Knock`], sent when
+//!   its listener is bound, ends that wait ([`Input::PartnerListening`]), so a restarted follower
+//!   is connected to at once rather than up to `backoff_max` later. Knocks are not authenticated
+//!   and only bring the next connect forward, never closer than `backoff_min` to the last.
 //! * **415** peer info, in two one-way trips: each side sends its [`Hello`] and its [`AuthChallenge`]
 //!   together (the challenge is random and needs nothing from the partner). On the partner's Hello
 //!   each checks the cluster id, the partner's node id and the overlap of version ranges (highest
@@ -397,6 +402,15 @@ pub enum Input {
         control_vi: ViAddress,
         /// The manager's memory windows.
         windows: Vec<MemoryWindow>,
+    },
+    /// 410: the partner says its listener on `ic` is bound (the driver received its
+    /// [`wire::Knock`]). Unauthenticated, so it can only bring a connect forward: a placer waiting
+    /// out a back-off on `ic` connects now, or as soon as `backoff_min` has passed since its last
+    /// attempt (so knocks never make it connect more often than that). Ignored in any other phase
+    /// and by the follower.
+    PartnerListening {
+        /// The interconnect.
+        ic: InterconnectId,
     },
     /// 410: the connect attempt failed (refused, unreachable).
     ConnectFailed {
@@ -1003,6 +1017,9 @@ struct Link {
     failures: u32,
     healthy_since: Time,
     attempt: u64,
+    /// When the placer last connected (a [`Input::PartnerListening`] brings no connect closer to it
+    /// than `backoff_min`).
+    attempted_at: Time,
 }
 
 impl Link {
@@ -1157,6 +1174,7 @@ impl Manager {
                 failures: 0,
                 healthy_since: now,
                 attempt: 0,
+                attempted_at: now,
             })
             .collect();
         let mut m = Manager {
@@ -1336,6 +1354,7 @@ impl Manager {
                 control_vi,
                 windows,
             } => self.on_session_established(now, ic, session, control_vi, windows),
+            Input::PartnerListening { ic } => self.on_partner_listening(now, ic),
             Input::ConnectFailed { ic, attempt } => {
                 if let Some(i) = self.index(ic) {
                     if matches!(self.links[i].phase, Phase::Connecting { attempt: a, .. } if a == attempt)
@@ -1558,6 +1577,7 @@ impl Manager {
     fn connect(&mut self, now: Time, i: usize) {
         let l = &mut self.links[i];
         l.attempt += 1;
+        l.attempted_at = now;
         let attempt = l.attempt;
         l.phase = Phase::Connecting {
             attempt,
@@ -1566,6 +1586,22 @@ impl Manager {
         let ic = l.id;
         self.push(Action::Connect { ic, attempt });
         self.step(now, Step::InitialSession410 { ic });
+    }
+
+    /// The follower's knock (see [`Input::PartnerListening`]): end the back-off early.
+    fn on_partner_listening(&mut self, now: Time, ic: InterconnectId) {
+        let Some(i) = self.index(ic) else { return };
+        if !self.cfg.is_placer() {
+            return;
+        }
+        let earliest = self.links[i].attempted_at + self.cfg.backoff_min;
+        if let Phase::Backoff { until } = &mut self.links[i].phase {
+            if earliest <= now {
+                self.connect(now, i);
+            } else {
+                *until = (*until).min(earliest);
+            }
+        }
     }
 
     fn on_session_established(

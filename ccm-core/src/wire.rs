@@ -41,6 +41,8 @@
 //! | [`LoadReport`] | adaptive balancing | bytes each of the sender's clients posted in the last sampling period, for the placer |
 //! | [`Error`] | 415 | a typed refusal (version, cluster, authentication, protocol) before closing |
 //!
+//! Outside the framed stream, one datagram: the follower's [`Knock`] (its listener is bound; see there).
+//!
 //! Order of step 415 on each side's stream, the same since protocol version 1: `Hello`,
 //! `AuthChallenge`, `AuthResponse`, `PeerInfo`. A receiver takes a challenge or a response only after
 //! the Hello, and a PeerInfo only after it verified the response. Since 2026-11-30 a manager sends its
@@ -287,6 +289,62 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Sender's clock in nanoseconds (for diagnostics; clocks are not compared).
     pub time_ns: u64,
+}
+
+/// The follower's *knock*: one UDP datagram to the placer's interconnect address and TCP port, sent
+/// as soon as the follower's listener there is bound, so that a placer waiting out its reconnect
+/// back-off (the follower was down or restarting) connects at once instead of up to `backoff_max`
+/// later. Outside the framed protocol and unauthenticated: it carries no more than who is knocking,
+/// and all it can do is bring the placer's next connect forward ([`crate::manager::Input::PartnerListening`]).
+/// A placer that does not know it ignores it (nothing listens there), a follower that does not send
+/// it leaves the placer to its back-off: no protocol version depends on it.
+///
+/// ```text
+///  0      4            12           20
+///  | CCMK | cluster u64 | node u64  |
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Knock {
+    /// The knocker's cluster.
+    pub cluster: ClusterId,
+    /// The knocker (the follower).
+    pub node: NodeId,
+}
+
+impl Knock {
+    /// The four bytes that start a knock.
+    pub const MAGIC: [u8; 4] = *b"CCMK";
+    /// A knock's size in bytes.
+    pub const LEN: usize = 20;
+
+    /// The datagram.
+    pub fn to_bytes(&self) -> [u8; Knock::LEN] {
+        let mut b = [0u8; Knock::LEN];
+        b[..4].copy_from_slice(&Knock::MAGIC);
+        b[4..12].copy_from_slice(&self.cluster.0.to_le_bytes());
+        b[12..].copy_from_slice(&self.node.0.to_le_bytes());
+        b
+    }
+
+    /// A received datagram: exactly [`Knock::LEN`] bytes starting with [`Knock::MAGIC`].
+    pub fn decode(b: &[u8]) -> Result<Knock, DecodeError> {
+        if b.len() < Knock::LEN {
+            return Err(DecodeError::Truncated { field: "knock" });
+        }
+        if b.len() > Knock::LEN {
+            return Err(DecodeError::TrailingBytes(b.len() - Knock::LEN));
+        }
+        let magic: [u8; 4] = b[..4].try_into().expect("length checked");
+        if magic != Knock::MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        let word =
+            |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        Ok(Knock {
+            cluster: ClusterId(word(4..12)),
+            node: NodeId(word(12..20)),
+        })
+    }
 }
 
 /// Step 520, told over a surviving interconnect: the sender saw `interconnect` fail (port down, async
@@ -1230,5 +1288,30 @@ mod tests {
             text: "from the future".into(),
         });
         assert_eq!(Message::decode_exact(&m.to_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn a_knock_is_twenty_bytes_magic_cluster_node_and_anything_else_is_a_typed_error() {
+        let k = Knock {
+            cluster: ClusterId(5),
+            node: NodeId(2),
+        };
+        let b = k.to_bytes();
+        assert_eq!(&b[..4], b"CCMK");
+        assert_eq!(&b[4..12], &5u64.to_le_bytes());
+        assert_eq!(&b[12..], &2u64.to_le_bytes());
+        assert_eq!(Knock::decode(&b), Ok(k));
+        for i in 0..b.len() {
+            assert_eq!(
+                Knock::decode(&b[..i]),
+                Err(DecodeError::Truncated { field: "knock" })
+            );
+        }
+        let mut long = b.to_vec();
+        long.push(0);
+        assert_eq!(Knock::decode(&long), Err(DecodeError::TrailingBytes(1)));
+        let mut frame = b;
+        frame[..4].copy_from_slice(b"CCMP");
+        assert_eq!(Knock::decode(&frame), Err(DecodeError::BadMagic(*b"CCMP")));
     }
 }

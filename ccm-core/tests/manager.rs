@@ -421,6 +421,105 @@ fn a_node_starting_long_after_its_partner_still_brings_everything_up() {
     );
 }
 
+/// The placer's steps `InitialSession410` (one per connect attempt) at or after `from` on `ic`.
+fn connects_since(p: &Pair, from: Time, ic: u8) -> Vec<Time> {
+    p.steps[0]
+        .iter()
+        .filter(|(t, s)| *t >= from && matches!(s, Step::InitialSession410 { ic: i } if i.0 == ic))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+#[test]
+fn a_follower_that_knocks_ends_the_placers_back_off_and_both_links_come_up_at_once() {
+    let mut p = Pair::new_with(Pair::config(1, 2, 2), Pair::config(2, 1, 2), false);
+    p.run_for(Duration::from_secs(3));
+    // The follower starts while the placer waits out a back-off of up to backoff_max (100 ms).
+    p.m[1] = Manager::new(Pair::config(2, 1, 2), p.now, [9; 32]);
+    p.drain(1);
+    let start = p.now;
+    // Without a knock nothing happens for a while: the placer's next attempts are its back-off away.
+    p.run_for(Duration::from_micros(100));
+    assert!(p.m[0].link_status().contains(&LinkStatus::Backoff));
+    // Its listeners bound, the follower knocks on both interconnects (the driver's datagram).
+    for ic in 0..2 {
+        p.later(
+            0,
+            Input::PartnerListening {
+                ic: InterconnectId(ic),
+            },
+        );
+    }
+    p.run_for(Duration::from_micros(200));
+    assert_eq!(p.m[0].link_status(), [LinkStatus::Up, LinkStatus::Up]);
+    assert_eq!(p.m[1].link_status(), [LinkStatus::Up, LinkStatus::Up]);
+    for ic in 0..2 {
+        assert_eq!(connects_since(&p, start, ic).len(), 1, "interconnect {ic}");
+    }
+}
+
+#[test]
+fn knocks_never_bring_a_connect_closer_than_backoff_min_to_the_last() {
+    let mut p = Pair::new_with(Pair::config(1, 2, 1), Pair::config(2, 1, 1), false);
+    p.run_for(Duration::from_millis(500));
+    // A knock every 100 µs for 100 ms from a follower that does not listen (a stale or forged one):
+    // the placer connects at most once per backoff_min (5 ms) and never twice within it.
+    let start = p.now;
+    for _ in 0..1000 {
+        p.later(
+            0,
+            Input::PartnerListening {
+                ic: InterconnectId(0),
+            },
+        );
+        p.run_for(Duration::from_micros(100));
+    }
+    let attempts = connects_since(&p, start, 0);
+    assert!(
+        attempts.len() >= 10,
+        "the knocks did cut the back-off: {attempts:?}"
+    );
+    assert!(
+        attempts.len() <= 21,
+        "{} attempts in 100 ms",
+        attempts.len()
+    );
+    for w in attempts.windows(2) {
+        assert!(
+            w[1].saturating_since(w[0]) >= Duration::from_millis(5),
+            "{w:?}"
+        );
+    }
+}
+
+#[test]
+fn a_knock_changes_nothing_on_an_up_link_nor_on_the_follower() {
+    let mut p = Pair::standard(1);
+    p.run_for(Duration::from_millis(5));
+    assert_eq!(p.m[0].link_status(), [LinkStatus::Up]);
+    let (start, refused) = (p.now, p.refused.clone());
+    for n in 0..2 {
+        p.input(
+            n,
+            Input::PartnerListening {
+                ic: InterconnectId(0),
+            },
+        );
+    }
+    // Out of range: ignored, not a panic.
+    p.input(
+        0,
+        Input::PartnerListening {
+            ic: InterconnectId(9),
+        },
+    );
+    p.run_for(Duration::from_millis(50));
+    assert_eq!(p.m[0].link_status(), [LinkStatus::Up]);
+    assert_eq!(p.m[1].link_status(), [LinkStatus::Up]);
+    assert!(connects_since(&p, start, 0).is_empty());
+    assert_eq!(p.refused, refused);
+}
+
 #[test]
 fn a_client_registered_on_one_side_only_waits_and_is_never_told_ready() {
     let mut p = Pair::standard(1);

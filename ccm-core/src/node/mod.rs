@@ -27,7 +27,7 @@ pub mod status;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -45,7 +45,8 @@ use crate::manager::{
     Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, Input, Manager, SessionId, ViRef,
 };
 use crate::wire::{
-    ClientEntry, ClientId, ClientLoad, Generation, Heartbeat, InterconnectId, MemoryWindow, Message,
+    ClientEntry, ClientId, ClientLoad, Generation, Heartbeat, InterconnectId, Knock, MemoryWindow,
+    Message,
 };
 use crate::Time;
 use channel::{IcDevice, RcChannel, RcTiming, SEND_WR_BASE};
@@ -369,6 +370,9 @@ struct Ic {
     port_up: bool,
     listen: bool,
     listener: Option<TcpListener>,
+    /// The placer's UDP socket on the interconnect's address and TCP port, for the follower's
+    /// [`Knock`].
+    knocks: Option<UdpSocket>,
     last_probe: Instant,
     /// A control VI made ahead of time, so a new session never creates one on the driver thread.
     spare: Option<RcChannel>,
@@ -821,6 +825,7 @@ impl Driver {
                 port_up: false,
                 listen: false,
                 listener: None,
+                knocks: None,
                 last_probe: started,
                 spare: None,
                 spare_asked: false,
@@ -904,8 +909,13 @@ impl Driver {
         // the placer's TCP connect from the backlog while the devices open, so the placer's first
         // connect succeeds instead of being refused and waiting out a back-off.
         // Connections wait in the backlog until the interconnect's device is open (`poll_sessions`).
-        if !self.manager.config().is_placer() {
-            for i in 0..self.ics.len() {
+        // The placer listens for the follower's knock instead: a follower that (re)starts while the
+        // placer waits out a reconnect back-off says when its listener is bound, and the placer
+        // connects at once.
+        for i in 0..self.ics.len() {
+            if self.manager.config().is_placer() {
+                self.bind_knocks(i);
+            } else {
                 self.bind_listener(i);
             }
         }
@@ -1078,6 +1088,9 @@ impl Driver {
             if let Some(l) = &ic.listener {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             }
+        }
+        for u in self.ics.iter().filter_map(|ic| ic.knocks.as_ref()) {
+            fds.push(PollFd::new(u.as_fd(), PollFlags::POLLIN));
         }
         for s in self.sessions.values() {
             let mut f = PollFlags::POLLIN;
@@ -1261,6 +1274,7 @@ impl Driver {
             Ok(l) => {
                 let _ = l.set_nonblocking(true);
                 ic.listener = Some(l);
+                self.knock(i);
             }
             Err(e) => {
                 let what = format!(
@@ -1269,6 +1283,56 @@ impl Driver {
                 );
                 self.record(what);
             }
+        }
+    }
+
+    /// The follower, its listener on interconnect `i` just bound: one [`Knock`] to the placer's address
+    /// and port there (lost or unheard, the placer's back-off still brings its connect).
+    fn knock(&mut self, i: usize) {
+        let c = &self.ics[i].cfg;
+        let (from, to) = (
+            SocketAddr::new(c.local_ip, 0),
+            SocketAddr::new(c.partner_ip, c.tcp_port),
+        );
+        let m = self.manager.config();
+        let knock = Knock {
+            cluster: m.cluster,
+            node: m.node,
+        };
+        let sent = UdpSocket::bind(from).and_then(|u| u.send_to(&knock.to_bytes(), to));
+        if let Err(e) = sent {
+            self.record(format!("interconnect {i}: knock to {to}: {e}"));
+        }
+    }
+
+    /// The placer's knock socket of interconnect `i` (see [`Knock`]).
+    fn bind_knocks(&mut self, i: usize) {
+        let c = &self.ics[i].cfg;
+        let at = SocketAddr::new(c.local_ip, c.tcp_port);
+        match UdpSocket::bind(at) {
+            Ok(u) => {
+                let _ = u.set_nonblocking(true);
+                self.ics[i].knocks = Some(u);
+            }
+            Err(e) => self.record(format!("interconnect {i}: no knocks on {at}: {e}")),
+        }
+    }
+
+    /// Knocks received on interconnect `i`: the partner's (right cluster and node) bring the placer's
+    /// connect forward; anything else is dropped.
+    fn poll_knocks(&mut self, i: usize) {
+        let mut buf = [0u8; 64];
+        let mut heard = false;
+        while let Some(Ok(n)) = self.ics[i].knocks.as_ref().map(|u| u.recv(&mut buf)) {
+            let m = self.manager.config();
+            heard |= Knock::decode(&buf[..n])
+                .is_ok_and(|k| k.cluster == m.cluster && k.node == m.partner);
+        }
+        if heard {
+            self.record(format!("interconnect {i}: the partner knocked"));
+            self.input(Input::PartnerListening {
+                ic: InterconnectId(i as u8),
+            });
         }
     }
 
@@ -1371,6 +1435,9 @@ impl Driver {
     }
 
     fn poll_sessions(&mut self) {
+        for i in 0..self.ics.len() {
+            self.poll_knocks(i);
+        }
         // Accept the partner's sessions.
         for i in 0..self.ics.len() {
             if self.ics[i].opening {

@@ -102,7 +102,9 @@
 //! each reset in a row up to `client_backoff_max`, forgiven once a binding has run for
 //! `failback_hold_down`. A client that errors in a loop is thus rebound at most once per
 //! `client_backoff_max`, shown as [`ClientStatus::ResetBackoff`] and logged as [`Step::ClientReset`].
-//! A dead link is still caught by its heartbeats (or a control VI error) and fails every client on it.
+//! A dead link is still caught by its heartbeats (or a control VI error) and fails every client on it;
+//! a client reset on it and still in its back-off then had seen the link's failure first (its VI erred
+//! a moment before the port event), so its back-off is forgiven and it moves with the others at once.
 //!
 //! # Adaptive balancing by measured bandwidth (Figs. 8 and 9)
 //! The driver samples every client's posted bytes each `balance_period` and feeds them as
@@ -2471,6 +2473,7 @@ impl Manager {
             for id in bound {
                 self.drop_binding(now, id, Drop::Stop);
             }
+            self.forgive_resets_on(now, ic);
             if reason.tell_partner() {
                 self.broadcast(&Message::Stop(Stop {
                     interconnect: ic,
@@ -2511,6 +2514,21 @@ impl Manager {
                 for id in ids {
                     self.tell(id, ClientEvent::PartnerSuspect);
                 }
+            }
+        }
+    }
+
+    /// Interconnect `ic` failed: a client reset on it and still in its back-off saw the link's failure
+    /// first (its VI erred a moment before the port, heartbeats or control VI told), not an error of
+    /// its own. Its back-off and the reset are forgiven, so the placer moves it at once like the
+    /// clients that were still bound there (a standby's promotion, not a wait of `client_backoff_min`).
+    fn forgive_resets_on(&mut self, now: Time, ic: InterconnectId) {
+        for c in self.clients.values_mut() {
+            if c.prefer == Some(ic) && c.retry_at.is_some_and(|t| t > now) {
+                c.retry_at = None;
+                c.prefer = None;
+                c.resets = c.resets.saturating_sub(1);
+                c.reset_at = None;
             }
         }
     }

@@ -556,8 +556,9 @@ pub struct Sim {
     /// balancer migrates in the same turn, for its own reasons).
     isolating: Option<ClientId>,
     migrating: Option<ClientId>,
-    /// Placer: when each reset client may be bound again.
-    retry_at: BTreeMap<ClientId, Time>,
+    /// Placer: when each reset client may be bound again, and the interconnect it was reset on (a
+    /// failure of that interconnect forgives the back-off).
+    retry_at: BTreeMap<ClientId, (Time, InterconnectId)>,
     /// Placer: recent migrations (time, client), for invariant 9.
     migrations: Vec<(Time, ClientId)>,
 }
@@ -940,16 +941,19 @@ impl Sim {
             }
             Step::ClientReset {
                 client,
+                ic,
                 after: Some(after),
                 ..
             } => {
-                self.retry_at.insert(client, at + after);
+                self.retry_at.insert(client, (at + after, ic));
             }
+            // The link failed: a reset on it was its failure showing first (the manager forgives it).
+            Step::StopClients520 { ic, .. } => self.retry_at.retain(|_, (_, on)| *on != ic),
             Step::ClientReset { after: None, .. } => {
                 return Err(self.fail("the placer reset a client without a back-off".into()))
             }
             Step::CreateVis420 { client, .. } | Step::Promote { client, .. } => {
-                if let Some(t) = self.retry_at.get(&client).filter(|t| at < **t) {
+                if let Some((t, _)) = self.retry_at.get(&client).filter(|(t, _)| at < *t) {
                     return Err(self.fail(format!(
                         "node0 binds {client:?} again at {at}, before its reset back-off ends at {t}"
                     )));

@@ -1376,6 +1376,47 @@ fn a_standby_binding_is_made_on_the_other_interconnect_once_the_client_runs_and_
     assert!(standby >= go);
 }
 
+/// A port cut shows first as an error completion on the client's busy VI, a few milliseconds before
+/// the port event: the client is reset (its back-off starts), then its link fails. The reset was the
+/// link's failure, not the client's: it fails over at once, promoting its standby, without waiting
+/// out the back-off.
+#[test]
+fn a_client_whose_vi_erred_just_before_its_port_went_down_fails_over_without_its_back_off() {
+    let mut p = Pair::standard(2);
+    let (on, g) = pair_with_ripe_standby(&mut p);
+    let other = InterconnectId(1 - on.0);
+    let live = generation_of(&p, 0, 1);
+    p.cut[on.0 as usize] = true;
+    p.input(
+        0,
+        Input::ViError {
+            ic: on,
+            vi: ViRef::Client(ClientId(1), live),
+        },
+    );
+    p.run_for(Duration::from_micros(500));
+    assert!(
+        matches!(
+            p.m[0].client_status(ClientId(1)),
+            Some(ClientStatus::ResetBackoff { .. })
+        ),
+        "reset first: {:?}",
+        p.m[0].client_status(ClientId(1))
+    );
+    p.port_state(on, false);
+    p.run_for(Duration::from_millis(1));
+    for n in 0..2 {
+        assert_eq!(
+            p.m[n].client_status(ClientId(1)),
+            Some(ClientStatus::Ready {
+                ic: other,
+                generation: g
+            }),
+            "node {n} runs the standby within 1 ms of the port event, well inside the 10 ms back-off"
+        );
+    }
+}
+
 #[test]
 fn a_port_down_failover_promotes_the_standby_with_only_a_ready_exchange() {
     let mut p = Pair::standard(2);

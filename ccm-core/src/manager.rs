@@ -2015,7 +2015,17 @@ impl Manager {
         let ic = self.links[i].id;
         let placer = self.cfg.is_placer();
         let Some(c) = self.clients.get_mut(&e.client) else {
-            // Not registered here (yet, or any more): the registry exchange sorts it out.
+            // Not registered here (any more): say so, as the ClientClose the partner may have lost with a
+            // broken session would have, or its binding would wait for our entry forever. (A later
+            // registration here carries a higher sequence number and is taken as new.)
+            let seq = self.registration_seq;
+            self.send(
+                i,
+                Message::ClientClose(ClientClose {
+                    client: e.client,
+                    seq,
+                }),
+            );
             return;
         };
         if e.vis.is_empty() || e.vis.iter().any(|v| v.interconnect != ic) {

@@ -1637,6 +1637,43 @@ fn the_follower_answers_a_ready_for_a_standby_it_does_not_hold_with_a_client_res
     assert_eq!(p.ready_on(1, 1), Some(on));
 }
 
+/// A client entry for a client not registered here (its ClientClose lost with a broken session) is
+/// answered with a ClientClose, so the placer drops the binding it makes instead of waiting for our
+/// entry forever (simulator seed 40500 of `ccm-sim`).
+#[test]
+fn a_client_entry_for_a_client_not_registered_here_is_answered_with_a_client_close() {
+    let mut p = Pair::standard(2);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(5));
+    let on = p.ready_on(1, 1).expect("ready");
+    let sent_before = p.sent[1].len();
+    p.input(
+        1,
+        Input::Message {
+            ic: on,
+            session: SessionId(on.0 as u64),
+            msg: Message::ClientInfo(ccm_core::wire::ClientInfo {
+                entries: vec![ccm_core::wire::ClientEntry {
+                    client: ClientId(9),
+                    name: "client-9".into(),
+                    generation: Generation(40),
+                    vis: vec![vi(on.0, 4000), vi(on.0, 4001)],
+                    windows: vec![],
+                }],
+            }),
+        },
+    );
+    assert!(p.sent[1][sent_before..]
+        .iter()
+        .any(|(_, m)| matches!(m, Message::ClientClose(c) if c.client == ClientId(9))));
+    assert_eq!(
+        p.ready_on(1, 1),
+        Some(on),
+        "the registered client is untouched"
+    );
+}
+
 #[test]
 fn a_reset_client_gets_standbys_again_only_after_its_new_binding_ran_the_hold_down() {
     let mut p = Pair::standard(2);

@@ -1152,6 +1152,10 @@ impl Driver {
                     ic,
                     generation,
                 } => {
+                    // A cut link often shows first as an error completion on a busy client VI: look at
+                    // the ports now rather than at the next poll, so a dead port fails the whole link
+                    // (and moves its clients) before this error is taken for the client's own.
+                    self.poll_ports();
                     self.input(Input::ViError {
                         ic,
                         vi: ViRef::Client(client, generation),

@@ -3016,13 +3016,36 @@ impl Manager {
     /// follower sends once its end is connected too. A partner that lost the standby meanwhile
     /// answers [`ClientReset`] (or its link fails), and the client is bound again.
     fn promote(&mut self, now: Time, id: ClientId, k: usize) {
+        let (ic, generation, _) = self.adopt_standby(now, id, k, false);
+        self.send_ready(
+            now,
+            ic.0 as usize,
+            vec![ClientRef {
+                client: id,
+                generation,
+            }],
+        );
+    }
+
+    /// Standby `k` of `id` becomes its binding (both sides of a promotion): the older standbys go, the
+    /// client gets the partner's entry, and the step is logged. `partner_ready`: the partner's Ready is
+    /// already in (the follower promotes on it). Returns its interconnect, generation and whether this
+    /// end is slam connected.
+    fn adopt_standby(
+        &mut self,
+        now: Time,
+        id: ClientId,
+        k: usize,
+        partner_ready: bool,
+    ) -> (InterconnectId, Generation, bool) {
         let c = self.clients.get_mut(&id).expect("registered");
-        let s = c.standbys.remove(k);
-        let (ic, generation) = (s.ic, s.generation);
+        let mut s = c.standbys.remove(k);
+        s.partner_ready |= partner_ready;
+        let (ic, generation, slammed) = (s.ic, s.generation, s.slammed);
         let remote = s
             .remote
             .clone()
-            .expect("a ripe standby knows the partner's VIs");
+            .expect("a promoted standby knows the partner's VIs");
         c.windows = s.windows.clone();
         c.bound_at = Some(now);
         c.binding = Some(s);
@@ -3036,14 +3059,7 @@ impl Manager {
                 generation,
             },
         );
-        self.send_ready(
-            now,
-            ic.0 as usize,
-            vec![ClientRef {
-                client: id,
-                generation,
-            }],
-        );
+        (ic, generation, slammed)
     }
 
     /// Follower: the placer's Ready for a generation that is not our binding. A standby of it on
@@ -3079,27 +3095,7 @@ impl Manager {
         };
         self.last_generation.insert(id, generation);
         self.drop_binding(now, id, Drop::Stop);
-        let c = self.clients.get_mut(&id).expect("checked");
-        let mut s = c.standbys.remove(k);
-        s.partner_ready = true;
-        let slammed = s.slammed;
-        let remote = s
-            .remote
-            .clone()
-            .expect("a follower's standby starts from the placer's entry");
-        c.windows = s.windows.clone();
-        c.bound_at = Some(now);
-        c.binding = Some(s);
-        self.retire_standbys(now, id, generation);
-        self.tell(id, ClientEvent::PartnerInfo(remote));
-        self.step(
-            now,
-            Step::Promote {
-                client: id,
-                ic,
-                generation,
-            },
-        );
+        let (_, _, slammed) = self.adopt_standby(now, id, k, true);
         if slammed {
             self.send_ready(
                 now,

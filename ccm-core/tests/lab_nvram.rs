@@ -3,6 +3,9 @@
 //! is taken down (failover) and brought back (failback); afterwards every LSN must have been applied on the
 //! partner exactly once, in order, with its payload, and both rings must compare equal.
 
+mod common;
+use common::{config, Files};
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,51 +14,13 @@ use std::time::{Duration, Instant};
 use ccm_core::clients::nvram::{self, Mirror, StepKind};
 use ccm_core::manager::ClientSpec;
 use ccm_core::mirror::Lsn;
-use ccm_core::node::config::NodeConfig;
 use ccm_core::node::Node;
 use ccm_core::wire::{BandwidthClass, ClientId, InterconnectId};
-use ccm_verbs::lab::{LabTopology, Side};
+use ccm_verbs::lab::LabTopology;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const RING: u64 = 4 << 20;
-
-fn config(lab: &LabTopology, node: u64, tcp_port: u16) -> NodeConfig {
-    let side = if node == 1 { Side::A } else { Side::B };
-    let other = if node == 1 { Side::B } else { Side::A };
-    let secret = format!("/tmp/ccm-lab-nvram-secret-{tcp_port}-{node}");
-    std::fs::write(&secret, "lab secret 0123456789abcdef nvram").unwrap();
-    let mut text = format!(
-        r#"
-        node = {node}
-        partner = {partner}
-        cluster = 7
-        secret_file = "{secret}"
-        [timing]
-        heartbeat_ms = 30
-        heartbeat_misses = 10
-        connect_ms = 200
-        handshake_ms = 1000
-        failback_hold_down_ms = 300
-        "#,
-        partner = 3 - node,
-    );
-    for ic in &lab.interconnects {
-        text.push_str(&format!(
-            r#"
-            [[interconnect]]
-            device = "{}"
-            local_ip = "{}"
-            partner_ip = "{}"
-            tcp_port = {tcp_port}
-            "#,
-            ic.side(side).device,
-            ic.side(side).ip,
-            ic.side(other).ip,
-        ));
-    }
-    NodeConfig::parse(&text).unwrap()
-}
 
 /// The payload of `lsn`: its length and bytes follow from the LSN, so the partner can check each one.
 fn payload(lsn: u64) -> Vec<u8> {
@@ -249,15 +214,6 @@ fn spawn_full_speed_writer(
         }
     });
     (stop, last, writer)
-}
-
-struct Files(Vec<PathBuf>);
-impl Drop for Files {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 #[test]

@@ -3,16 +3,18 @@
 //! `append` posts onto an idle link and `wait_durable` reaps the completion itself, so the post, the poll and
 //! the bookkeeping of both are counted; with batches in flight appends only join the next batch.
 
+mod common;
+use common::{config, Files};
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ccm_core::clients::nvram::{self, Mirror};
 use ccm_core::manager::ClientSpec;
 use ccm_core::mirror::Lsn;
-use ccm_core::node::config::NodeConfig;
 use ccm_core::node::Node;
 use ccm_core::wire::{BandwidthClass, ClientId};
-use ccm_verbs::lab::{LabTopology, Side};
+use ccm_verbs::lab::LabTopology;
 
 #[global_allocator]
 static GLOBAL: ccm_verbs::alloc_count::Counting = ccm_verbs::alloc_count::Counting;
@@ -22,52 +24,6 @@ fn allocs() -> u64 {
 }
 
 const RING: u64 = 4 << 20;
-
-fn config(lab: &LabTopology, node: u64, tcp_port: u16) -> NodeConfig {
-    let side = if node == 1 { Side::A } else { Side::B };
-    let other = if node == 1 { Side::B } else { Side::A };
-    let secret = format!("/tmp/ccm-lab-nvram-noalloc-secret-{tcp_port}-{node}");
-    std::fs::write(&secret, "lab secret 0123456789abcdef nvram").unwrap();
-    let mut text = format!(
-        r#"
-        node = {node}
-        partner = {partner}
-        cluster = 7
-        secret_file = "{secret}"
-        [timing]
-        heartbeat_ms = 30
-        heartbeat_misses = 10
-        connect_ms = 200
-        handshake_ms = 1000
-        failback_hold_down_ms = 300
-        "#,
-        partner = 3 - node,
-    );
-    for ic in &lab.interconnects {
-        text.push_str(&format!(
-            r#"
-            [[interconnect]]
-            device = "{}"
-            local_ip = "{}"
-            partner_ip = "{}"
-            tcp_port = {tcp_port}
-            "#,
-            ic.side(side).device,
-            ic.side(side).ip,
-            ic.side(other).ip,
-        ));
-    }
-    NodeConfig::parse(&text).unwrap()
-}
-
-struct Files(Vec<PathBuf>);
-impl Drop for Files {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
 
 #[test]
 fn append_and_wait_durable_allocate_nothing_in_the_engines_thread() {

@@ -288,8 +288,6 @@ impl Node {
         early: Option<EarlyDevices>,
     ) -> Result<Node, NodeError> {
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "starting the node");
-        let secret = cfg.read_secret()?;
-        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "secret read");
         let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io {
             what: "pipe".into(),
             source: e.into(),
@@ -313,6 +311,8 @@ impl Node {
         // The devices open first, on a thread of their own, while the manager and the threads are set
         // up: an interconnect's session starts as soon as its own device is open.
         open_devices(&cfg, &handle, started, early)?;
+        let secret = cfg.read_secret()?;
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "secret read");
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(
             &(started.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes(),
@@ -527,11 +527,20 @@ fn open_ic(list: &DeviceList, cfg: &InterconnectConfig) -> Result<OpenedDevice, 
 }
 
 /// The device list, being made on a thread of its own from the very start of the process (the first
-/// listing loads the verbs provider: tens of ms in the emulated lab), for [`Node::start_listed`].
-pub struct EarlyDevices(JoinHandle<Listed>);
+/// listing loads the verbs provider: tens of ms in the emulated lab), for [`Node::start_listed`]. The
+/// same thread then opens the interconnects' devices as soon as the node hands it their
+/// configuration: no second thread is started for that on the way to the first heartbeat.
+pub struct EarlyDevices(Sender<OpenJob>);
 
 /// A device list and when it was made (from, to: since process start).
 type Listed = (Result<DeviceList, ccm_verbs::Error>, Duration, Duration);
+
+/// What the opener needs from the node: the interconnects to open, and where to report each.
+struct OpenJob {
+    ics: Vec<InterconnectConfig>,
+    tx: Sender<Request>,
+    wake: Arc<OwnedFd>,
+}
 
 fn list_devices(started: Instant) -> Listed {
     let from = started.elapsed();
@@ -542,7 +551,16 @@ fn list_devices(started: Instant) -> Listed {
 impl EarlyDevices {
     /// Start listing the devices now. `started` is the process start.
     pub fn list(started: Instant) -> EarlyDevices {
-        EarlyDevices(std::thread::spawn(move || list_devices(started)))
+        let (tx, rx) = crossbeam_channel::bounded::<OpenJob>(1);
+        let _ = std::thread::Builder::new()
+            .name("ccm-open".into())
+            .spawn(move || {
+                let listed = list_devices(started);
+                if let Ok(job) = rx.recv() {
+                    open_listed(listed, job, started);
+                }
+            });
+        EarlyDevices(tx)
     }
 }
 
@@ -560,42 +578,51 @@ fn open_devices(
     started: Instant,
     early: Option<EarlyDevices>,
 ) -> Result<(), NodeError> {
-    let (ics, tx, wake) = (
-        cfg.interconnects.clone(),
-        handle.tx.clone(),
-        handle.wake.clone(),
-    );
-    let opener = move || {
-        let (list, from, to) = match early {
-            Some(e) => e.0.join().unwrap_or_else(|_| list_devices(started)),
-            None => list_devices(started),
-        };
-        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
-            "devices listed in {:.2} ms (from {:.2} ms)", ms(to - from), ms(from));
-        for (i, c) in ics.iter().enumerate() {
-            let t = started.elapsed();
-            let result = match &list {
-                Ok(list) => open_ic(list, c).map(Box::new),
-                Err(e) => Err(e.clone()),
-            };
-            tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
-                "interconnect {i}: device opened in {:.2} ms (from {:.2} ms): {}",
-                ms(started.elapsed() - t), ms(t),
-                result.as_ref().map_or_else(|e| e.to_string(), |d| d.steps.clone()));
-            if tx.send(Request::DeviceOpened { ic: i, result }).is_err() {
-                return;
-            }
-            let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
-        }
+    let job = OpenJob {
+        ics: cfg.interconnects.clone(),
+        tx: handle.tx.clone(),
+        wake: handle.wake.clone(),
+    };
+    // The early thread, if it is still there (it always is, unless it panicked), opens them.
+    let job = match early {
+        Some(e) => match e.0.send(job) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::SendError(job)) => job,
+        },
+        None => job,
     };
     std::thread::Builder::new()
         .name("ccm-open".into())
-        .spawn(opener)
+        .spawn(move || open_listed(list_devices(started), job, started))
         .map(drop)
         .map_err(|e| NodeError::Io {
             what: "spawn".into(),
             source: e,
         })
+}
+
+fn open_listed((list, from, to): Listed, job: OpenJob, started: Instant) {
+    tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
+        "devices listed in {:.2} ms (from {:.2} ms)", ms(to - from), ms(from));
+    for (i, c) in job.ics.iter().enumerate() {
+        let t = started.elapsed();
+        let result = match &list {
+            Ok(list) => open_ic(list, c).map(Box::new),
+            Err(e) => Err(e.clone()),
+        };
+        tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()),
+            "interconnect {i}: device opened in {:.2} ms (from {:.2} ms): {}",
+            ms(started.elapsed() - t), ms(t),
+            result.as_ref().map_or_else(|e| e.to_string(), |d| d.steps.clone()));
+        if job
+            .tx
+            .send(Request::DeviceOpened { ic: i, result })
+            .is_err()
+        {
+            return;
+        }
+        let _ = nix::unistd::write(job.wake.as_fd(), &[1u8]);
+    }
 }
 
 /// A control VI: 32 receive slots of 256 bytes, 128 sends in flight.

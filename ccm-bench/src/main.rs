@@ -49,9 +49,11 @@ enum Cmd {
     Latency(Common),
     /// RDMA WRITE (or SEND) stream with a window of outstanding work requests, like ib_write_bw.
     Bandwidth(Common),
-    /// The NVRAM mirror of two ccm nodes: append -> durable latency per size, batched throughput.
+    /// The NVRAM mirror of two ccm nodes: append -> durable latency per size, batched throughput (ours
+    /// only; `compare mirror` adds ib_write_lat/ib_write_bw).
     Mirror(Common),
-    /// Slam connect of N VIs (ccm-vi): create, exchange addresses, connect both sides.
+    /// Slam connect of N VIs (ccm-vi): create, exchange addresses, connect both sides (ours only;
+    /// `compare bringup` adds rdma_cm).
     #[command(visible_alias = "bring-up")]
     Bringup(Common),
     /// Mirrored traffic between two nodes while the link in use is cut N times: gaps, detection, loss.
@@ -157,16 +159,18 @@ struct Common {
     /// Operations [latency default: send,write; bandwidth default: write].
     #[arg(long, value_enum, value_delimiter = ',')]
     op: Vec<OpArg>,
-    /// Message sizes in bytes [latency default: 2,4096; bandwidth default: 65536].
+    /// Message sizes in bytes [latency default: 2,4096; bandwidth default: 65536; mirror: entry payloads,
+    /// default 64,256,1024,4096,16384,65536].
     #[arg(short = 's', long, value_delimiter = ',')]
     size: Vec<usize>,
-    /// Iterations (latency round trips / bandwidth messages) [default: 5000 latency, 2000 bandwidth].
+    /// Iterations (latency round trips / bandwidth messages / mirror entries per pass) [default: 5000
+    /// latency, 2000 bandwidth, 1000 mirror].
     #[arg(short = 'n', long)]
     iters: Option<u64>,
     /// Run for this many seconds instead of a number of iterations.
     #[arg(short = 'D', long, conflicts_with = "iters")]
     duration: Option<u64>,
-    /// Outstanding work requests of the bandwidth stream (perftest's tx depth).
+    /// Outstanding work requests of the bandwidth stream (perftest's tx depth); mirror: entries in flight.
     #[arg(short = 't', long, default_value_t = 128)]
     tx_depth: u32,
     /// Send messages of at most this many bytes inline (perftest uses 0 on rxe).

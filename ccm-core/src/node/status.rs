@@ -155,14 +155,15 @@ impl NodeStatus {
                 i.clients.join(",")
             );
         }
-        s += "\nCLIENT  NAME                CLASS  VIS  STANDBY  MB/S      STATE                    LAST EVENT\n";
+        // The state (the manager's Debug form, of any length) comes last.
+        s += "\nCLIENT  NAME                CLASS  VIS  STANDBY  MB/S      LAST EVENT                               STATE\n";
         for c in &self.clients {
             let last = c.last_event.as_ref().map_or("-".to_string(), |e| {
                 format!("+{:.0} ms {}", e.at_ms, e.what)
             });
             s += &format!(
-                "{:<7} {:<19} {:<6} {:<4} {:<8} {:<9.2} {:<24} {}\n",
-                c.id, c.name, c.class, c.vis, c.standby_vis, c.mb_s, c.state, last
+                "{:<7} {:<19} {:<6} {:<4} {:<8} {:<9.2} {:<40} {}\n",
+                c.id, c.name, c.class, c.vis, c.standby_vis, c.mb_s, last, c.state
             );
         }
         s += "\nRECENT EVENTS\n";

@@ -1,7 +1,7 @@
-//! `ccm-bench compare bringup`: connection setup of N RC connections by ccm's slam connect (ccm-vi: VI
-//! addresses exchanged beforehand, then RESET -> INIT -> RTR -> RTS on each side, no request/response)
-//! next to rdma_cm (`cmtime` of rdmacm-utils: create id, bind, resolve address and route, create QP,
-//! connect), on the same devices in the same guest boot.
+//! `ccm-bench bringup`: connection setup of N RC connections by ccm's slam connect (ccm-vi: VI addresses
+//! exchanged beforehand, then RESET -> INIT -> RTR -> RTS on each side, no request/response).
+//! `ccm-bench compare bringup` runs it next to rdma_cm (`cmtime` of rdmacm-utils: create id, bind, resolve
+//! address and route, create QP, connect), on the same devices in the same guest boot.
 //!
 //! `cmtime` needs a server process; it never exits by itself, so the bench kills it once the client is done.
 //! What `cmtime` prints (rdma-core 44), one line per step after a header:
@@ -18,6 +18,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ccm_vi::{decode_batch, encode_batch, Nic, Vi, ViAttributes};
+use serde_json::{json, Value};
+
+/// The `tool` of our side in the JSON records.
+pub const SLAM_TOOL: &str = "ccm-vi slam connect";
 
 /// One step of a `cmtime` report.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -152,6 +156,55 @@ impl SlamTimes {
     pub fn total_ms(&self) -> f64 {
         self.create_ms + self.exchange_ms + self.connect_ms
     }
+
+    /// The `ours` object of a bring-up record.
+    pub fn ours_json(&self) -> Value {
+        json!({
+            "tool": SLAM_TOOL,
+            "ms": self.total_ms(),
+            "create_ms": self.create_ms, "exchange_ms": self.exchange_ms, "connect_ms": self.connect_ms,
+        })
+    }
+
+    /// `    3.21 ms  (create 1.00, exchange 0.01, connect 2.20)`.
+    pub fn line(&self) -> String {
+        format!(
+            "{:>9.2} ms  (create {:.2}, exchange {:.2}, connect {:.2})",
+            self.total_ms(),
+            self.create_ms,
+            self.exchange_ms,
+            self.connect_ms
+        )
+    }
+}
+
+/// One run of `n` connections as one JSON object, our side only (`ccm-bench bringup --json`);
+/// `compare bringup` adds `peer` and the ratios.
+pub fn record(n: usize, rep: u32, device: &str, peer_device: &str, ours: &SlamTimes) -> Value {
+    json!({
+        "bench": "bringup",
+        "vis": n,
+        "rep": rep,
+        "device": device,
+        "peer_device": peer_device,
+        "ours": ours.ours_json(),
+    })
+}
+
+/// The medians over `reps` repetitions of `n` connections, our side only: total and connect step, ms.
+pub fn median_record(
+    n: usize,
+    reps: u32,
+    device: &str,
+    peer_device: &str,
+    ms: f64,
+    connect_ms: f64,
+) -> Value {
+    json!({
+        "bench": "bringup", "vis": n, "stat": "median", "reps": reps,
+        "device": device, "peer_device": peer_device,
+        "ours": { "tool": SLAM_TOOL, "ms": ms, "connect_ms": connect_ms },
+    })
 }
 
 /// Creates `n` VI pairs between `a` and `b` and slam connects them (both sides, one process).
@@ -200,4 +253,35 @@ pub fn run_slam(a: &Nic, b: &Nic, n: usize) -> Result<SlamTimes, String> {
         exchange_ms: ms(t2 - t1),
         connect_ms: ms(t3 - t2),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ours_only_bringup_record_has_the_total_and_its_steps_and_no_peer() {
+        let t = SlamTimes {
+            create_ms: 1.5,
+            exchange_ms: 0.25,
+            connect_ms: 2.0,
+        };
+        let v = record(16, 2, "rxe0", "rxe1", &t);
+        assert_eq!(v["bench"], "bringup");
+        assert_eq!(v["vis"], 16);
+        assert_eq!(v["rep"], 2);
+        assert_eq!(v["ours"]["tool"], SLAM_TOOL);
+        assert_eq!(v["ours"]["ms"], 3.75);
+        assert_eq!(v["ours"]["connect_ms"], 2.0);
+        assert!(v.get("peer").is_none() && v.get("ratio").is_none(), "{v}");
+        assert_eq!(
+            t.line(),
+            "     3.75 ms  (create 1.50, exchange 0.25, connect 2.00)"
+        );
+        let m = median_record(16, 5, "rxe0", "rxe1", 3.5, 1.75);
+        assert_eq!(m["stat"], "median");
+        assert_eq!(m["ours"]["ms"], 3.5);
+        assert_eq!(m["ours"]["connect_ms"], 1.75);
+        assert!(m.get("peer").is_none(), "{m}");
+    }
 }

@@ -7,8 +7,8 @@
 //! * [`stats`]: HdrHistogram summaries and `.hgrm` percentile distributions.
 //! * [`report`]: the per-run records printed as a table or as one JSON object per run.
 //! * [`pair`], [`mirror_bench`], [`failover`]: two real ccm nodes in one process with the NVRAM mirror
-//!   client: mirror latency and throughput (`compare mirror`), link cuts under traffic (`failover`).
-//! * [`bringup`]: slam connect of N VIs next to rdma_cm's `cmtime` (`compare bringup`).
+//!   client: mirror latency and throughput (`mirror`, `compare mirror`), link cuts under traffic (`failover`).
+//! * [`bringup`]: slam connect of N VIs (`bringup`), next to rdma_cm's `cmtime` (`compare bringup`).
 //! * [`plot`]: SVG latency percentile curves and the failover timeline.
 //!
 //! Latency is one-way = RTT / 2, measured as perftest does: a cycle-counter timestamp at every

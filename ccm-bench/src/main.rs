@@ -3,6 +3,8 @@
 //! ```text
 //! ccm-bench latency   [-d DEV] [--peer-dev DEV] [--op send,write] [-s 2,4096] [-n 5000] [--json] [--hgrm DIR]
 //! ccm-bench bandwidth [-d DEV] [--peer-dev DEV] [--op write] [-s 65536] [-n 2000] [--tx-depth 128]
+//! ccm-bench mirror    [-s 64,...,65536] [-n 1000] [--json] [--hgrm DIR] [--plot FILE.svg]
+//! ccm-bench bringup   [--vis 1,16,64] [--reps N] [--json]
 //! ccm-bench compare latency|bandwidth [same flags] [--reps N] [--plot FILE.svg]
 //! ccm-bench compare mirror  [-s 64,...,65536] [-n 1000] [--json] [--plot FILE.svg]
 //! ccm-bench compare bringup [--vis 1,16,64] [--reps N] [--json]
@@ -11,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 use ccm_bench::failover::{self, CutKind, FailoverOpts};
+use ccm_bench::mirror_bench::{entry_bytes, MirrorOurs};
 use ccm_bench::pair::PairSpec;
 use ccm_bench::perftest::{self, Placement, Tool};
 use ccm_bench::report::{
@@ -21,7 +24,6 @@ use ccm_bench::verbs_bench::{
     Pair, QueueSpec, SideSpec,
 };
 use ccm_bench::{bringup, mirror_bench, plot, report, stats};
-use ccm_core::mirror::{ENTRY_ALIGN, ENTRY_HEADER};
 use ccm_verbs::lab::LabTopology;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
@@ -47,6 +49,13 @@ enum Cmd {
     Latency(Common),
     /// RDMA WRITE (or SEND) stream with a window of outstanding work requests, like ib_write_bw.
     Bandwidth(Common),
+    /// The NVRAM mirror of two ccm nodes: append -> durable latency per size, batched throughput (ours
+    /// only; `compare mirror` adds ib_write_lat/ib_write_bw).
+    Mirror(Common),
+    /// Slam connect of N VIs (ccm-vi): create, exchange addresses, connect both sides (ours only;
+    /// `compare bringup` adds rdma_cm).
+    #[command(visible_alias = "bring-up")]
+    Bringup(Common),
     /// Mirrored traffic between two nodes while the link in use is cut N times: gaps, detection, loss.
     Failover(FailoverArgs),
     /// Runs ours and the matching peer tool (perftest, cmtime) on the same devices, sizes and iterations.
@@ -150,16 +159,18 @@ struct Common {
     /// Operations [latency default: send,write; bandwidth default: write].
     #[arg(long, value_enum, value_delimiter = ',')]
     op: Vec<OpArg>,
-    /// Message sizes in bytes [latency default: 2,4096; bandwidth default: 65536].
+    /// Message sizes in bytes [latency default: 2,4096; bandwidth default: 65536; mirror: entry payloads,
+    /// default 64,256,1024,4096,16384,65536].
     #[arg(short = 's', long, value_delimiter = ',')]
     size: Vec<usize>,
-    /// Iterations (latency round trips / bandwidth messages) [default: 5000 latency, 2000 bandwidth].
+    /// Iterations (latency round trips / bandwidth messages / mirror entries per pass) [default: 5000
+    /// latency, 2000 bandwidth, 1000 mirror].
     #[arg(short = 'n', long)]
     iters: Option<u64>,
     /// Run for this many seconds instead of a number of iterations.
     #[arg(short = 'D', long, conflicts_with = "iters")]
     duration: Option<u64>,
-    /// Outstanding work requests of the bandwidth stream (perftest's tx depth).
+    /// Outstanding work requests of the bandwidth stream (perftest's tx depth); mirror: entries in flight.
     #[arg(short = 't', long, default_value_t = 128)]
     tx_depth: u32,
     /// Send messages of at most this many bytes inline (perftest uses 0 on rxe).
@@ -178,10 +189,11 @@ struct Common {
     /// (compare mode also keeps perftest's raw output there).
     #[arg(long, value_name = "DIR")]
     hgrm: Option<PathBuf>,
-    /// Compare latency|mirror: write the latency percentile curves, ours and the peer's, as SVG.
+    /// Compare latency|mirror, mirror: write the latency percentile curves (ours, and the peer's in
+    /// compare mode) as SVG.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Compare bringup: numbers of connections to set up.
+    /// Bringup, compare bringup: numbers of connections to set up.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     vis: Vec<usize>,
 }
@@ -499,6 +511,8 @@ fn run(cli: Cli) -> AnyResult<()> {
             }
         }
         Cmd::Failover(_) => unreachable!("handled in main"),
+        Cmd::Mirror(c) => mirror(&c)?,
+        Cmd::Bringup(c) => bringup(&c)?,
         Cmd::Compare {
             what: What::Mirror,
             common: c,
@@ -645,19 +659,20 @@ fn failover(a: FailoverArgs) -> AnyResult<ExitCode> {
 
 const MIRROR_SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
 
-/// Bytes one entry of `size` payload bytes takes in the mirror's ring (header, alignment).
-fn entry_bytes(size: usize) -> usize {
-    size.saturating_add(ENTRY_HEADER).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
-}
-
-fn compare_mirror(c: &Common) -> AnyResult<()> {
-    let lab = lab("ccm-bench compare mirror")?;
+/// Our half of the mirror benchmark (`ccm-bench mirror`, `compare mirror`): two nodes with the NVRAM mirror
+/// in this process, every size measured ([`mirror_bench::run_ours`]; `beside` measures next to the idle
+/// nodes after each size), the waits' `.hgrm` files written.
+fn mirror_ours(
+    c: &Common,
+    lab: &LabTopology,
+    beside: &mut dyn FnMut(usize, u8) -> Result<Option<Histogram<u64>>, String>,
+) -> AnyResult<MirrorOurs> {
     let sizes = if c.size.is_empty() {
         MIRROR_SIZES.to_vec()
     } else {
         c.size.clone()
     };
-    let iters = c.iters.unwrap_or(1000);
+    let iters = mirror_iters(c);
     // Slow heartbeats (50 ms x 10): a stall of the emulated guest (seen up to ~1 s on a loaded host) should
     // not move the mirror in the middle of a measurement; detection is the failover bench's business.
     let pair = PairSpec {
@@ -668,6 +683,65 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         ring_bytes: 16 << 20,
         realtime: true,
     };
+    let ours = mirror_bench::run_ours(lab, &pair, &sizes, iters, iters, c.tx_depth as u64, beside)?;
+    if let Some(dir) = &c.hgrm {
+        for (o, _) in &ours.sizes {
+            stats::write_hgrm_file(&o.latency, dir, &format!("ours-mirror-{}", o.size))?;
+            stats::write_hgrm_file(
+                &o.latency_spin,
+                dir,
+                &format!("ours-mirror-spin-{}", o.size),
+            )?;
+        }
+    }
+    Ok(ours)
+}
+
+/// Entries per latency pass and in the throughput run of the mirror benchmarks.
+fn mirror_iters(c: &Common) -> u64 {
+    c.iters.unwrap_or(1000)
+}
+
+/// `ccm-bench mirror`: our side alone, one record (table or JSON object) per size.
+fn mirror(c: &Common) -> AnyResult<()> {
+    let lab = lab("ccm-bench mirror")?;
+    let ours = mirror_ours(c, &lab, &mut |_, _| Ok(None))?;
+    let iters = mirror_iters(c);
+    let mut curves = Vec::new();
+    for (i, (o, link)) in ours.sizes.iter().enumerate() {
+        let ic = lab.ic(*link as usize);
+        let at = mirror_bench::Placement {
+            interconnect: *link,
+            device: &ic.a.device,
+            peer_device: &ic.b.device,
+        };
+        if c.json {
+            println!(
+                "{}",
+                mirror_bench::record(o, &at, iters, ours.moves, c.tx_depth as u64)
+            );
+        } else {
+            println!("{}", mirror_bench::table(o, &at, iters, c.tx_depth as u64));
+        }
+        curves.push(plot::Series {
+            label: format!("mirror {} B", o.size),
+            color: plot::PALETTE[i % plot::PALETTE.len()].to_string(),
+            dashed: false,
+            points: plot::percentile_points(&o.latency),
+        });
+    }
+    if let Some(path) = &c.plot {
+        write_plot(
+            path,
+            &plot::percentile_chart("NVRAM mirror append -> durable", &curves),
+        )?;
+    }
+    Ok(())
+}
+
+fn compare_mirror(c: &Common) -> AnyResult<()> {
+    let lab = lab("ccm-bench compare mirror")?;
+    let iters = mirror_iters(c);
     // The floor at the entry's ring bytes measured while both nodes and their idle mirrors are up: what
     // the nodes' own threads (drivers, mirror threads' periodic wake-ups) cost a WRITE that is not theirs.
     let mut beside = |size: usize, link: u8| -> Result<Option<Histogram<u64>>, String> {
@@ -688,15 +762,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         }
         Ok(Some(h))
     };
-    let ours = mirror_bench::run_ours(
-        &lab,
-        &pair,
-        &sizes,
-        iters,
-        iters,
-        c.tx_depth as u64,
-        &mut beside,
-    )?;
+    let ours = mirror_ours(c, &lab, &mut beside)?;
     // The two thread hand-offs inside "durable", measured alone in this boot.
     let (unpark_us, notify_us) = mirror_bench::handoff_probe(200);
     let clock_us = mirror_bench::clock_probe(200) / 1000.0;
@@ -764,14 +830,6 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;
         let s = stats::summarize(&o.latency);
         let sp = stats::summarize(&o.latency_spin);
-        if let Some(dir) = &c.hgrm {
-            stats::write_hgrm_file(&o.latency, dir, &format!("ours-mirror-{}", o.size))?;
-            stats::write_hgrm_file(
-                &o.latency_spin,
-                dir,
-                &format!("ours-mirror-spin-{}", o.size),
-            )?;
-        }
         let color = plot::PALETTE[i % plot::PALETTE.len()].to_string();
         curves.push(plot::Series {
             label: format!("mirror {} B", o.size),
@@ -787,52 +845,38 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 points: plot::percentile_points(h),
             });
         }
-        let mut v = serde_json::json!({
-            "bench": "mirror",
-            "size": o.size,
-            "iters": iters,
-            "interconnect": link,
-            "remeasured_sizes": ours.moves,
-            "device": p.a.device,
-            "peer_device": p.b.device,
-            "ours": {
-                "tool": "ccm nvram mirror (append -> durable)",
-                "p50_us": s.p50_us, "p90_us": s.p90_us, "p99_us": s.p99_us, "p999_us": s.p999_us,
-                "max_us": s.max_us, "samples": s.samples,
-                "mb_per_s": o.mb_per_s, "entries": o.entries, "entries_per_batch": o.entries_per_batch,
-                "window": c.tx_depth, "moved_during_run": o.moved,
-            },
-            "peer": {
-                "tool": "ib_write_lat (one-way = RTT/2) + ib_write_bw",
-                "p50_us": lat.p50_us, "p90_us": lat.p90_us, "p99_us": lat.p99_us, "p999_us": lat.p999_us,
-                "max_us": lat.max_us, "samples": lat.samples,
-                "mb_per_s": bw.mb_per_s, "messages": bw.messages,
-            },
-            "ours_spin": {
-                "tool": "ccm nvram mirror (append -> durable), Mirror::set_spin",
-                "spin_us": mirror_bench::SPIN.as_secs_f64() * 1e6,
-                "p50_us": sp.p50_us, "p90_us": sp.p90_us, "p99_us": sp.p99_us, "p999_us": sp.p999_us,
-                "max_us": sp.max_us, "samples": sp.samples,
-            },
-            "floor": {
-                "tool": "ccm-bench raw verbs: signalled RDMA WRITE posted -> completion polled",
-                "p50_us": f.p50_us, "p90_us": f.p90_us, "p99_us": f.p99_us, "p999_us": f.p999_us,
-                "max_us": f.max_us, "samples": f.samples,
-            },
-            "stages_p50_us": {
-                "append": o.stages.append_us, "handoff_post": o.stages.handoff_post_us,
-                "completion": o.stages.completion_us, "total_spinning_waiter": o.stages.total_us,
-                "unpark_probe": unpark_us, "notify_probe": notify_us, "clock_read_probe": clock_us,
-            },
-            "ratio_p50": report::ratio(s.p50_us, lat.p50_us),
-            "ratio_p99": report::ratio(s.p99_us, lat.p99_us),
-            "ratio_floor_p50": report::ratio(s.p50_us, f.p50_us),
-            "ratio_floor_p99": report::ratio(s.p99_us, f.p99_us),
-            "ratio_spin_floor_p50": report::ratio(sp.p50_us, f.p50_us),
-            "ratio_spin_floor_p99": report::ratio(sp.p99_us, f.p99_us),
-            "ratio_bw": report::ratio(o.mb_per_s, bw.mb_per_s),
+        // Our record (the same as `ccm-bench mirror --json`), then the peer, the floors and the ratios.
+        let at = mirror_bench::Placement {
+            interconnect: *link,
+            device: &p.a.device,
+            peer_device: &p.b.device,
+        };
+        let mut v = mirror_bench::record(o, &at, iters, ours.moves, c.tx_depth as u64);
+        v["peer"] = serde_json::json!({
+            "tool": "ib_write_lat (one-way = RTT/2) + ib_write_bw",
+            "p50_us": lat.p50_us, "p90_us": lat.p90_us, "p99_us": lat.p99_us, "p999_us": lat.p999_us,
+            "max_us": lat.max_us, "samples": lat.samples,
+            "mb_per_s": bw.mb_per_s, "messages": bw.messages,
         });
-        v["entry_bytes"] = entry.into();
+        v["floor"] = serde_json::json!({
+            "tool": "ccm-bench raw verbs: signalled RDMA WRITE posted -> completion polled",
+            "p50_us": f.p50_us, "p90_us": f.p90_us, "p99_us": f.p99_us, "p999_us": f.p999_us,
+            "max_us": f.max_us, "samples": f.samples,
+        });
+        v["stages_p50_us"]["unpark_probe"] = unpark_us.into();
+        v["stages_p50_us"]["notify_probe"] = notify_us.into();
+        v["stages_p50_us"]["clock_read_probe"] = clock_us.into();
+        for (key, ratio) in [
+            ("ratio_p50", report::ratio(s.p50_us, lat.p50_us)),
+            ("ratio_p99", report::ratio(s.p99_us, lat.p99_us)),
+            ("ratio_floor_p50", report::ratio(s.p50_us, f.p50_us)),
+            ("ratio_floor_p99", report::ratio(s.p99_us, f.p99_us)),
+            ("ratio_spin_floor_p50", report::ratio(sp.p50_us, f.p50_us)),
+            ("ratio_spin_floor_p99", report::ratio(sp.p99_us, f.p99_us)),
+            ("ratio_bw", report::ratio(o.mb_per_s, bw.mb_per_s)),
+        ] {
+            v[key] = ratio.into();
+        }
         if let Some(h) = &o.beside {
             floors.push(("floor_entry_nodes_up", stats::summarize(h)));
         }
@@ -887,15 +931,87 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
     Ok(())
 }
 
-fn compare_bringup(c: &Common) -> AnyResult<()> {
-    lab("ccm-bench compare bringup")?; // cmtime and the devices are in the lab guest only
+/// The two sides of the bring-up benchmarks (`-d`, `--peer-dev` and their addresses).
+struct BringupSides {
+    p: Plan,
+    a_ip: IpAddr,
+    b_ip: IpAddr,
+    na: ccm_vi::Nic,
+    nb: ccm_vi::Nic,
+}
+
+fn bringup_sides(c: &Common) -> AnyResult<BringupSides> {
     let p = plan(c, false);
     let (a_ip, b_ip) = match (p.a.gid_ip, p.b.gid_ip) {
         (Some(a), Some(b)) => (a, b),
-        _ => return Err("compare bringup needs the devices' addresses (-x, --peer-gid-ip)".into()),
+        _ => return Err("bringup needs the devices' addresses (-x, --peer-gid-ip)".into()),
     };
     let na = ccm_vi::Nic::open(&p.a.device, 1, a_ip, 0)?;
     let nb = ccm_vi::Nic::open(&p.b.device, 1, b_ip, 0)?;
+    Ok(BringupSides {
+        p,
+        a_ip,
+        b_ip,
+        na,
+        nb,
+    })
+}
+
+/// `ccm-bench bringup`: our slam connect alone, per number of connections and repetition (and the
+/// medians when repeated).
+fn bringup(c: &Common) -> AnyResult<()> {
+    let BringupSides { p, na, nb, .. } = bringup_sides(c)?;
+    // Per number of connections: (ms, connect ms) of every repetition.
+    let mut all: Vec<Vec<(f64, f64)>> = vec![Vec::new(); c.vis.len()];
+    for rep in 1..=c.reps {
+        for (k, &n) in c.vis.iter().enumerate() {
+            let ours = bringup::run_slam(&na, &nb, n)?;
+            all[k].push((ours.total_ms(), ours.connect_ms));
+            if c.json {
+                println!(
+                    "{}",
+                    bringup::record(n, rep, &p.a.device, &p.b.device, &ours)
+                );
+            } else {
+                println!(
+                    "bringup vis={n} rep={rep} {}<->{}\n  ours (slam):    {}\n",
+                    p.a.device,
+                    p.b.device,
+                    ours.line()
+                );
+            }
+        }
+    }
+    if c.reps > 1 {
+        for (k, &n) in c.vis.iter().enumerate() {
+            let med = |f: fn(&(f64, f64)) -> f64| {
+                let v: Vec<f64> = all[k].iter().map(f).collect();
+                failover::quantile(&v, 0.5).unwrap_or(f64::NAN)
+            };
+            let (o, oc) = (med(|r| r.0), med(|r| r.1));
+            if c.json {
+                let v = bringup::median_record(n, c.reps, &p.a.device, &p.b.device, o, oc);
+                println!("{v}");
+            } else {
+                println!(
+                    "bringup vis={n} median of {} reps: ours {o:.2} ms (connect {oc:.2})",
+                    c.reps
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compare_bringup(c: &Common) -> AnyResult<()> {
+    lab("ccm-bench compare bringup")?; // cmtime and the devices are in the lab guest only
+    let BringupSides {
+        p,
+        a_ip,
+        b_ip,
+        na,
+        nb,
+    } = bringup_sides(c)?;
     let mut port = c.port;
     // Per number of connections: (ours ms, ours connect ms, peer ms, peer connect ms) of every repetition.
     let mut all: Vec<Vec<[f64; 4]>> = vec![Vec::new(); c.vis.len()];
@@ -922,33 +1038,22 @@ fn compare_bringup(c: &Common) -> AnyResult<()> {
                 .total_ms("connect")
                 .ok_or("cmtime printed no connect step")?;
             all[k].push([ours.total_ms(), ours.connect_ms, peer_ms, peer_connect]);
-            let v = serde_json::json!({
-                "bench": "bringup",
-                "vis": n,
-                "rep": rep,
-                "device": p.a.device,
-                "peer_device": p.b.device,
-                "ours": {
-                    "tool": "ccm-vi slam connect",
-                    "ms": ours.total_ms(),
-                    "create_ms": ours.create_ms, "exchange_ms": ours.exchange_ms, "connect_ms": ours.connect_ms,
-                },
-                "peer": {
-                    "tool": "cmtime (rdma_cm)",
-                    "ms": peer_ms,
-                    "connect_ms": peer_connect,
-                    "steps": peer.steps,
-                },
-                "ratio": report::ratio(ours.total_ms(), peer_ms),
-                "ratio_connect": report::ratio(ours.connect_ms, peer_connect),
+            let mut v = bringup::record(n, rep, &p.a.device, &p.b.device, &ours);
+            v["peer"] = serde_json::json!({
+                "tool": "cmtime (rdma_cm)",
+                "ms": peer_ms,
+                "connect_ms": peer_connect,
+                "steps": peer.steps,
             });
+            v["ratio"] = report::ratio(ours.total_ms(), peer_ms).into();
+            v["ratio_connect"] = report::ratio(ours.connect_ms, peer_connect).into();
             if c.json {
                 println!("{v}");
             } else {
                 println!(
-                    "bringup vis={n} rep={rep} {}<->{}\n  ours (slam):    {:>9.2} ms  (create {:.2}, exchange {:.2}, connect {:.2})\n  \
+                    "bringup vis={n} rep={rep} {}<->{}\n  ours (slam):    {}\n  \
                      peer (cmtime):  {:>9.2} ms  (connect {:.2})\n  ratio:          {:>9.3}    (connect {:.3})\n",
-                    p.a.device, p.b.device, ours.total_ms(), ours.create_ms, ours.exchange_ms, ours.connect_ms,
+                    p.a.device, p.b.device, ours.line(),
                     peer_ms, peer_connect, report::ratio(ours.total_ms(), peer_ms), report::ratio(ours.connect_ms, peer_connect)
                 );
             }
@@ -961,14 +1066,11 @@ fn compare_bringup(c: &Common) -> AnyResult<()> {
                 failover::quantile(&v, 0.5).unwrap_or(f64::NAN)
             };
             let (o, oc, q, qc) = (med(0), med(1), med(2), med(3));
-            let v = serde_json::json!({
-                "bench": "bringup", "vis": n, "stat": "median", "reps": c.reps,
-                "device": p.a.device, "peer_device": p.b.device,
-                "ours": { "tool": "ccm-vi slam connect", "ms": o, "connect_ms": oc },
-                "peer": { "tool": "cmtime (rdma_cm)", "ms": q, "connect_ms": qc },
-                "ratio": report::ratio(o, q),
-                "ratio_connect": report::ratio(oc, qc),
-            });
+            let mut v = bringup::median_record(n, c.reps, &p.a.device, &p.b.device, o, oc);
+            v["peer"] =
+                serde_json::json!({ "tool": "cmtime (rdma_cm)", "ms": q, "connect_ms": qc });
+            v["ratio"] = report::ratio(o, q).into();
+            v["ratio_connect"] = report::ratio(oc, qc).into();
             if c.json {
                 println!("{v}");
             } else {
@@ -999,5 +1101,90 @@ fn main() -> ExitCode {
             eprintln!("ccm-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(args).map(|c| c.cmd).unwrap()
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mirror_is_a_subcommand_of_its_own_with_the_perftest_style_flags() {
+        let Cmd::Mirror(c) = parse(&[
+            "ccm-bench",
+            "mirror",
+            "-s",
+            "64,4096",
+            "-n",
+            "500",
+            "--json",
+            "--hgrm",
+            "out",
+        ]) else {
+            panic!("not mirror");
+        };
+        assert_eq!(c.size, [64, 4096]);
+        assert_eq!(mirror_iters(&c), 500);
+        assert!(c.json);
+        assert_eq!(c.hgrm.as_deref(), Some(std::path::Path::new("out")));
+        let Cmd::Mirror(c) = parse(&["ccm-bench", "mirror"]) else {
+            panic!("not mirror");
+        };
+        assert!(
+            c.size.is_empty() && !c.json,
+            "sizes default to MIRROR_SIZES"
+        );
+        assert_eq!(mirror_iters(&c), 1000);
+    }
+
+    #[test]
+    fn bringup_is_a_subcommand_of_its_own_also_spelled_bring_up() {
+        for name in ["bringup", "bring-up"] {
+            let Cmd::Bringup(c) = parse(&["ccm-bench", name, "--vis", "1,16", "--reps", "3"])
+            else {
+                panic!("{name} is not bringup");
+            };
+            assert_eq!(c.vis, [1, 16]);
+            assert_eq!(c.reps, 3);
+        }
+        let Cmd::Bringup(c) = parse(&["ccm-bench", "bringup"]) else {
+            panic!("not bringup");
+        };
+        assert_eq!(c.vis, [1, 16, 64]);
+    }
+
+    #[test]
+    fn the_stable_compare_and_failover_names_still_parse() {
+        for (what, want) in [
+            ("latency", "latency"),
+            ("bandwidth", "bandwidth"),
+            ("bringup", "bringup"),
+            ("mirror", "mirror"),
+        ] {
+            let Cmd::Compare { what: w, .. } = parse(&["ccm-bench", "compare", what]) else {
+                panic!("compare {what}");
+            };
+            let got = match w {
+                What::Latency => "latency",
+                What::Bandwidth => "bandwidth",
+                What::Bringup => "bringup",
+                What::Mirror => "mirror",
+            };
+            assert_eq!(got, want);
+        }
+        assert!(matches!(
+            parse(&["ccm-bench", "failover", "--json"]),
+            Cmd::Failover(FailoverArgs { json: true, .. })
+        ));
     }
 }

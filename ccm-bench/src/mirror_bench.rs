@@ -1,5 +1,5 @@
-//! `ccm-bench compare mirror`, our side: the NVRAM mirror client of two real ccm nodes (in one process, on
-//! the lab's rxe devices, see [`crate::pair`]).
+//! `ccm-bench mirror` and our side of `ccm-bench compare mirror`: the NVRAM mirror client of two real ccm
+//! nodes (in one process, on the lab's rxe devices, see [`crate::pair`]).
 //!
 //! * **Latency**: one entry at a time, `append` -> `wait_durable` (the entry's RDMA WRITE completed on
 //!   the RC connection: it is in node 2's memory), per size; HdrHistogram of the waits.
@@ -9,14 +9,16 @@
 //!   batching whatever has accumulated into one chain of WRITEs; bytes of payload / (first append to the
 //!   last entry durable), MB = 2^20 bytes like perftest.
 //!
-//! The peer side (`ib_write_lat`, `ib_write_bw`) runs on the devices of the link the mirror used, after the
-//! nodes have stopped, in the same guest boot.
+//! `ccm-bench mirror` prints these figures alone ([`record`], [`table`]); `compare mirror` adds the peer side
+//! (`ib_write_lat`, `ib_write_bw`), run on the devices of the link the mirror used after the nodes have
+//! stopped, in the same guest boot, raw-verbs floors and the ratios to the same record.
 
 use std::time::{Duration, Instant};
 
-use ccm_core::mirror::Lsn;
+use ccm_core::mirror::{Lsn, ENTRY_ALIGN, ENTRY_HEADER};
 use ccm_verbs::lab::LabTopology;
 use hdrhistogram::Histogram;
+use serde_json::{json, Value};
 
 use crate::pair::{MirrorPair, PairSpec};
 use crate::stats;
@@ -396,4 +398,188 @@ fn latency_pass(
             .map_err(|e| e.to_string())?;
     }
     Ok(h)
+}
+
+/// Bytes one entry of `size` payload bytes takes in the mirror's ring (header, alignment).
+pub fn entry_bytes(size: usize) -> usize {
+    size.saturating_add(ENTRY_HEADER).div_ceil(ENTRY_ALIGN) * ENTRY_ALIGN
+}
+
+/// The `ours` object of one size: append -> durable percentiles (us), throughput (MB/s) and how it was
+/// batched under a window of `window` entries in flight.
+pub fn ours_json(o: &MirrorSize, window: u64) -> Value {
+    let s = stats::summarize(&o.latency);
+    json!({
+        "tool": "ccm nvram mirror (append -> durable)",
+        "p50_us": s.p50_us, "p90_us": s.p90_us, "p99_us": s.p99_us, "p999_us": s.p999_us,
+        "max_us": s.max_us, "samples": s.samples,
+        "mb_per_s": o.mb_per_s, "entries": o.entries, "entries_per_batch": o.entries_per_batch,
+        "window": window, "moved_during_run": o.moved,
+    })
+}
+
+/// Where one size ran: the interconnect and its devices (node 1's, node 2's).
+#[derive(Clone, Debug)]
+pub struct Placement<'a> {
+    /// The interconnect the mirror used.
+    pub interconnect: u8,
+    /// Node 1's device on it.
+    pub device: &'a str,
+    /// Node 2's device on it.
+    pub peer_device: &'a str,
+}
+
+/// One size as one JSON object, our figures only (`ccm-bench mirror --json`): `ours`, `ours_spin` and the
+/// stages. `compare mirror` adds `peer`, the floors and the ratios to it.
+pub fn record(o: &MirrorSize, at: &Placement, iters: u64, remeasured: u32, window: u64) -> Value {
+    let sp = stats::summarize(&o.latency_spin);
+    json!({
+        "bench": "mirror",
+        "size": o.size,
+        "entry_bytes": entry_bytes(o.size),
+        "iters": iters,
+        "interconnect": at.interconnect,
+        "remeasured_sizes": remeasured,
+        "device": at.device,
+        "peer_device": at.peer_device,
+        "ours": ours_json(o, window),
+        "ours_spin": {
+            "tool": "ccm nvram mirror (append -> durable), Mirror::set_spin",
+            "spin_us": SPIN.as_secs_f64() * 1e6,
+            "p50_us": sp.p50_us, "p90_us": sp.p90_us, "p99_us": sp.p99_us, "p999_us": sp.p999_us,
+            "max_us": sp.max_us, "samples": sp.samples,
+        },
+        "stages_p50_us": {
+            "append": o.stages.append_us, "handoff_post": o.stages.handoff_post_us,
+            "completion": o.stages.completion_us, "total_spinning_waiter": o.stages.total_us,
+        },
+    })
+}
+
+/// One size as the human table of `ccm-bench mirror`.
+pub fn table(o: &MirrorSize, at: &Placement, iters: u64, window: u64) -> String {
+    let row = |name: &str, h: &Histogram<u64>| {
+        let s = stats::summarize(h);
+        format!(
+            "  {name:<22} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+            s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+        )
+    };
+    let mut t = format!(
+        "mirror size={} ({} B in the ring) iters={iters} on interconnect {} {}<->{}{}\n  \
+         {:<22} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        o.size,
+        entry_bytes(o.size),
+        at.interconnect,
+        at.device,
+        at.peer_device,
+        if o.moved {
+            " (the mirror moved during the run)"
+        } else {
+            ""
+        },
+        "append -> durable",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us"
+    );
+    t += &row("ccm nvram mirror", &o.latency);
+    t += &row("with set_spin", &o.latency_spin);
+    t += &format!(
+        "  throughput: {:.2} MB/s ({} entries, window {window}, {:.1} entries per batch)\n  \
+         stages p50 us (spinning waiter): append {:.1}, hand-off+post {:.1}, completion {:.1}, total {:.1}\n",
+        o.mb_per_s,
+        o.entries,
+        o.entries_per_batch,
+        o.stages.append_us,
+        o.stages.handoff_post_us,
+        o.stages.completion_us,
+        o.stages.total_us
+    );
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A size's figures from synthetic histograms: waits of 10..=1000 us, spinning ones of 5..=500 us.
+    fn synthetic() -> MirrorSize {
+        let (mut h, mut hs) = (stats::new_histogram(), stats::new_histogram());
+        for us in 1..=100u64 {
+            h.record(us * 10_000).unwrap();
+            hs.record(us * 5_000).unwrap();
+        }
+        MirrorSize {
+            size: 64,
+            latency: h,
+            latency_spin: hs,
+            mb_per_s: 12.5,
+            entries: 1000,
+            entries_per_batch: 3.5,
+            moved: false,
+            stages: Stages {
+                append_us: 1.0,
+                handoff_post_us: 2.0,
+                completion_us: 30.0,
+                total_us: 33.0,
+            },
+            beside: None,
+        }
+    }
+
+    const AT: Placement = Placement {
+        interconnect: 1,
+        device: "rxe2",
+        peer_device: "rxe3",
+    };
+
+    #[test]
+    fn an_ours_only_record_has_our_percentiles_and_throughput_and_nothing_of_a_peer() {
+        let v = record(&synthetic(), &AT, 100, 0, 128);
+        assert_eq!(v["bench"], "mirror");
+        assert_eq!(v["size"], 64);
+        assert_eq!(v["entry_bytes"], entry_bytes(64));
+        assert_eq!(v["interconnect"], 1);
+        assert_eq!(v["device"], "rxe2");
+        let ours = &v["ours"];
+        let us = |k: &str| ours[k].as_f64().unwrap();
+        // HdrHistogram's 3 significant digits: the 50th of 10, 20, ..., 1000 us is 500 us.
+        assert!((us("p50_us") - 500.0).abs() < 1.0, "{ours}");
+        assert!((us("p90_us") - 900.0).abs() < 1.0, "{ours}");
+        assert!((us("p99_us") - 990.0).abs() < 1.0, "{ours}");
+        assert!((us("p999_us") - 1000.0).abs() < 1.0, "{ours}");
+        assert!((us("max_us") - 1000.0).abs() < 1.0, "{ours}");
+        assert_eq!(ours["samples"], 100);
+        assert_eq!(ours["mb_per_s"], 12.5);
+        assert_eq!(ours["window"], 128);
+        assert!((v["ours_spin"]["p50_us"].as_f64().unwrap() - 250.0).abs() < 1.0);
+        assert_eq!(v["stages_p50_us"]["completion"], 30.0);
+        // The same `ours` object as compare mirror's, and none of its other half.
+        assert_eq!(ours, &ours_json(&synthetic(), 128));
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        for k in &keys {
+            assert!(
+                *k != "peer" && !k.starts_with("ratio") && !k.starts_with("floor"),
+                "{k} in an ours-only record: {keys:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_shows_every_percentile_and_the_throughput() {
+        let mut o = synthetic();
+        o.moved = true;
+        let t = table(&o, &AT, 100, 128);
+        assert!(t.contains("interconnect 1 rxe2<->rxe3"), "{t}");
+        assert!(t.contains("the mirror moved"), "{t}");
+        for col in ["p50 us", "p90 us", "p99 us", "p99.9 us", "max us"] {
+            assert!(t.contains(col), "{t}");
+        }
+        let p999 = stats::summarize(&o.latency).p999_us;
+        assert!(t.contains(&format!(" {p999:.2} ")), "{t}");
+        assert!(t.contains("12.50 MB/s"), "{t}");
+    }
 }

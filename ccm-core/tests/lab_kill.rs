@@ -92,6 +92,21 @@ fn detail(dir: &Path, side: &str, kind: &str) -> Option<Value> {
         .cloned()
 }
 
+/// A client's line in a node's `ccm status --json` snapshot, and the node's uptime then (ms).
+fn client_line(dir: &Path, side: &str, name: &str) -> Option<(status::ClientStatusLine, f64)> {
+    let v = status::fetch(&dir.join(format!("{side}.sock"))).ok()?;
+    let s: status::NodeStatus = serde_json::from_value(v).ok()?;
+    let c = s.clients.into_iter().find(|c| c.name == name)?;
+    Some((c, s.uptime_ms))
+}
+
+/// Whether a client's last event, as `ccm status` shows it, is a Ready after `after_ms` of node uptime.
+fn last_event_ready_after(c: &status::ClientStatusLine, after_ms: f64) -> bool {
+    c.last_event
+        .as_ref()
+        .is_some_and(|e| e.what.starts_with("Ready on ic") && e.at_ms > after_ms)
+}
+
 fn num(v: &Option<Value>, field: &str) -> u64 {
     v.as_ref().and_then(|v| v[field].as_u64()).unwrap_or(0)
 }
@@ -185,6 +200,10 @@ fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
         "node A's mirror appending and durable",
         || num(&detail(&dir, "a", "mirror"), "durable") > 500,
     );
+    // `ccm status` shows the running mirror client Ready, and its last event says so.
+    let (mirror, _) = client_line(&dir, "a", "nvram-mirror").expect("A's mirror in ccm status");
+    assert!(mirror.state.starts_with("Ready"), "{mirror:?}");
+    assert!(last_event_ready_after(&mirror, 0.0), "{mirror:?}");
     // One link lost: no takeover.
     let monitor = || detail(&dir, "a", "monitor");
     assert_eq!(num(&monitor(), "partner_down_decisions"), 0);
@@ -202,12 +221,22 @@ fn a_killed_partner_is_declared_down_and_the_mirror_loses_nothing() {
         killed.elapsed().as_secs_f64() * 1e3
     );
     let durable_at_kill = num(&detail(&dir, "a", "mirror"), "durable");
+    let (_, down_ms) = client_line(&dir, "a", "nvram-mirror").expect("A's status");
     // B comes back on the same mirror ring (it survived in /dev/shm) and the mirror resumes.
     procs.0[1] = start(&dir, "b");
     wait_until(
         Duration::from_secs(20),
         "the mirror durable again after B's restart",
         || num(&detail(&dir, "a", "mirror"), "durable") > durable_at_kill + 200,
+    );
+    // Its last event is the new Ready (the status snapshot is republished every 50 ms).
+    wait_until(
+        Duration::from_secs(2),
+        "A's status showing the mirror's Ready after B's restart",
+        || {
+            client_line(&dir, "a", "nvram-mirror")
+                .is_some_and(|(c, _)| last_event_ready_after(&c, down_ms))
+        },
     );
     // The writer stops after its 8 s; then everything must be on B.
     let (a, b) = wait_caught_up(&dir);

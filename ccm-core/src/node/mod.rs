@@ -793,6 +793,8 @@ struct ClientSlot {
     /// Whether the client runs (told Ready, not stopped since): spares are refilled only then.
     running: bool,
     meter: ByteMeter,
+    /// What the node told it last (or its registration), for `ccm status`.
+    last_event: Option<EventRecord>,
 }
 
 struct Driver {
@@ -1161,6 +1163,10 @@ impl Driver {
                             vi_count: spec.vi_count,
                             running: false,
                             meter,
+                            last_event: Some(EventRecord {
+                                at_ms: ms(self.started.elapsed()),
+                                what: "registered".into(),
+                            }),
                         },
                     );
                     self.record(format!("client {} ({}) registered", id.0, spec.name));
@@ -2089,6 +2095,7 @@ impl Driver {
     }
 
     fn tell(&mut self, client: ClientId, event: ClientEvent) {
+        let at_ms = ms(self.started.elapsed());
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
@@ -2128,6 +2135,25 @@ impl Driver {
             }
             ClientEvent::PartnerClosed => ClientNotice::PartnerClosed,
         };
+        // What `ccm status` shows as the client's last event (control path: the text may allocate).
+        let what = match &notice {
+            ClientNotice::Ready {
+                ic,
+                generation,
+                resumed,
+                ..
+            } => format!(
+                "Ready on ic{} (gen {}{})",
+                ic.0,
+                generation.0,
+                if *resumed { ", resumed" } else { "" }
+            ),
+            ClientNotice::Stop { ic } => format!("Stop on ic{}", ic.0),
+            ClientNotice::PartnerSuspect => "PartnerSuspect".into(),
+            ClientNotice::PartnerDown => "PartnerDown".into(),
+            ClientNotice::PartnerClosed => "PartnerClosed".into(),
+        };
+        c.last_event = Some(EventRecord { at_ms, what });
         let _ = c.tx.send(notice);
         // A client that runs now may want spare VIs.
         self.spares_check = true;
@@ -2224,6 +2250,7 @@ impl Driver {
                     .map(|(_, b)| b.vis.len())
                     .sum(),
                 mb_s: self.manager.client_rate(*id).map_or(0.0, status::mb_s),
+                last_event: c.last_event.clone(),
             });
         }
         if let Ok(mut s) = self.status.lock() {

@@ -79,6 +79,10 @@ pub struct ClientStatusLine {
     /// Measured bandwidth over the balance window, MB/s (on the placer: both nodes' posts).
     #[serde(default)]
     pub mb_s: f64,
+    /// The last thing the node told the client (`Ready on ic0 (gen 3)`, `Stop on ic1`, `PartnerDown`, ...),
+    /// or its registration.
+    #[serde(default)]
+    pub last_event: Option<EventRecord>,
 }
 
 /// A recent event, with its time since the node started.
@@ -151,11 +155,15 @@ impl NodeStatus {
                 i.clients.join(",")
             );
         }
-        s += "\nCLIENT  NAME                CLASS  VIS  STANDBY  MB/S      STATE\n";
+        // The state (the manager's Debug form, of any length) comes last.
+        s += "\nCLIENT  NAME                CLASS  VIS  STANDBY  MB/S      LAST EVENT                               STATE\n";
         for c in &self.clients {
+            let last = c.last_event.as_ref().map_or("-".to_string(), |e| {
+                format!("+{:.0} ms {}", e.at_ms, e.what)
+            });
             s += &format!(
-                "{:<7} {:<19} {:<6} {:<4} {:<8} {:<9.2} {}\n",
-                c.id, c.name, c.class, c.vis, c.standby_vis, c.mb_s, c.state
+                "{:<7} {:<19} {:<6} {:<4} {:<8} {:<9.2} {:<40} {}\n",
+                c.id, c.name, c.class, c.vis, c.standby_vis, c.mb_s, last, c.state
             );
         }
         s += "\nRECENT EVENTS\n";
@@ -202,7 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_shows_each_links_load_against_its_capacity_and_each_clients_bandwidth() {
+    fn the_table_shows_each_links_load_each_clients_bandwidth_and_last_event() {
         let s = NodeStatus {
             node: 1,
             partner: 2,
@@ -224,12 +232,25 @@ mod tests {
                 vis: 1,
                 standby_vis: 1,
                 mb_s: 29.5,
+                last_event: Some(EventRecord {
+                    at_ms: 1234.4,
+                    what: "Ready on ic0 (gen 3)".into(),
+                }),
             }],
             ..NodeStatus::default()
         };
         let t = s.table();
         assert!(t.contains("30.0/40 MB/s 75%"), "{t}");
         assert!(t.contains("29.50"), "{t}");
+        assert!(t.contains("LAST EVENT"), "{t}");
+        assert!(t.contains("+1234 ms Ready on ic0 (gen 3)"), "{t}");
+        // `--json` carries it too.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v["clients"][0]["last_event"]["what"],
+            "Ready on ic0 (gen 3)"
+        );
+        assert_eq!(v["clients"][0]["last_event"]["at_ms"], 1234.4);
         // A status from a node without load figures still reads.
         let old: NodeStatus = serde_json::from_str(
             r#"{"node":1,"partner":2,"uptime_ms":1.0,"partner_state":"Up","events":[],
@@ -238,6 +259,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.interconnects[0].load, None);
+        assert_eq!(old.clients[0].last_event, None);
         assert!(old.table().contains(" - "), "{}", old.table());
     }
 }

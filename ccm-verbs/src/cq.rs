@@ -167,6 +167,15 @@ pub struct CqEvent {
     pub cq_handle: u32,
 }
 
+impl std::os::fd::AsFd for CompletionChannel {
+    /// The channel's fd, for `poll(2)` alongside others.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the channel's fd is open until `ibv_destroy_comp_channel`, which runs only when
+        // the last clone (this one among them) is dropped.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) }
+    }
+}
+
 impl CompletionChannel {
     /// Creates a channel on `ctx` and makes its fd nonblocking.
     pub fn new(ctx: &Context) -> Result<CompletionChannel> {

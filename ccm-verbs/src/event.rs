@@ -117,6 +117,15 @@ pub struct AsyncEvents {
     ctx: Context,
 }
 
+impl std::os::fd::AsFd for AsyncEvents {
+    /// The async fd, for `poll(2)` alongside others.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the context's async fd is open as long as the context, which `self` keeps alive
+        // for the borrow's lifetime.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ctx.async_fd()) }
+    }
+}
+
 impl AsyncEvents {
     /// A reader for `ctx` (sets its async fd nonblocking).
     pub fn new(ctx: &Context) -> Result<AsyncEvents> {

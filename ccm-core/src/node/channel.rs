@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ccm_verbs::{
-    AccessFlags, Completion, CompletionQueue, Context, DeviceList, Endpoint, Gid, GidEntry,
-    InitAttr, MemoryRegion, Mtu as VerbsMtu, ProtectionDomain, QpCaps, QueuePair, RtrAttr, RtsAttr,
-    SendOp, SendWr,
+    AccessFlags, Completion, CompletionChannel, CompletionQueue, Context, DeviceList, Endpoint,
+    Gid, GidEntry, InitAttr, MemoryRegion, Mtu as VerbsMtu, ProtectionDomain, QpCaps, QueuePair,
+    RtrAttr, RtsAttr, SendOp, SendWr,
 };
 
 use crate::wire::{InterconnectId, Mtu, ViAddress};
@@ -231,8 +231,22 @@ impl RcChannel {
         slot_size: u32,
         send_depth: u32,
     ) -> Result<RcChannel, ccm_verbs::Error> {
-        let cq = CompletionQueue::new(&dev.ctx, slots + 8, None)?;
-        let send_cq = CompletionQueue::new(&dev.ctx, send_depth + 8, None)?;
+        RcChannel::create_notified(dev, pd, slots, slot_size, send_depth, None)
+    }
+
+    /// [`create`](Self::create), with the completion queues tied to `events`: once
+    /// [`arm_receives`](Self::arm_receives) was called, the next receive makes the channel's fd
+    /// readable, so a thread can sleep in `poll(2)` instead of polling the queues on a timer.
+    pub fn create_notified(
+        dev: &IcDevice,
+        pd: &ProtectionDomain,
+        slots: u32,
+        slot_size: u32,
+        send_depth: u32,
+        events: Option<&CompletionChannel>,
+    ) -> Result<RcChannel, ccm_verbs::Error> {
+        let cq = CompletionQueue::new(&dev.ctx, slots + 8, events)?;
+        let send_cq = CompletionQueue::new(&dev.ctx, send_depth + 8, events)?;
         let caps = QpCaps {
             max_send_wr: send_depth,
             max_recv_wr: slots,
@@ -414,6 +428,14 @@ impl RcChannel {
             }
         }
         failed
+    }
+
+    /// Arm the receive queue's completions: the next receive raises an event on the completion channel
+    /// the channel was created with ([`create_notified`](Self::create_notified)). Arm first, then poll
+    /// until empty: a completion that came before the arming is found by the poll, any later one
+    /// raises the event. Send completions raise none: they are found by the next poll.
+    pub fn arm_receives(&self) -> Result<(), ccm_verbs::Error> {
+        self.cq.req_notify(false)
     }
 
     /// Put the queue pair in the error state: every outstanding work request completes flushed.

@@ -98,8 +98,13 @@ pub fn run(
         }
     };
     loop {
+        // It wakes for its next heartbeat and then takes the peer's beats that arrived meanwhile: they
+        // are counted, never judged (the manager decides about the partner), so nothing is gained by
+        // looking more often, and each wake-up costs CPU that the node's driver and rxe need.
         let wait = if vi.is_some() {
-            Duration::from_millis(1)
+            next_beat
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(100))
         } else {
             Duration::from_millis(20)
         };

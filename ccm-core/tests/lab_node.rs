@@ -894,3 +894,69 @@ fn a_partner_speaking_an_incompatible_version_is_refused_on_both_sides_and_retri
         n.join();
     }
 }
+
+/// What the driver relies on to see an rxe device's deletion at once (rxe raises no DEVICE_FATAL): the
+/// kernel announces the removal of the device's uverbs node while the deletion still waits for the open
+/// context, and nothing else (a port going down and up) is taken for a removal.
+#[test]
+fn a_deleted_device_is_announced_by_a_kernel_uevent_while_its_context_is_open() {
+    use ccm_core::node::uevents::DeviceRemovals;
+    use std::os::fd::AsFd;
+    let Some(lab) = LabTopology::from_env_or_skip("deleted_device_uevent") else {
+        return;
+    };
+    let removals = DeviceRemovals::open().expect("a NETLINK_KOBJECT_UEVENT socket");
+    let side = &lab.ic(1).b;
+    let ctx = ccm_verbs::Context::open(&side.device).expect("open the device");
+    let mut buf = [0u8; 4096];
+    let wait_for_uevent = |limit: Duration| {
+        let mut fds = [nix::poll::PollFd::new(
+            removals.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = limit.as_millis() as u16;
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).unwrap_or(0) > 0
+    };
+
+    // A port down and up makes uevents of its own, none of them a removal.
+    lab.fault(&["link-down", "1"]).expect("link down");
+    lab.fault(&["link-up", "1"]).expect("link up");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(500) {
+        if wait_for_uevent(Duration::from_millis(100)) {
+            assert!(!removals.take(&mut buf), "a port flap taken for a removal");
+        }
+    }
+
+    /// Adds the device back however the test ends.
+    struct AddBack<'a>(&'a LabTopology);
+    impl Drop for AddBack<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.fault(&["dev-add", "1", "B"]);
+        }
+    }
+    let add_back = AddBack(&lab);
+    let mut del = std::process::Command::new(lab.fault_script())
+        .args(["dev-del", "1", "B"])
+        .spawn()
+        .expect("dev-del");
+    let t0 = Instant::now();
+    let mut announced = false;
+    while !announced && t0.elapsed() < Duration::from_secs(5) {
+        if wait_for_uevent(Duration::from_millis(100)) {
+            announced = removals.take(&mut buf);
+        }
+    }
+    eprintln!(
+        "{} deleted: announced {announced} after {:?}",
+        side.device,
+        t0.elapsed()
+    );
+    assert!(announced, "no removal uevent within 5 s of the deletion");
+    assert!(ctx.is_removed(), "the announced device is the one deleted");
+    // The deletion finishes once the context is closed; then the device is added back.
+    drop(ctx);
+    let st = del.wait().expect("dev-del finished");
+    assert!(st.success(), "dev-del: {st}");
+    drop(add_back);
+}

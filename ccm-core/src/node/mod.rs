@@ -83,9 +83,10 @@ pub enum NodeError {
 }
 
 /// How often the driver looks at its ports when no event woke it: the safety net. It sleeps on the
-/// events that make it look at once: a port that goes down raises IBV_EVENT_PORT_ERR within about a
-/// millisecond on rxe, and a deleted device (rxe raises no DEVICE_FATAL) is announced by the kernel's
-/// uevent of its uverbs device ([`uevents`]). Each look is one `ibv_query_port` system call per
+/// events that make it look at once: a port that goes down raises IBV_EVENT_PORT_ERR (2-17 ms after
+/// the port reads DOWN in the lab; a client's VI error on the link in use makes the driver look before
+/// that), and a deleted device (rxe raises no DEVICE_FATAL) is announced by the kernel's uevent of its
+/// uverbs device ([`uevents`]). Each look is one `ibv_query_port` system call per
 /// interconnect, and each wake-up of an idle node costs CPU (about half a millisecond in the lab guest).
 const PORT_POLL: Duration = Duration::from_millis(50);
 
@@ -410,8 +411,8 @@ struct Sess {
     control: RcChannel,
     connected: bool,
     confirmed: bool,
-    /// Whether the control VI's queues are armed (their next completion wakes the driver). Cleared by
-    /// an event of the interconnect's completion channel.
+    /// Whether the control VI's receive queue is armed (its next completion wakes the driver). Cleared
+    /// by an event of the interconnect's completion channel, set again at the next poll.
     armed: bool,
     confirm_deadline: Option<Time>,
     /// The partner's PeerInfo and what followed it on TCP, held until the control VI is confirmed.
@@ -1116,13 +1117,14 @@ impl Driver {
             timeout = timeout.min(t.saturating_since(now));
         }
         if !self.sessions.is_empty() {
-            // Control-VI completions and async events wake the driver through their fds; the ports are
-            // also looked at every `PORT_POLL` (a missed event, a removed device). A control VI without a
-            // completion channel (its creation failed) is polled every millisecond, as before.
+            // Control-VI receives and async events wake the driver through their fds; the ports are
+            // also looked at every `PORT_POLL` (a missed event). A control VI that cannot wake it (no
+            // completion channel on its device, or its arming failed) is polled every millisecond, as
+            // before: its heartbeats must not wait for the next look.
             let unnotified = self
                 .sessions
                 .values()
-                .any(|s| self.ics[s.ic.0 as usize].completions.is_none());
+                .any(|s| !s.armed || self.ics[s.ic.0 as usize].completions.is_none());
             timeout = timeout.min(if unnotified {
                 Duration::from_millis(1)
             } else {

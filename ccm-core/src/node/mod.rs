@@ -5,7 +5,7 @@
 //! (the control VIs' receives are armed on it) and a wake-up pipe that client threads write to, until
 //! the manager's next deadline or [`PORT_POLL`] at most. So an idle node wakes for its heartbeats,
 //! its partner's and the port look, not every millisecond (measured in the lab guest: the driver
-//! thread of an idle node took 30-37 % of a vCPU with a 1 ms poll, 9 % now).
+//! thread of an idle node took 35-40 % of a vCPU with a 1 ms poll, 9-10 % now).
 //!
 //! | manager action | what the driver does |
 //! | --- | --- |

@@ -511,16 +511,16 @@ fn run(cli: Cli) -> AnyResult<()> {
             }
         }
         Cmd::Failover(_) => unreachable!("handled in main"),
-        Cmd::Mirror(c) => mirror(&c)?,
-        Cmd::Bringup(c) => bringup(&c)?,
+        Cmd::Mirror(c) => mirror(&counted(c, "mirror")?)?,
+        Cmd::Bringup(c) => bringup(&counted(c, "bringup")?)?,
         Cmd::Compare {
             what: What::Mirror,
             common: c,
-        } => compare_mirror(&c)?,
+        } => compare_mirror(&counted(c, "compare mirror")?)?,
         Cmd::Compare {
             what: What::Bringup,
             common: c,
-        } => compare_bringup(&c)?,
+        } => compare_bringup(&counted(c, "compare bringup")?)?,
         Cmd::Compare { what, common: c } => {
             let bw = matches!(what, What::Bandwidth);
             let mut curves = Vec::new();
@@ -655,6 +655,19 @@ fn failover(a: FailoverArgs) -> AnyResult<ExitCode> {
             ExitCode::FAILURE
         },
     )
+}
+
+/// The arguments of a benchmark that counts (entries, connections) and has no timed mode: `-D` is
+/// refused with a clear error rather than ignored.
+fn counted(c: Common, what: &str) -> AnyResult<Common> {
+    match c.duration {
+        Some(_) => Err(format!(
+            "ccm-bench {what}: -D/--duration is not supported here (it counts entries with -n, or \
+             connections with --vis)"
+        )
+        .into()),
+        None => Ok(c),
+    }
 }
 
 const MIRROR_SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
@@ -1145,6 +1158,21 @@ mod tests {
             "sizes default to MIRROR_SIZES"
         );
         assert_eq!(mirror_iters(&c), 1000);
+    }
+
+    #[test]
+    fn a_duration_is_refused_where_only_counts_make_sense() {
+        let Cmd::Mirror(c) = parse(&["ccm-bench", "mirror", "-D", "5"]) else {
+            panic!("not mirror");
+        };
+        let Err(e) = counted(c, "mirror") else {
+            panic!("-D accepted by mirror");
+        };
+        assert!(e.to_string().contains("-D/--duration"), "{e}");
+        let Cmd::Bringup(c) = parse(&["ccm-bench", "bringup"]) else {
+            panic!("not bringup");
+        };
+        assert!(counted(c, "bringup").is_ok());
     }
 
     #[test]

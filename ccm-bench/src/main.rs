@@ -816,6 +816,8 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             ("floor_entry", None, 0),
             ("floor_entry_inline", None, 256),
             ("floor_imm", Some(ImmPeer::Repost), 0),
+            ("floor_imm_parked", Some(ImmPeer::Parked), 0),
+            ("floor_imm_sleeper", Some(ImmPeer::Sleeper), 0),
             ("floor_imm_ack", Some(ImmPeer::Ack), 0),
         ] {
             // Inline data (copied into the work request by the provider) only where the entry fits.

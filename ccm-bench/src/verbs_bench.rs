@@ -13,9 +13,9 @@
 
 use ccm_verbs::clock::{cycles, Calibration};
 use ccm_verbs::{
-    random_psn, AccessFlags, Completion, CompletionQueue, Context, Error as VerbsError, GidEntry,
-    GidType, InitAttr, MemoryRegion, ProtectionDomain, QpCaps, QueuePair, RemoteAddr, RtrAttr,
-    RtsAttr, SendOp, SendWr, Sge,
+    random_psn, AccessFlags, Completion, CompletionChannel, CompletionQueue, Context,
+    Error as VerbsError, GidEntry, GidType, InitAttr, MemoryRegion, ProtectionDomain, QpCaps,
+    QueuePair, RemoteAddr, RtrAttr, RtsAttr, SendOp, SendWr, Sge,
 };
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -122,6 +122,8 @@ pub struct Side {
     pub send_cq: CompletionQueue,
     /// Receive CQ.
     pub recv_cq: CompletionQueue,
+    /// The receive CQ's completion channel (events only once armed: unused by the busy-polling benches).
+    pub recv_events: CompletionChannel,
     /// The RC QP.
     pub qp: QueuePair,
     /// The GID used.
@@ -149,7 +151,8 @@ impl Side {
         let gid = select_gid(&ctx, spec.gid_ip)?;
         let pd = ProtectionDomain::new(&ctx)?;
         let send_cq = CompletionQueue::new(&ctx, q.send_depth.max(16), None)?;
-        let recv_cq = CompletionQueue::new(&ctx, q.recv_depth.max(16), None)?;
+        let recv_events = CompletionChannel::new(&ctx)?;
+        let recv_cq = CompletionQueue::new(&ctx, q.recv_depth.max(16), Some(&recv_events))?;
         let qp = QueuePair::new_rc(
             &pd,
             &send_cq,
@@ -176,6 +179,7 @@ impl Side {
             pd,
             send_cq,
             recv_cq,
+            recv_events,
             qp,
             gid,
             mr,
@@ -410,6 +414,12 @@ pub const ACK_BYTES: usize = 28;
 pub enum ImmPeer {
     /// B's thread reposts each consumed receive, nothing else.
     Repost,
+    /// As `Repost`, but B's thread parks 1 ms whenever its queue is empty (the mirror thread's
+    /// idle wait).
+    Parked,
+    /// As `Repost`, but B's thread sleeps on the receive queue's completion channel (armed) whenever
+    /// the queue is empty: rxe then wakes it from the receive's completion, before it sends the ACK.
+    Sleeper,
     /// B's thread reposts and answers every notification with an [`ACK_BYTES`] inline SEND (signalled,
     /// its completion polled), and a thread on A reposts the receives those answers consume: the
     /// mirror's protocol without its code.
@@ -427,7 +437,7 @@ pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -
     let done = AtomicBool::new(false);
     let mut out = Vec::with_capacity(iters as usize);
     // Receives of one side: reposted as they complete; with `answer`, each one is answered.
-    let serve = |s: &Side, answer: bool| -> Result<u64> {
+    let serve = |s: &Side, answer: bool, idle: ImmPeer| -> Result<u64> {
         let rsge = [s.mr.slice(s.rx_off, s.size.max(1))?];
         let ack = [0x5au8; ACK_BYTES];
         let mut wc = [Completion::default(); 16];
@@ -463,7 +473,20 @@ pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -
             }
             pending -= m as u64;
             if n == 0 && m == 0 {
-                std::thread::yield_now();
+                match idle {
+                    ImmPeer::Parked => std::thread::park_timeout(Duration::from_millis(1)),
+                    ImmPeer::Sleeper => {
+                        // Arm, then look once more (a receive before the arming raises no event).
+                        s.recv_cq.req_notify(false)?;
+                        if s.recv_cq.poll(&mut wc[..1])? == 1 {
+                            check(&wc[0], "receive")?;
+                            s.qp.post_recv_one(wc[0].wr_id(), &rsge)?;
+                            continue;
+                        }
+                        let _ = s.recv_events.get_event(Duration::from_millis(20))?;
+                    }
+                    _ => std::thread::yield_now(),
+                }
             }
         }
         Ok(sent)
@@ -488,8 +511,8 @@ pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -
     };
     let answer = peer == ImmPeer::Ack;
     let (r, rb, ra) = std::thread::scope(|sc| {
-        let hb = sc.spawn(|| serve(b, answer));
-        let ha = answer.then(|| sc.spawn(|| serve(a, false)));
+        let hb = sc.spawn(|| serve(b, answer, peer));
+        let ha = answer.then(|| sc.spawn(|| serve(a, false, ImmPeer::Repost)));
         let r = run();
         done.store(true, Ordering::Relaxed);
         (r, hb.join(), ha.map(|h| h.join()))

@@ -171,6 +171,13 @@ impl Pair {
         self.drain(n);
     }
 
+    /// `msg` arrives at node `n` from its partner on interconnect `ic`'s session (the pair numbers
+    /// each interconnect's session after it).
+    fn deliver(&mut self, n: usize, ic: InterconnectId, msg: Message) {
+        let session = SessionId(ic.0 as u64);
+        self.input(n, Input::Message { ic, session, msg });
+    }
+
     /// Runs until `until`, delivering messages and firing timers in time order.
     fn run_until(&mut self, until: Time) {
         loop {
@@ -1599,15 +1606,12 @@ fn the_follower_answers_a_ready_for_a_standby_it_does_not_hold_with_a_client_res
         windows: vec![],
     };
     let steps_before = p.steps[1].len();
-    p.input(
+    p.deliver(
         1,
-        Input::Message {
-            ic: other,
-            session: SessionId(other.0 as u64),
-            msg: Message::Standby(ccm_core::wire::ClientInfo {
-                entries: vec![stale],
-            }),
-        },
+        other,
+        Message::Standby(ccm_core::wire::ClientInfo {
+            entries: vec![stale],
+        }),
     );
     assert!(!p.steps[1][steps_before..]
         .iter()
@@ -1616,18 +1620,15 @@ fn the_follower_answers_a_ready_for_a_standby_it_does_not_hold_with_a_client_res
     // A Ready for a newer generation it does not hold: the follower says so with a ClientReset.
     let unknown = Generation(g.0 + 100);
     let sent_before = p.sent[1].len();
-    p.input(
+    p.deliver(
         1,
-        Input::Message {
-            ic: other,
-            session: SessionId(other.0 as u64),
-            msg: Message::Ready(ccm_core::wire::Ready {
-                clients: vec![ccm_core::wire::ClientRef {
-                    client: ClientId(1),
-                    generation: unknown,
-                }],
-            }),
-        },
+        other,
+        Message::Ready(ccm_core::wire::Ready {
+            clients: vec![ccm_core::wire::ClientRef {
+                client: ClientId(1),
+                generation: unknown,
+            }],
+        }),
     );
     assert!(p.sent[1][sent_before..].iter().any(|(_, m)| matches!(
         m,
@@ -1648,21 +1649,18 @@ fn a_client_entry_for_a_client_not_registered_here_is_answered_with_a_client_clo
     p.run_for(Duration::from_millis(5));
     let on = p.ready_on(1, 1).expect("ready");
     let sent_before = p.sent[1].len();
-    p.input(
+    p.deliver(
         1,
-        Input::Message {
-            ic: on,
-            session: SessionId(on.0 as u64),
-            msg: Message::ClientInfo(ccm_core::wire::ClientInfo {
-                entries: vec![ccm_core::wire::ClientEntry {
-                    client: ClientId(9),
-                    name: "client-9".into(),
-                    generation: Generation(40),
-                    vis: vec![vi(on.0, 4000), vi(on.0, 4001)],
-                    windows: vec![],
-                }],
-            }),
-        },
+        on,
+        Message::ClientInfo(ccm_core::wire::ClientInfo {
+            entries: vec![ccm_core::wire::ClientEntry {
+                client: ClientId(9),
+                name: "client-9".into(),
+                generation: Generation(40),
+                vis: vec![vi(on.0, 4000), vi(on.0, 4001)],
+                windows: vec![],
+            }],
+        }),
     );
     assert!(p.sent[1][sent_before..]
         .iter()

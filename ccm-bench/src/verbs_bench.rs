@@ -444,8 +444,12 @@ pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -
         let mut swc = [Completion::default(); 16];
         let mut sent = 0u64;
         let mut pending = 0u64;
+        // (`ImmPeer::Sleeper`) The receive queue is armed and was polled empty since.
+        let mut armed = false;
         while !done.load(Ordering::Relaxed) {
             let n = s.recv_cq.poll(&mut wc)?;
+            // A receive since the arming used it up (its event is pending): arm again before a sleep.
+            armed &= n == 0;
             for c in &wc[..n] {
                 check(c, "receive")?;
                 s.qp.post_recv_one(c.wr_id(), &rsge)?;
@@ -475,15 +479,15 @@ pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -
             if n == 0 && m == 0 {
                 match idle {
                     ImmPeer::Parked => std::thread::park_timeout(Duration::from_millis(1)),
-                    ImmPeer::Sleeper => {
-                        // Arm, then look once more (a receive before the arming raises no event).
-                        s.recv_cq.req_notify(false)?;
-                        if s.recv_cq.poll(&mut wc[..1])? == 1 {
-                            check(&wc[0], "receive")?;
-                            s.qp.post_recv_one(wc[0].wr_id(), &rsge)?;
-                            continue;
-                        }
+                    // Arm and look once more (a receive before the arming raises no event); sleep only
+                    // when that look, armed, found nothing either.
+                    ImmPeer::Sleeper if armed => {
                         let _ = s.recv_events.get_event(Duration::from_millis(20))?;
+                        armed = false;
+                    }
+                    ImmPeer::Sleeper => {
+                        s.recv_cq.req_notify(false)?;
+                        armed = true;
                     }
                     _ => std::thread::yield_now(),
                 }

@@ -110,6 +110,11 @@ fn main() -> ExitCode {
     let boot_at_main = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(Duration::from)
         .unwrap_or_default();
+    // Wall clock at `main()`, logged so that a launcher that noted the time before its exec can tell
+    // how long the process took to reach `main()` (scripts/lab/bringup-bench does).
+    let unix_at_main = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     // `ccm node`: the first device list loads the verbs provider (tens of ms in the emulated lab). It
     // needs nothing from the configuration, so it is made now, on a thread of its own, while arguments,
     // logging and the configuration are set up; the node opens its devices from it.
@@ -156,7 +161,7 @@ fn main() -> ExitCode {
             run_for,
             started,
             [logging, parsed],
-            boot_at_main,
+            (boot_at_main, unix_at_main),
             early,
             early_config,
         ),
@@ -222,17 +227,17 @@ impl EarlyConfig {
 type Detail = Box<dyn Fn() -> Value + Send + Sync>;
 
 /// `marks`: when logging was set up and the arguments parsed, in ms since `main()`.
-/// `boot_at_main`: CLOCK_BOOTTIME when `main()` began (for [`before_main`]).
+/// `at_main`: CLOCK_BOOTTIME (for [`before_main`]) and the wall clock when `main()` began.
 fn run_node(
     path: &Path,
     run_for: Option<f64>,
     started: Instant,
     marks: [f64; 2],
-    boot_at_main: Duration,
+    (boot_at_main, unix_at_main): (Duration, Duration),
     early: Option<EarlyDevices>,
     early_config: Option<EarlyConfig>,
 ) -> Res {
-    tracing::info!(target: "ccm::node", at_ms = ms_since(started), "process started (logging set up at {:.2} ms, arguments parsed at {:.2} ms), reading {}", marks[0], marks[1], path.display());
+    tracing::info!(target: "ccm::node", at_ms = ms_since(started), main_unix_ns = unix_at_main.as_nanos() as u64, "process started (logging set up at {:.2} ms, arguments parsed at {:.2} ms), reading {}", marks[0], marks[1], path.display());
     let (cfg, from, to) = match early_config.map(|e| e.0.join()) {
         Some(Ok(read)) => read,
         _ => {

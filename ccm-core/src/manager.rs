@@ -1022,6 +1022,9 @@ struct Link {
     /// When the placer last connected (a [`Input::PartnerListening`] brings no connect closer to it
     /// than `backoff_min`).
     attempted_at: Time,
+    /// When the node first reported this interconnect's port ([`Input::PortState`]: its device is
+    /// open); `None` before (the node opens the devices after the first one later).
+    port_known_at: Option<Time>,
 }
 
 impl Link {
@@ -1177,6 +1180,7 @@ impl Manager {
                 healthy_since: now,
                 attempt: 0,
                 attempted_at: now,
+                port_known_at: None,
             })
             .collect();
         let mut m = Manager {
@@ -1253,10 +1257,12 @@ impl Manager {
         if let Partner::Suspect { down_at, .. } = self.partner {
             at(down_at);
         }
-        // Wake up when the home grace ends, to place clients that waited for their home.
-        if let Some(t) = self.partner_up_at.map(|t| t + self.cfg.home_grace) {
-            if self.cfg.is_placer() && t > self.now {
-                at(t);
+        // Wake up when a home grace ends, to place clients that waited for their home.
+        if self.cfg.is_placer() {
+            for l in &self.links {
+                if let Some(t) = self.home_grace_end(l).filter(|t| *t > self.now) {
+                    at(t);
+                }
             }
         }
         if self.cfg.is_placer() {
@@ -1483,8 +1489,9 @@ impl Manager {
                 .iter()
                 .any(|l| l.up().is_some() && passed(l.healthy_since + self.cfg.failback_hold_down))
             || self
-                .partner_up_at
-                .is_some_and(|t| passed(t + self.cfg.home_grace))
+                .links
+                .iter()
+                .any(|l| self.home_grace_end(l).is_some_and(passed))
             || self.clients.values().any(|c| {
                 c.retry_at.is_some_and(passed)
                     || c.standby_retry_at.is_some_and(passed)
@@ -2558,6 +2565,7 @@ impl Manager {
         let Some(i) = self.index(ic) else { return };
         let was = self.links[i].port_up;
         self.links[i].port_up = up;
+        self.links[i].port_known_at.get_or_insert(now);
         if !up {
             if !matches!(self.links[i].phase, Phase::PortDown) {
                 self.fail_link(now, i, LinkFailure::PortDown);
@@ -3249,15 +3257,27 @@ impl Manager {
         }
     }
 
-    /// Whether an unplaced client should wait for its home `ic`: the partner became reachable less
-    /// than `home_grace` ago and the home's port is up (it is still connecting or handshaking).
+    /// Whether an unplaced client should wait for its home `ic`: its port is up (it is still
+    /// connecting or handshaking, or its device is not open yet) and its grace has not ended
+    /// ([`home_grace_end`](Self::home_grace_end)).
     fn home_coming_up(&self, ic: InterconnectId, now: Time) -> bool {
         let l = &self.links[ic.0 as usize];
         l.port_up
             && !matches!(l.phase, Phase::PortDown)
-            && self
-                .partner_up_at
-                .is_some_and(|t| now < t + self.cfg.home_grace)
+            && self.home_grace_end(l).is_some_and(|t| now < t)
+    }
+
+    /// When clients stop waiting for home `l` at bring-up: `home_grace` after the partner became
+    /// reachable or after `l`'s device was opened (its port reported), whichever is later; a device
+    /// not open yet is waited for at most four graces after the partner became reachable. (The node
+    /// opens the devices after the first one once the first heartbeat arrived: a grace counted from
+    /// the partner alone ran out while the second device was still opening.)
+    fn home_grace_end(&self, l: &Link) -> Option<Time> {
+        let partner = self.partner_up_at?;
+        Some(match l.port_known_at {
+            Some(known) => partner.max(known) + self.cfg.home_grace,
+            None => partner + self.cfg.home_grace * 4,
+        })
     }
 
     /// A new binding (generation) of `id` on `to` with `vi_count` VIs: 420 starts.

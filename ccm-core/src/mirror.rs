@@ -163,6 +163,11 @@ pub struct Batch {
     pub last_lsn: Lsn,
     /// Ring position just after the batch.
     pub end_pos: u64,
+    /// Ask the partner to wake for this batch's notification (a solicited event): half of its
+    /// notification credits are spent, or half of the ring waits for its ack. Otherwise a partner that
+    /// sleeps until solicited (or until its idle timeout) applies and acks the batch later, off the
+    /// writer's latency path; durability never waits for the ack.
+    pub solicit: bool,
 }
 
 impl Batch {
@@ -404,6 +409,8 @@ pub struct MirrorWriter {
     /// Notifications the partner has receives posted for, in total (from its acks).
     credits_granted: u64,
     notifications_sent: u64,
+    /// Notification credits a connection starts with (the partner's window).
+    window: u64,
     digest: Digest,
 }
 
@@ -429,6 +436,7 @@ impl MirrorWriter {
             in_flight_len: 0,
             credits_granted: initial_credits,
             notifications_sent: 0,
+            window: initial_credits,
             digest: Digest::default(),
         })
     }
@@ -499,6 +507,7 @@ impl MirrorWriter {
             in_flight_len: 0,
             credits_granted: initial_credits,
             notifications_sent: 0,
+            window: initial_credits,
             digest: walker.digest(),
         };
         Ok((w, found.entries))
@@ -686,12 +695,15 @@ impl MirrorWriter {
             segments[0] = Segment { offset: start, len };
             1
         };
+        // Credits left once this batch's notification is sent.
+        let credits_left = self.credits_granted - self.notifications_sent - 1;
         let batch = Batch {
             id: self.next_batch_id,
             segments,
             segment_count,
             last_lsn: self.last_lsn(),
             end_pos: self.head,
+            solicit: credits_left <= self.window / 2 || self.free() < self.capacity / 2,
         };
         self.next_batch_id += 1;
         self.sent = self.head;
@@ -769,6 +781,7 @@ impl MirrorWriter {
         self.sent_lsn = self.durable_lsn;
         self.notifications_sent = 0;
         self.credits_granted = credits;
+        self.window = credits;
     }
 
     /// The link carrying the mirror failed, or the mirror moves to another link: batches in flight are
@@ -1337,6 +1350,41 @@ mod tests {
         assert!(w.next_batch().is_none(), "one credit, one notification");
         w.applied(0, Lsn(0), 2).unwrap();
         assert!(w.next_batch().is_some());
+    }
+
+    #[test]
+    fn the_partner_is_asked_to_wake_once_half_its_credits_are_spent_or_half_the_ring_awaits_its_ack(
+    ) {
+        let mut local = vec![0u8; CAP as usize];
+        let mut w = MirrorWriter::new(CAP, 8).unwrap();
+        let mut solicited = vec![];
+        for _ in 0..5 {
+            w.append(&mut local, b"x").unwrap();
+            let b = w.next_batch().unwrap();
+            w.batch_completed(b.id).unwrap();
+            solicited.push(b.solicit);
+        }
+        // 8 credits: 7, 6, 5 left after the first three; 4 (half) after the fourth.
+        assert_eq!(solicited, [false, false, false, true, true]);
+        // The partner's ack grants 5 more: 8 left, so the next batch lets it sleep.
+        w.applied(5 * 64, Lsn(5), 13).unwrap();
+        w.append(&mut local, b"x").unwrap();
+        assert!(!w.next_batch().unwrap().solicit);
+
+        // Plenty of credits, but the ring fills: 1 KiB slots in a 4 KiB ring, none acked.
+        let mut w = MirrorWriter::new(CAP, 64).unwrap();
+        let mut solicited = vec![];
+        for _ in 0..3 {
+            w.append(&mut local, &[7u8; 960]).unwrap();
+            let b = w.next_batch().unwrap();
+            w.batch_completed(b.id).unwrap();
+            solicited.push(b.solicit);
+        }
+        assert_eq!(
+            solicited,
+            [false, false, true],
+            "free 3 KiB, 2 KiB, then 1 KiB of 4"
+        );
     }
 
     #[test]

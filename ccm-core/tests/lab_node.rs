@@ -730,7 +730,18 @@ fn sixty_four_clients_per_node_all_come_up_with_no_link_flap() {
         .iter()
         .filter(|c| c.stops.load(Ordering::Relaxed) > 0)
         .count();
-    assert_eq!(stopped, 0, "no client was ever stopped");
+    assert_eq!(
+        stopped,
+        0,
+        "no client was ever stopped; the nodes' events: {:#?}",
+        [0, 1].map(|i| pair
+            .handle(i)
+            .status()
+            .events
+            .iter()
+            .map(|e| format!("{:.1} {}", e.at_ms, e.what))
+            .collect::<Vec<_>>())
+    );
     pair.shutdown();
 }
 

@@ -49,6 +49,15 @@ impl Pair {
 
     /// `follower_started: false` models a follower process that is not running yet.
     fn new_with(a: Config, b: Config, follower_started: bool) -> Pair {
+        Pair::new_reporting(a, b, follower_started, None)
+    }
+
+    /// Interconnect `ic`'s device is not open yet on either node: its port is not reported at start.
+    fn new_unreported(ic: u8, a: Config, b: Config) -> Pair {
+        Pair::new_reporting(a, b, true, Some(ic))
+    }
+
+    fn new_reporting(a: Config, b: Config, follower_started: bool, unreported: Option<u8>) -> Pair {
         let n = a.interconnects as usize;
         let mut p = Pair {
             m: [
@@ -66,6 +75,18 @@ impl Pair {
             sent: [Vec::new(), Vec::new()],
             sid: 0,
         };
+        // Both nodes opened their devices at start: a node reports each port as its device opens.
+        for m in &mut p.m {
+            for ic in (0..n as u8).filter(|ic| Some(*ic) != unreported) {
+                m.handle(
+                    Time::ZERO,
+                    Input::PortState {
+                        ic: InterconnectId(ic),
+                        up: true,
+                    },
+                );
+            }
+        }
         // The follower listens before the placer's first connect is carried out.
         p.drain(1);
         if !follower_started {
@@ -1323,6 +1344,38 @@ fn at_bring_up_a_client_whose_home_stays_broken_starts_elsewhere_after_the_grace
         "home after the hold-down"
     );
     assert_eq!(p.ready_on(1, 1), Some(InterconnectId(0)));
+}
+
+/// The node opens the devices after the first one once the first heartbeat arrived: a home whose device
+/// opens late is waited for, its grace counted from its opening, not from the partner's first contact.
+#[test]
+fn at_bring_up_a_client_waits_for_a_home_whose_device_opens_late_from_its_opening() {
+    let mut p = Pair::new_unreported(1, Pair::config(1, 2, 2), Pair::config(2, 1, 2));
+    let grace = p.m[0].config().home_grace;
+    p.cut_from_start(1);
+    // A High client: its home is the last interconnect.
+    p.register(0, 2, BandwidthClass::High);
+    p.register(1, 2, BandwidthClass::High);
+    // Interconnect 1's device opens (its port is reported) after a grace has passed since the
+    // partner came up on interconnect 0: the client still waits.
+    p.run_for(grace + Duration::from_millis(20));
+    assert_eq!(p.ready_on(0, 2), None, "its home's device is not open yet");
+    p.port_state(InterconnectId(1), true);
+    p.cut[1] = false;
+    p.run_for(Duration::from_millis(300));
+    assert_eq!(
+        p.ready_on(0, 2),
+        Some(InterconnectId(1)),
+        "at home, never moved"
+    );
+    assert_eq!(p.ready_on(1, 2), Some(InterconnectId(1)));
+    assert!(
+        !p.events_of(0, 2)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Stop { .. })),
+        "never stopped: {:?}",
+        p.events_of(0, 2)
+    );
 }
 
 #[test]

@@ -225,6 +225,12 @@ impl<'a> SendWr<'a> {
         self.signaled = false;
         self
     }
+    /// Same request, asking for a solicited event at the peer if `yes` (a SEND or WRITE_WITH_IMM: the
+    /// peer's receive completion then wakes a thread waiting on a CQ armed for solicited events only).
+    pub fn solicit(mut self, yes: bool) -> Self {
+        self.solicited = yes;
+        self
+    }
 }
 
 /// One receive work request.

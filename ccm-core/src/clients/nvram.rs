@@ -26,8 +26,12 @@
 //! appended, at once while fewer than [`EAGER_BATCHES`] batches are in flight; beyond that entries gather
 //! into one larger batch until a completion is reaped or [`COALESCE_BYTES`] wait. The mirror thread spins
 //! (yielding) while batches are in flight, except while the only one is being reaped by a thread in
-//! `wait_durable`: then it parks, so it does not take the CPU from that waiter and from rxe's own work
-//! (on the lab's 2 vCPUs). A batch of one segment of at most [`MAX_INLINE`] bytes (an entry of up to
+//! `wait_durable`: then it sleeps, so it does not take the CPU from that waiter and from rxe's own work
+//! (on the lab's 2 vCPUs). An idle mirror thread sleeps in `poll(2)` on its VI's completion channel, armed
+//! for *solicited* receives only, and on a doorbell that appends and the node's notices ring, for at most
+//! [`IDLE_SLEEP`]. The writer solicits a notification only once half its credits are spent or half its
+//! ring waits for an ack ([`Batch::solicit`](crate::mirror::Batch::solicit)), and acks are always
+//! solicited: an entry's path wakes no thread on the partner, and an idle pair's mirror threads sleep. A batch of one segment of at most [`MAX_INLINE`] bytes (an entry of up to
 //! 224 payload bytes) is posted inline, the cheaper post on rxe. Batches stay in order because only the
 //! holder of the send side takes a batch from the writer and posts it; the mirror thread installs the
 //! send side only after the writer was reset to the connection (on `Ready`) and removes it, under that
@@ -71,10 +75,11 @@
 //! Each checkpoint file has two slots; a process writes first into the slot not holding the newest
 //! checkpoint, then alternates, so a write torn by a kill always leaves the newest whole one.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
-use std::thread::{JoinHandle, Thread};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ccm_verbs::{Completion, RemoteAddr, SendOp, SendWr, SharedMemory};
@@ -105,6 +110,13 @@ pub const COALESCE_BYTES: u64 = 256 << 10;
 /// [`Mirror::set_spin`] is off: about the round trip of a 64 KiB WRITE in the lab guest, so a waiter
 /// sleeps (and needs a wake-up) only when the link is slow or failing.
 pub const DRIVE: Duration = Duration::from_millis(5);
+
+/// The longest an idle mirror thread sleeps: it is woken sooner by an append, a notice from the node, or
+/// a solicited receive (the partner's ack, or its notification once half the credits are spent; see
+/// [`Batch::solicit`](crate::mirror::Batch::solicit)). So an idle partner applies and acks unsolicited
+/// entries within this time: they are durable already (their RC completion), and nothing waits for it
+/// unless the writer runs short of credits or ring space, which it solicits.
+pub const IDLE_SLEEP: Duration = Duration::from_millis(50);
 
 /// Steps [`Mirror::steps`] keeps (the oldest are dropped).
 pub const STEPS_KEPT: usize = 256;
@@ -418,7 +430,8 @@ struct Shared {
     link: AtomicU32,
     synced: AtomicBool,
     stop: AtomicBool,
-    thread: OnceLock<Thread>,
+    /// Wakes the mirror thread from its sleep (appends, notices, stop).
+    doorbell: Arc<Doorbell>,
     /// [`Mirror::set_spin`], nanoseconds.
     spin_ns: AtomicU64,
     /// The connection's steps ([`Mirror::steps`]); room for [`STEPS_KEPT`] made at the start.
@@ -432,9 +445,7 @@ impl Shared {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn wake(&self) {
-        if let Some(t) = self.thread.get() {
-            t.unpark();
-        }
+        self.doorbell.ring();
     }
 
     /// Post what was appended and reap what completed, unless another thread holds the send side (it
@@ -579,7 +590,14 @@ pub fn start_with(
             remote_write: true,
         },
     ];
-    let handle = node.register(spec, memory)?;
+    let doorbell = Arc::new(Doorbell::new().map_err(|e| {
+        StartError::Node(NodeError::Io {
+            what: "mirror doorbell".into(),
+            source: e,
+        })
+    })?);
+    let bell = doorbell.clone();
+    let handle = node.register_woken(spec, memory, Arc::new(move || bell.ring()))?;
     let shared = Arc::new(Shared {
         writer: Mutex::new(WriterSide {
             writer,
@@ -606,7 +624,7 @@ pub fn start_with(
         link: AtomicU32::new(NO_LINK),
         synced: AtomicBool::new(false),
         stop: AtomicBool::new(false),
-        thread: OnceLock::new(),
+        doorbell,
         spin_ns: AtomicU64::new(0),
         steps: Mutex::new(std::collections::VecDeque::with_capacity(STEPS_KEPT)),
         first_durable_due: AtomicBool::new(false),
@@ -640,7 +658,6 @@ pub fn start_with(
         .name("ccm-nvram".into())
         .spawn(move || client.run())
         .map_err(StartError::Spawn)?;
-    let _ = shared.thread.set(thread.thread().clone());
     Ok(Mirror {
         shared,
         thread: Some(thread),
@@ -664,7 +681,7 @@ impl Mirror {
         self.shared.counters.appended.store(lsn.0, Ordering::SeqCst);
         // Onto an idle link the entry is posted right here, and its completion is reaped by whoever looks
         // first: `wait_durable` or `durable_lsn` in the engine's thread, or the mirror thread (polling while
-        // batches are in flight, or at its next timed wake-up when parked): waking it here would put a
+        // batches are in flight, or once something wakes it): waking it here would put a
         // second busy thread next to the waiter on the latency path. While batches are in flight the entry
         // joins the next batch, posted by whichever thread reaps a completion; a parked mirror thread is
         // woken for it.
@@ -979,8 +996,7 @@ impl Client {
             if busy {
                 idle_since = None;
             } else {
-                // Otherwise an append unparks us, and the partner's notifications wait at most a
-                // millisecond (the CQ has no completion channel).
+                // Otherwise sleep ([`Client::sleep`]): an append, a notice or a solicited receive wakes us.
                 // While batches are in flight, and for the spin of `Mirror::set_spin` after the last activity,
                 // spin (yielding): a timed sleep costs a timer tick and an unpark a wake-up, each a multiple of
                 // the RDMA WRITE's own latency, and the storage engine waits on exactly this.
@@ -1004,13 +1020,55 @@ impl Client {
                     // synced, no credit) or another thread holds the send side and looks again after it.
                     // Spinning here instead starved the nodes' driver threads in the lab.
                     self.shared.parked.store(true, Ordering::SeqCst);
-                    std::thread::park_timeout(Duration::from_millis(1));
+                    self.sleep();
                     self.shared.parked.store(false, Ordering::SeqCst);
                 }
             }
         }
         self.set_conn(None);
         self.handle.unregister();
+    }
+
+    /// Sleep (with `parked` set) until the doorbell rings (an append, a notice, stop), the partner
+    /// solicits (its ack, or a notification once half our credits to it are spent), or [`IDLE_SLEEP`]
+    /// passes. Unsolicited notifications do not wake us: the partner's entry is durable at its RC
+    /// completion, and a wake-up here would sit on its path (rxe raises the event before it sends
+    /// the ACK that completes the partner's WRITE). Without a completion channel: 1 ms.
+    fn sleep(&mut self) {
+        let channel = self
+            .conn
+            .as_ref()
+            .and_then(|c| Some((c.vi.clone(), c.vi.completion_channel()?.clone())));
+        let armed = match &channel {
+            Some((vi, _)) => vi.arm_solicited_receives().is_ok(),
+            None => false,
+        };
+        // One more look with `parked` set: a receive that came before the arming raises no event, and an
+        // append that saw `parked` unset rang no doorbell; any later append or notice rings it. Entries
+        // still unposted after this (no credit left) wait for the partner's ack, which is solicited.
+        match self.turn() {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(f) => return self.fail(f),
+        }
+        if !self.handle.events.is_empty() || self.shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let timeout = if armed {
+            IDLE_SLEEP
+        } else {
+            Duration::from_millis(1)
+        };
+        let bell = self.shared.doorbell.clone();
+        match channel.as_ref().filter(|_| armed) {
+            Some((_, ch)) => {
+                bell.wait(Some(ch.as_fd()), timeout);
+                // Take the channel's events (each acknowledged), so its fd is quiet until the next one.
+                while let Ok(Some(_)) = ch.try_get_event() {}
+            }
+            None => bell.wait(None, timeout),
+        }
+        bell.drain();
     }
 
     /// Returns false when the node is gone.
@@ -1168,7 +1226,8 @@ impl Client {
             credits_total: NOTIFY_WINDOW + c.notify_reposted,
         };
         let ack = ack.encode();
-        c.vi.send_inline(&ack)
+        // Solicited: the partner's mirror thread may sleep until an ack frees its credits or ring space.
+        c.vi.send_inline_soliciting(&ack, true)
             .map_err(|e| Fault::Vi(format!("ack send: {e}")))?;
         self.handle.add_bytes(ack.len() as u64);
         Ok(())
@@ -1332,11 +1391,9 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
             rkey: c.remote.rkey,
         };
         c.vi.check_port()?;
-        return c.vi.qp().post_send_one(&SendWr::inline(
-            wr_id,
-            SendOp::WriteWithImm(to, imm),
-            bytes,
-        ));
+        return c.vi.qp().post_send_one(
+            &SendWr::inline(wr_id, SendOp::WriteWithImm(to, imm), bytes).solicit(b.solicit),
+        );
     }
     let mut sges = [c
         .local
@@ -1355,6 +1412,7 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
                 SendOp::WriteWithImm(to, imm),
                 std::slice::from_ref(&sges[k]),
             )
+            .solicit(b.solicit)
         } else {
             SendWr::new(wr_id, SendOp::Write(to), std::slice::from_ref(&sges[k])).unsignaled()
         }
@@ -1364,6 +1422,49 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
         c.vi.qp().post_send_one(&wr(0))
     } else {
         c.vi.qp().post_send(&[wr(0), wr(1)])
+    }
+}
+
+/// A nonblocking pipe that wakes a thread asleep in `poll(2)`: [`ring`](Self::ring) from any thread,
+/// [`wait`](Self::wait) and [`drain`](Self::drain) on the sleeper's. Rung while already ringing, it stays
+/// readable once until drained (a full pipe drops the byte, not the wake-up).
+struct Doorbell {
+    rx: std::os::fd::OwnedFd,
+    tx: std::os::fd::OwnedFd,
+}
+
+impl Doorbell {
+    fn new() -> std::io::Result<Doorbell> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (rx, tx) = nix::unistd::pipe()?;
+        for fd in [&rx, &tx] {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        }
+        Ok(Doorbell { rx, tx })
+    }
+
+    fn ring(&self) {
+        let _ = nix::unistd::write(&self.tx, &[1u8]);
+    }
+
+    /// Sleep until the doorbell rang, `also` (an fd) is readable, or `timeout` passed.
+    fn wait(&self, also: Option<std::os::fd::BorrowedFd<'_>>, timeout: Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [
+            PollFd::new(self.rx.as_fd(), PollFlags::POLLIN),
+            PollFd::new(also.unwrap_or(self.rx.as_fd()), PollFlags::POLLIN),
+        ];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+    }
+
+    /// Empty the pipe: the next [`wait`](Self::wait) sleeps until the next ring.
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(self.rx.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
     }
 }
 

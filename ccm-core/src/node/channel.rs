@@ -193,6 +193,8 @@ pub struct RcChannel {
     mtu: Mtu,
     remote: Option<ViAddress>,
     sends: AtomicU64,
+    /// The completion channel both queues are tied to, if any.
+    events: Option<CompletionChannel>,
 }
 
 impl Drop for RcChannel {
@@ -273,7 +275,15 @@ impl RcChannel {
             mtu,
             remote: None,
             sends: AtomicU64::new(0),
+            events: events.cloned(),
         })
+    }
+
+    /// The completion channel the queues are tied to ([`create_notified`](Self::create_notified)), whose fd
+    /// a thread can `poll(2)` after [`arm_receives`](Self::arm_receives) or
+    /// [`arm_solicited_receives`](Self::arm_solicited_receives).
+    pub fn completion_channel(&self) -> Option<&CompletionChannel> {
+        self.events.as_ref()
     }
 
     /// This VI's address, for the partner.
@@ -376,10 +386,20 @@ impl RcChannel {
 
     /// Send `bytes` inline (at most [`max_inline`](Self::max_inline)), signalled.
     pub fn send_inline(&self, bytes: &[u8]) -> Result<(), ccm_verbs::Error> {
+        self.send_inline_soliciting(bytes, false)
+    }
+
+    /// [`send_inline`](Self::send_inline), asking for a solicited event at the partner if `solicit`: it
+    /// wakes a partner thread asleep on [`arm_solicited_receives`](Self::arm_solicited_receives).
+    pub fn send_inline_soliciting(
+        &self,
+        bytes: &[u8],
+        solicit: bool,
+    ) -> Result<(), ccm_verbs::Error> {
         self.check_port()?;
         let n = self.sends.fetch_add(1, Ordering::Relaxed);
         self.qp
-            .post_send_one(&SendWr::inline(SEND_WR_BASE + n, SendOp::Send, bytes))
+            .post_send_one(&SendWr::inline(SEND_WR_BASE + n, SendOp::Send, bytes).solicit(solicit))
     }
 
     /// Poll completions of both queues, sends first (no allocation).
@@ -436,6 +456,13 @@ impl RcChannel {
     /// raises the event. Send completions raise none: they are found by the next poll.
     pub fn arm_receives(&self) -> Result<(), ccm_verbs::Error> {
         self.cq.req_notify(false)
+    }
+
+    /// [`arm_receives`](Self::arm_receives) for solicited receives only: the next receive of a SEND or
+    /// WRITE_WITH_IMM the partner posted soliciting (or a failed one) raises the event; the others are
+    /// found by the next poll.
+    pub fn arm_solicited_receives(&self) -> Result<(), ccm_verbs::Error> {
+        self.cq.req_notify(true)
     }
 
     /// Put the queue pair in the error state: every outstanding work request completes flushed.

@@ -136,11 +136,16 @@ pub enum ClientNotice {
     PartnerClosed,
 }
 
+/// Called by the node's driver after each notice it queues for a client (see
+/// [`NodeHandle::register_woken`]): wakes the client's thread wherever it sleeps.
+pub type ClientWaker = Arc<dyn Fn() + Send + Sync>;
+
 enum Request {
     Register {
         spec: ClientSpec,
         memory: Vec<ClientMemory>,
         tx: Sender<ClientNotice>,
+        waker: Option<ClientWaker>,
         meter: ByteMeter,
     },
     Unregister(ClientId),
@@ -212,6 +217,27 @@ impl NodeHandle {
         spec: ClientSpec,
         memory: Vec<ClientMemory>,
     ) -> Result<ClientHandle, NodeError> {
+        self.register_inner(spec, memory, None)
+    }
+
+    /// [`register`](Self::register) for a client thread that sleeps somewhere other than on its
+    /// [`ClientHandle::events`] (a `poll(2)` on its VI's completion channel): `waker` is called after each
+    /// notice is queued, so a Stop or Ready reaches the thread at once.
+    pub fn register_woken(
+        &self,
+        spec: ClientSpec,
+        memory: Vec<ClientMemory>,
+        waker: ClientWaker,
+    ) -> Result<ClientHandle, NodeError> {
+        self.register_inner(spec, memory, Some(waker))
+    }
+
+    fn register_inner(
+        &self,
+        spec: ClientSpec,
+        memory: Vec<ClientMemory>,
+        waker: Option<ClientWaker>,
+    ) -> Result<ClientHandle, NodeError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = spec.id;
         let meter = ByteMeter::default();
@@ -219,6 +245,7 @@ impl NodeHandle {
             spec,
             memory,
             tx,
+            waker,
             meter: meter.clone(),
         })?;
         Ok(ClientHandle {
@@ -719,7 +746,17 @@ fn make_vis(job: &VisJob) -> Result<(Vec<RcChannel>, ClientTag), ccm_verbs::Erro
     };
     let mut vis = Vec::with_capacity(job.count as usize);
     for _ in 0..job.count {
-        vis.push(RcChannel::create(&job.dev, &tag.0, 64, 64, 256)?);
+        // Each client VI has a completion channel of its own: a client thread may sleep on its
+        // receives (the NVRAM mirror sleeps until its partner solicits) instead of polling on a timer.
+        let events = CompletionChannel::new(&job.dev.ctx)?;
+        vis.push(RcChannel::create_notified(
+            &job.dev,
+            &tag.0,
+            64,
+            64,
+            256,
+            Some(&events),
+        )?);
     }
     Ok((vis, tag))
 }
@@ -835,6 +872,8 @@ struct ClientSlot {
     spec: ClientSpec,
     memory: Vec<ClientMemory>,
     tx: Sender<ClientNotice>,
+    /// Wakes the client's thread after a notice (see [`NodeHandle::register_woken`]).
+    waker: Option<ClientWaker>,
     partner: Option<ClientEntry>,
     /// Per interconnect: the client's protection tag there, its memory registered in it once (a
     /// failover or failback reuses them: registering a multi-MiB ring is not free), and the windows.
@@ -1257,6 +1296,7 @@ impl Driver {
                     spec,
                     memory,
                     tx,
+                    waker,
                     meter,
                 } => {
                     let id = spec.id;
@@ -1266,6 +1306,7 @@ impl Driver {
                             spec: spec.clone(),
                             memory,
                             tx,
+                            waker,
                             partner: None,
                             pds: BTreeMap::new(),
                             bindings: BTreeMap::new(),
@@ -2313,6 +2354,9 @@ impl Driver {
         };
         c.last_event = Some(EventRecord { at_ms, what });
         let _ = c.tx.send(notice);
+        if let Some(wake) = &c.waker {
+            wake();
+        }
         // A client that runs now may want spare VIs.
         self.spares_check = true;
     }

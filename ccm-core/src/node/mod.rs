@@ -485,6 +485,8 @@ struct VisJob {
     dev: IcDevice,
     memory: Vec<ClientMemory>,
     tag: Option<ClientTag>,
+    /// Give each VI a completion channel (a client that sleeps on its VI: registered with a waker).
+    notified: bool,
 }
 
 /// A slam connect (435) for the factory thread: `vis[i]` to `remote[i]`.
@@ -746,16 +748,19 @@ fn make_vis(job: &VisJob) -> Result<(Vec<RcChannel>, ClientTag), ccm_verbs::Erro
     };
     let mut vis = Vec::with_capacity(job.count as usize);
     for _ in 0..job.count {
-        // Each client VI has a completion channel of its own: a client thread may sleep on its
-        // receives (the NVRAM mirror sleeps until its partner solicits) instead of polling on a timer.
-        let events = CompletionChannel::new(&job.dev.ctx)?;
+        // A client that sleeps on its VI (registered with a waker: the NVRAM mirror sleeps until its
+        // partner solicits) gets a completion channel of its own for each VI.
+        let events = match job.notified {
+            true => Some(CompletionChannel::new(&job.dev.ctx)?),
+            false => None,
+        };
         vis.push(RcChannel::create_notified(
             &job.dev,
             &tag.0,
             64,
             64,
             256,
-            Some(&events),
+            events.as_ref(),
         )?);
     }
     Ok((vis, tag))
@@ -2077,6 +2082,7 @@ impl Driver {
             dev,
             memory: c.memory.clone(),
             tag: c.pds.get(&ic).cloned(),
+            notified: c.waker.is_some(),
         };
         if self.factory.send(FactoryJob::Create(job)).is_err() {
             self.input(Input::ViError {
@@ -2134,6 +2140,7 @@ impl Driver {
                     dev: dev.clone(),
                     memory: c.memory.clone(),
                     tag: c.pds.get(&ic).cloned(),
+                    notified: c.waker.is_some(),
                 };
                 if self.factory.send(FactoryJob::Spare(job, d.epoch)).is_ok() {
                     c.spares_asked.insert(ic, d.epoch);

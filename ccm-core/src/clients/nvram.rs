@@ -75,7 +75,7 @@
 //! Each checkpoint file has two slots; a process writes first into the slot not holding the newest
 //! checkpoint, then alternates, so a write torn by a kill always leaves the newest whole one.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
@@ -93,6 +93,7 @@ use crate::mirror::{
     WriterCheckpoint,
 };
 use crate::node::channel::{RcChannel, MAX_INLINE};
+use crate::node::doorbell::Doorbell;
 use crate::node::meter::ByteMeter;
 use crate::node::{ClientHandle, ClientMemory, ClientNotice, ClientRegion, NodeError, NodeHandle};
 use crate::wire::{Generation, InterconnectId, MemoryWindow};
@@ -1422,49 +1423,6 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
         c.vi.qp().post_send_one(&wr(0))
     } else {
         c.vi.qp().post_send(&[wr(0), wr(1)])
-    }
-}
-
-/// A nonblocking pipe that wakes a thread asleep in `poll(2)`: [`ring`](Self::ring) from any thread,
-/// [`wait`](Self::wait) and [`drain`](Self::drain) on the sleeper's. Rung while already ringing, it stays
-/// readable once until drained (a full pipe drops the byte, not the wake-up).
-struct Doorbell {
-    rx: std::os::fd::OwnedFd,
-    tx: std::os::fd::OwnedFd,
-}
-
-impl Doorbell {
-    fn new() -> std::io::Result<Doorbell> {
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        let (rx, tx) = nix::unistd::pipe()?;
-        for fd in [&rx, &tx] {
-            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        }
-        Ok(Doorbell { rx, tx })
-    }
-
-    fn ring(&self) {
-        let _ = nix::unistd::write(&self.tx, &[1u8]);
-    }
-
-    /// Sleep until the doorbell rang, `also` (an fd) is readable, or `timeout` passed.
-    fn wait(&self, also: Option<std::os::fd::BorrowedFd<'_>>, timeout: Duration) {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let mut fds = [
-            PollFd::new(self.rx.as_fd(), PollFlags::POLLIN),
-            PollFd::new(also.unwrap_or(self.rx.as_fd()), PollFlags::POLLIN),
-        ];
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let _ = poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        );
-    }
-
-    /// Empty the pipe: the next [`wait`](Self::wait) sleeps until the next ring.
-    fn drain(&self) {
-        let mut buf = [0u8; 64];
-        while matches!(nix::unistd::read(self.rx.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
     }
 }
 

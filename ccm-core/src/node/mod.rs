@@ -25,15 +25,17 @@
 
 pub mod channel;
 pub mod config;
+pub mod doorbell;
 pub mod meter;
 pub mod session;
 pub mod status;
 pub mod uevents;
 
+use crate::node::doorbell::Doorbell;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -174,7 +176,7 @@ enum Request {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: Sender<Request>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<Doorbell>,
     status: Arc<Mutex<NodeStatus>>,
     first_heartbeat: Arc<FirstHeartbeat>,
 }
@@ -206,7 +208,7 @@ impl NodeHandle {
 
     fn request(&self, r: Request) -> Result<(), NodeError> {
         self.tx.send(r).map_err(|_| NodeError::Stopped)?;
-        let _ = nix::unistd::write(self.wake.as_fd(), &[1u8]);
+        self.wake.ring();
         Ok(())
     }
 
@@ -333,23 +335,15 @@ impl Node {
         early: Option<EarlyDevices>,
     ) -> Result<Node, NodeError> {
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "starting the node");
-        let (pipe_r, pipe_w) = nix::unistd::pipe().map_err(|e| NodeError::Io {
-            what: "pipe".into(),
-            source: e.into(),
-        })?;
-        nix::fcntl::fcntl(
-            pipe_r.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .map_err(|e| NodeError::Io {
-            what: "fcntl".into(),
-            source: e.into(),
-        })?;
+        let wake = Arc::new(Doorbell::new().map_err(|e| NodeError::Io {
+            what: "doorbell".into(),
+            source: e,
+        })?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let status = Arc::new(Mutex::new(NodeStatus::default()));
         let handle = NodeHandle {
             tx,
-            wake: Arc::new(pipe_w),
+            wake: wake.clone(),
             status: status.clone(),
             first_heartbeat: Arc::default(),
         };
@@ -373,7 +367,7 @@ impl Node {
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "manager created");
         let factory = spawn_vi_factory(handle.tx.clone(), handle.wake.clone());
         let realtime = cfg.realtime;
-        let mut driver = Driver::new(cfg, manager, started, rx, pipe_r, status, factory);
+        let mut driver = Driver::new(cfg, manager, started, rx, wake, status, factory);
         driver.first_heartbeat_signal = handle.first_heartbeat.clone();
         let thread = std::thread::Builder::new()
             .name("ccm-node".into())
@@ -599,7 +593,7 @@ type Listed = (Result<DeviceList, ccm_verbs::Error>, Duration, Duration);
 struct OpenJob {
     ics: Vec<InterconnectConfig>,
     tx: Sender<Request>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<Doorbell>,
     first_heartbeat: Arc<FirstHeartbeat>,
 }
 
@@ -698,7 +692,7 @@ fn open_listed((list, from, to): Listed, job: OpenJob, started: Instant) {
         {
             return;
         }
-        let _ = nix::unistd::write(job.wake.as_fd(), &[1u8]);
+        job.wake.ring();
     }
 }
 
@@ -797,7 +791,7 @@ impl Factory {
     }
 }
 
-fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
+fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<Doorbell>) -> Factory {
     let (tx, rx) = crossbeam_channel::unbounded::<FactoryJob>();
     let (urgent_tx, urgent) = crossbeam_channel::unbounded::<FactoryJob>();
     let (idle_tx, idle) = crossbeam_channel::unbounded::<FactoryJob>();
@@ -856,7 +850,7 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<OwnedFd>) -> Factory {
                 if requests.send(request).is_err() {
                     return;
                 }
-                let _ = nix::unistd::write(wake.as_fd(), &[1u8]);
+                wake.ring();
             }
         });
     Factory {
@@ -905,7 +899,7 @@ struct Driver {
     manager: Manager,
     started: Instant,
     requests: Receiver<Request>,
-    wake: OwnedFd,
+    wake: Arc<Doorbell>,
     status: Arc<Mutex<NodeStatus>>,
     ics: Vec<Ic>,
     sessions: BTreeMap<SessionId, Sess>,
@@ -947,7 +941,7 @@ impl Driver {
         manager: Manager,
         started: Instant,
         requests: Receiver<Request>,
-        wake: OwnedFd,
+        wake: Arc<Doorbell>,
         status: Arc<Mutex<NodeStatus>>,
         factory: Factory,
     ) -> Driver {
@@ -1286,12 +1280,7 @@ impl Driver {
                 }
             }
         }
-        let mut buf = [0u8; 64];
-        while let Ok(n) = nix::unistd::read(self.wake.as_raw_fd(), &mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
+        self.wake.drain();
     }
 
     fn drain_requests(&mut self) {

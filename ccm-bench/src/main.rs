@@ -193,6 +193,11 @@ struct Common {
     /// compare mode) as SVG.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Mirror, compare mirror: microseconds the writer stays busy between one entry's durability and the
+    /// next append, in ours and in every raw floor alike (a storage engine's own work between two log
+    /// writes); 0 = back to back, as `ib_write_lat` (which cannot pause) runs.
+    #[arg(long, default_value_t = 0)]
+    think_us: u64,
     /// Bringup, compare bringup: numbers of connections to set up.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     vis: Vec<usize>,
@@ -696,7 +701,13 @@ fn mirror_ours(
         ring_bytes: 16 << 20,
         realtime: true,
     };
-    let ours = mirror_bench::run_ours(lab, &pair, &sizes, iters, iters, c.tx_depth as u64, beside)?;
+    let passes = mirror_bench::Passes {
+        iters,
+        bw_iters: iters,
+        window: c.tx_depth as u64,
+        think: think(c),
+    };
+    let ours = mirror_bench::run_ours(lab, &pair, &sizes, passes, beside)?;
     if let Some(dir) = &c.hgrm {
         for (o, _) in &ours.sizes {
             stats::write_hgrm_file(&o.latency, dir, &format!("ours-mirror-{}", o.size))?;
@@ -708,6 +719,11 @@ fn mirror_ours(
         }
     }
     Ok(ours)
+}
+
+/// `--think-us`.
+fn think(c: &Common) -> Duration {
+    Duration::from_micros(c.think_us)
 }
 
 /// Entries per latency pass and in the throughput run of the mirror benchmarks.
@@ -729,10 +745,9 @@ fn mirror(c: &Common) -> AnyResult<()> {
             peer_device: &ic.b.device,
         };
         if c.json {
-            println!(
-                "{}",
-                mirror_bench::record(o, &at, iters, ours.moves, c.tx_depth as u64)
-            );
+            let mut v = mirror_bench::record(o, &at, iters, ours.moves, c.tx_depth as u64);
+            v["think_us"] = c.think_us.into();
+            println!("{v}");
         } else {
             println!("{}", mirror_bench::table(o, &at, iters, c.tx_depth as u64));
         }
@@ -769,7 +784,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         let q = queue_spec(Op::Write, entry, Length::Iters(iters), 16, 0);
         let fp = Pair::connect(&p.a, &p.b, &q).map_err(|e| e.to_string())?;
         let mut h = stats::new_histogram();
-        for ns in run_write_completion(&fp, 20, iters).map_err(|e| e.to_string())? {
+        for ns in run_write_completion(&fp, 20, iters, think(c)).map_err(|e| e.to_string())? {
             h.record(ns.min(60_000_000_000))
                 .map_err(|e| e.to_string())?;
         }
@@ -801,7 +816,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             let q = queue_spec(Op::Write, o.size, Length::Iters(iters), 16, 0);
             let fp = Pair::connect(&p.a, &p.b, &q)?;
             let mut h = stats::new_histogram();
-            for ns in run_write_completion(&fp, 20, iters)? {
+            for ns in run_write_completion(&fp, 20, iters, think(c))? {
                 h.record(ns.min(60_000_000_000))?;
             }
             h
@@ -832,8 +847,8 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             }
             let fp = Pair::connect(&p.a, &p.b, &q)?;
             let ns = match imm {
-                None => run_write_completion(&fp, 20, iters)?,
-                Some(peer) => run_imm_completion(&fp, 20, iters, peer)?,
+                None => run_write_completion(&fp, 20, iters, think(c))?,
+                Some(peer) => run_imm_completion(&fp, 20, iters, peer, think(c))?,
             };
             let mut h = stats::new_histogram();
             for ns in ns {
@@ -867,6 +882,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             peer_device: &p.b.device,
         };
         let mut v = mirror_bench::record(o, &at, iters, ours.moves, c.tx_depth as u64);
+        v["think_us"] = c.think_us.into();
         v["peer"] = serde_json::json!({
             "tool": "ib_write_lat (one-way = RTT/2) + ib_write_bw",
             "p50_us": lat.p50_us, "p90_us": lat.p90_us, "p99_us": lat.p99_us, "p999_us": lat.p999_us,
@@ -906,7 +922,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             println!("{v}");
         } else {
             println!(
-                "mirror size={} iters={} on {}<->{} (ours: append -> durable; peer: ib_write_lat one-way, ib_write_bw)\n  \
+                "mirror size={} iters={} think={} us on {}<->{} (ours: append -> durable; peer: ib_write_lat one-way, ib_write_bw)\n  \
                  {:<26} {:>9} {:>9} {:>9} {:>9} {:>10}\n  \
                  {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}\n  \
                  {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}\n  \
@@ -915,7 +931,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                  {:<26} {:>9.3} {:>9} {:>9.3}\n  \
                  {:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n  \
                  stages p50 us (spinning waiter): append {:.1}, hand-off+post {:.1}, completion {:.1}, total {:.1}\n",
-                o.size, iters, p.a.device, p.b.device,
+                o.size, iters, c.think_us, p.a.device, p.b.device,
                 "", "p50 us", "p90 us", "p99 us", "p99.9 us", "MB/s",
                 "ccm nvram mirror", s.p50_us, s.p90_us, s.p99_us, s.p999_us, o.mb_per_s,
                 "ib_write_lat/ib_write_bw", lat.p50_us, lat.p90_us.unwrap_or(f64::NAN), lat.p99_us, lat.p999_us, bw.mb_per_s,
@@ -1160,6 +1176,13 @@ mod tests {
             "sizes default to MIRROR_SIZES"
         );
         assert_eq!(mirror_iters(&c), 1000);
+        assert_eq!(think(&c), Duration::ZERO, "back to back unless asked");
+        let Cmd::Compare { common: c, .. } =
+            parse(&["ccm-bench", "compare", "mirror", "--think-us", "30"])
+        else {
+            panic!("not compare");
+        };
+        assert_eq!(think(&c), Duration::from_micros(30));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::pair::{MirrorPair, PairSpec};
 use crate::stats;
+use crate::verbs_bench::think_for;
 
 /// The spin of the second latency pass (`Mirror::set_spin`).
 pub const SPIN: Duration = Duration::from_micros(200);
@@ -77,6 +78,20 @@ pub struct MirrorOurs {
     pub moves: u32,
 }
 
+/// How each size is measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Passes {
+    /// Entries per latency pass.
+    pub iters: u64,
+    /// Entries in the throughput run.
+    pub bw_iters: u64,
+    /// Entries not yet durable at most in the throughput run (perftest's tx depth).
+    pub window: u64,
+    /// The writer's own work between one entry's durability and the next append in the latency passes
+    /// ([`think_for`]).
+    pub think: Duration,
+}
+
 fn fill(lsn: u64, p: &mut [u8]) {
     for (i, b) in p.iter_mut().enumerate() {
         *b = (lsn as usize).wrapping_mul(131).wrapping_add(i) as u8;
@@ -90,11 +105,15 @@ pub fn run_ours(
     lab: &LabTopology,
     pair_spec: &PairSpec,
     sizes: &[usize],
-    iters: u64,
-    bw_iters: u64,
-    window: u64,
+    passes: Passes,
     beside: &mut dyn FnMut(usize, u8) -> Result<Option<Histogram<u64>>, String>,
 ) -> Result<MirrorOurs, String> {
+    let Passes {
+        iters,
+        bw_iters,
+        window,
+        think,
+    } = passes;
     let pair = MirrorPair::start(lab, pair_spec, Box::new(|_, _| {}), Duration::from_secs(30))?;
     // Let the placement settle (both links up, then a failback hold-down) so no move happens during the runs.
     let stable = Duration::from_millis(pair_spec.hold_down_ms * 2 + 500);
@@ -126,7 +145,7 @@ pub fn run_ours(
                     Ok(l) => l,
                     Err(e) => return Err(e),
                 };
-                let m = measure(&pair, size, iters, bw_iters, window)?;
+                let m = measure(&pair, size, iters, bw_iters, window, think)?;
                 let moved = pair.a.link() != Some(ccm_core::wire::InterconnectId(on))
                     || pair.a.stats().stops != m.stops_before;
                 if !moved || attempt == 3 {
@@ -186,16 +205,17 @@ fn measure(
     iters: u64,
     bw_iters: u64,
     window: u64,
+    think: Duration,
 ) -> Result<Measured, String> {
     let stops_before = pair.a.stats().stops;
     let mut p = vec![0u8; size];
     let wait = Duration::from_secs(30);
-    let h = latency_pass(pair, &mut p, iters, wait)?;
+    let h = latency_pass(pair, &mut p, iters, wait, think)?;
     pair.a.set_spin(SPIN);
-    let h_spin = latency_pass(pair, &mut p, iters, wait);
+    let h_spin = latency_pass(pair, &mut p, iters, wait, think);
     pair.a.set_spin(Duration::ZERO);
     let h_spin = h_spin?;
-    let stages = stages(pair, &mut p, iters, wait)?;
+    let stages = stages(pair, &mut p, iters, wait, think)?;
     let latency_done_ms = pair.us(Instant::now()) / 1000.0;
     let batches0 = pair.a.stats().batches;
     let t = Instant::now();
@@ -241,10 +261,17 @@ fn measure(
 }
 
 /// The spinning pass of [`Stages`]: `iters` entries one at a time.
-fn stages(pair: &MirrorPair, p: &mut [u8], iters: u64, wait: Duration) -> Result<Stages, String> {
+fn stages(
+    pair: &MirrorPair,
+    p: &mut [u8],
+    iters: u64,
+    wait: Duration,
+    think: Duration,
+) -> Result<Stages, String> {
     let mut h = [(); 4].map(|_| stats::new_histogram());
     for i in 0..iters {
         fill(i, p);
+        think_for(think);
         let batches = pair.a.stats().batches;
         let t0 = Instant::now();
         let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
@@ -381,6 +408,7 @@ fn latency_pass(
     p: &mut [u8],
     iters: u64,
     wait: Duration,
+    think: Duration,
 ) -> Result<Histogram<u64>, String> {
     for _ in 0..20 {
         let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
@@ -389,6 +417,7 @@ fn latency_pass(
     let mut h = stats::new_histogram();
     for i in 0..iters {
         fill(i, p);
+        think_for(think);
         let t = Instant::now();
         let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
         if !pair.a.wait_durable(lsn, wait) {

@@ -380,17 +380,37 @@ fn post(side: &Side, op: Op, wr_id: u64, signaled: bool, sge: &[Sge; 1]) -> Resu
     Ok(())
 }
 
+/// The writer's own work between one message's completion and the next post (`think`): the thread stays
+/// busy, as a storage engine between two log writes. Zero: back to back, as `ib_write_lat`'s ping-pong.
+/// In the emulated lab this matters: with 10 us or more between them, a WRITE's completion takes 2-3x
+/// longer than back to back (rxe's worker and its vCPU have gone idle; docs/performance.md).
+pub fn think_for(think: Duration) {
+    if think.is_zero() {
+        return;
+    }
+    let t = Instant::now();
+    while t.elapsed() < think {
+        std::hint::spin_loop();
+    }
+}
+
 /// The floor of the NVRAM mirror's "durable": one signalled RDMA WRITE of `size` bytes from A's send
 /// buffer into B's receive buffer, posted and its completion busy-polled on A's send CQ (the completion
 /// comes with the responder's RC ACK: the WRITE is placed in B's memory), one at a time, `iters` times,
 /// after `warmup` untimed ones. B's side only has to exist: nothing runs on it. Returns nanoseconds from
 /// just before each post to its completion polled (preallocated: nothing allocates in the loop).
-pub fn run_write_completion(pair: &Pair, warmup: u64, iters: u64) -> Result<Vec<u64>> {
+pub fn run_write_completion(
+    pair: &Pair,
+    warmup: u64,
+    iters: u64,
+    think: Duration,
+) -> Result<Vec<u64>> {
     let side = &pair.a;
     let sge = [side.mr.slice(side.tx_off, side.size.max(1))?];
     let mut wc = [Completion::default(); 1];
     let mut out = Vec::with_capacity(iters as usize);
     for i in 0..warmup + iters {
+        think_for(think);
         let t = Instant::now();
         post(side, Op::Write, i, true, &sge)?;
         loop {
@@ -431,7 +451,13 @@ pub enum ImmPeer {
 /// sides, `size` at least [`ACK_BYTES`], and A's `max_inline_data` at least [`ACK_BYTES`] for
 /// [`ImmPeer::Ack`]). B's and A's helper threads poll their queues busily, yielding when idle, so the
 /// figure includes whatever CPU they take from the writer on the guest's 2 vCPUs.
-pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -> Result<Vec<u64>> {
+pub fn run_imm_completion(
+    pair: &Pair,
+    warmup: u64,
+    iters: u64,
+    peer: ImmPeer,
+    think: Duration,
+) -> Result<Vec<u64>> {
     let (a, b) = (&pair.a, &pair.b);
     let sge = [a.mr.slice(a.tx_off, a.size.max(1))?];
     let done = AtomicBool::new(false);
@@ -498,6 +524,7 @@ pub fn run_imm_completion(pair: &Pair, warmup: u64, iters: u64, peer: ImmPeer) -
     let mut run = || -> Result<()> {
         let mut wc = [Completion::default(); 1];
         for i in 0..warmup + iters {
+            think_for(think);
             let t = Instant::now();
             let to = SendOp::WriteWithImm(a.peer_rx, i as u32);
             a.qp.post_send_one(&SendWr::new(i, to, &sge))?;

@@ -1025,6 +1025,9 @@ struct Link {
     /// When the node first reported this interconnect's port ([`Input::PortState`]: its device is
     /// open); `None` before (the node opens the devices after the first one later).
     port_known_at: Option<Time>,
+    /// When a session was first established on this interconnect: the partner's process answered over
+    /// its addresses (its end may still be coming up).
+    first_session_at: Option<Time>,
 }
 
 impl Link {
@@ -1181,6 +1184,7 @@ impl Manager {
                 attempt: 0,
                 attempted_at: now,
                 port_known_at: None,
+                first_session_at: None,
             })
             .collect();
         let mut m = Manager {
@@ -1635,6 +1639,7 @@ impl Manager {
             self.push(Action::CloseSession { ic, session });
             return;
         }
+        self.links[i].first_session_at.get_or_insert(now);
         if self.links[i].session().is_some() {
             // The partner reconnected: it considers the old session dead, so it is.
             self.fail_link(now, i, LinkFailure::Replaced);
@@ -3268,15 +3273,22 @@ impl Manager {
     }
 
     /// When clients stop waiting for home `l` at bring-up: `home_grace` after the partner became
-    /// reachable or after `l`'s device was opened (its port reported), whichever is later; a device
-    /// not open yet is waited for at most four graces after the partner became reachable. (The node
-    /// opens the devices after the first one once the first heartbeat arrived: a grace counted from
-    /// the partner alone ran out while the second device was still opening.)
+    /// reachable or after `l`'s device was opened (its port reported), whichever is later. Up to four
+    /// graces after the partner became reachable while `l` is known to be on its way: our device is
+    /// not open yet, or a session was established on `l` (the partner's process answered there) and
+    /// its end is still coming up: handshakes time out and start again until it is. (Each node opens
+    /// the devices after the first one once the first heartbeat arrived; with 64 clients registering,
+    /// the partner's second device took 110-150 ms to open in the lab guest, and a single grace ran out
+    /// on a link that came up 20-40 ms later.)
     fn home_grace_end(&self, l: &Link) -> Option<Time> {
         let partner = self.partner_up_at?;
+        let longest = partner + self.cfg.home_grace * 4;
         Some(match l.port_known_at {
+            None => longest,
+            Some(known) if l.first_session_at.is_some() => {
+                longest.max(partner.max(known) + self.cfg.home_grace)
+            }
             Some(known) => partner.max(known) + self.cfg.home_grace,
-            None => partner + self.cfg.home_grace * 4,
         })
     }
 

@@ -40,6 +40,9 @@ struct Pair {
     /// Messages each node sent, with their time.
     sent: [Vec<(Time, Message)>; 2],
     sid: u64,
+    /// [`Pair::hold`]: (node, interconnect) whose session inputs wait in `held`.
+    holding: Option<(usize, u8)>,
+    held: Vec<(usize, Input)>,
 }
 
 impl Pair {
@@ -74,6 +77,8 @@ impl Pair {
             steps: [Vec::new(), Vec::new()],
             sent: [Vec::new(), Vec::new()],
             sid: 0,
+            holding: None,
+            held: Vec::new(),
         };
         // Both nodes opened their devices at start: a node reports each port as its device opens.
         for m in &mut p.m {
@@ -111,8 +116,33 @@ impl Pair {
     }
 
     fn later(&mut self, to: usize, input: Input) {
+        let ic = match &input {
+            Input::SessionEstablished { ic, .. }
+            | Input::SessionClosed { ic, .. }
+            | Input::Message { ic, .. } => Some(ic.0),
+            _ => None,
+        };
+        if self.holding.is_some_and(|(n, i)| n == to && Some(i) == ic) {
+            self.held.push((to, input));
+            return;
+        }
         self.queue
             .push_back((self.now + Duration::from_micros(10), to, input));
+    }
+
+    /// Node `n`'s end of interconnect `ic` is not ready yet (its device still opening): its session
+    /// there, and what the partner sends on it, wait until [`release`](Self::release). The partner's
+    /// end is up: its connect succeeds and its handshake waits for `n`.
+    fn hold(&mut self, n: usize, ic: u8) {
+        self.holding = Some((n, ic));
+    }
+
+    /// Node `n`'s end of the held interconnect is ready: what waited arrives, in order.
+    fn release(&mut self) {
+        self.holding = None;
+        for (to, input) in std::mem::take(&mut self.held) {
+            self.later(to, input);
+        }
     }
 
     fn drain(&mut self, n: usize) {
@@ -1376,6 +1406,60 @@ fn at_bring_up_a_client_waits_for_a_home_whose_device_opens_late_from_its_openin
         "never stopped: {:?}",
         p.events_of(0, 2)
     );
+}
+
+/// Each node opens its devices after the first one once the first heartbeat arrived; with 64 clients
+/// registering, the partner's second device took 110-150 ms to open in the lab guest. The placer's
+/// session on that interconnect is up meanwhile, its handshake waiting for the partner's end: a client
+/// whose home it is waits for it beyond one grace.
+#[test]
+fn at_bring_up_a_client_waits_beyond_one_grace_for_a_home_whose_partner_end_is_still_coming_up() {
+    let mut p = Pair::standard(2);
+    let grace = p.m[0].config().home_grace;
+    p.hold(1, 1);
+    // A High client: its home is the last interconnect.
+    p.register(0, 2, BandwidthClass::High);
+    p.register(1, 2, BandwidthClass::High);
+    p.run_for(grace * 2);
+    assert_eq!(p.m[0].link_status()[0], LinkStatus::Up);
+    assert_ne!(
+        p.m[0].link_status()[1],
+        LinkStatus::Up,
+        "the placer's sessions there wait for the partner's end (and time out)"
+    );
+    assert_eq!(p.ready_on(0, 2), None, "still waits for its home");
+    p.release();
+    p.run_for(Duration::from_millis(300));
+    for n in 0..2 {
+        assert_eq!(p.ready_on(n, 2), Some(InterconnectId(1)), "at home");
+        assert!(
+            !p.events_of(n, 2)
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Stop { .. })),
+            "never stopped: {:?}",
+            p.events_of(n, 2)
+        );
+        assert!(p.moves(n).is_empty(), "never moved: {:?}", p.moves(n));
+    }
+}
+
+/// ... but not for ever: a partner end that never comes is given up after four graces.
+#[test]
+fn at_bring_up_a_client_gives_up_a_home_whose_partner_end_never_comes_after_four_graces() {
+    let mut p = Pair::standard(2);
+    let grace = p.m[0].config().home_grace;
+    p.hold(1, 1);
+    p.register(0, 2, BandwidthClass::High);
+    p.register(1, 2, BandwidthClass::High);
+    p.run_for(grace * 3);
+    assert_eq!(p.ready_on(0, 2), None, "waits while sessions are made there");
+    p.run_for(grace * 2);
+    assert_eq!(
+        p.ready_on(0, 2),
+        Some(InterconnectId(0)),
+        "then takes the other link"
+    );
+    assert_eq!(p.ready_on(1, 2), Some(InterconnectId(0)));
 }
 
 #[test]

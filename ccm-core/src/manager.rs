@@ -164,7 +164,9 @@
 //! * `home_grace` 150 ms: the interconnects of a pair come up one after the other (43 ms apart in a
 //!   loaded lab guest); without it a client whose home is the later one is started on the other link
 //!   and moved home after the hold-down, a Stop and a Resumed for nothing. Fifteen heartbeat periods
-//!   bound what a client waits when its home really is broken (and a downed port is not waited for).
+//!   bound what a client waits when its home really is broken (and a downed port is not waited for);
+//!   four graces when the home is known to be coming: its device not open yet, or the partner
+//!   answered on it and its end is not up yet (see `home_grace_end`).
 //! * `balance_period` 100 ms, `balance_window` 1 s, watermarks 80 % / 60 %, `balance_dwell` 2 s:
 //!   ten samples smooth bursts; the 20-point gap between the watermarks means a move never makes
 //!   its target a candidate to move back; the dwell (four hold-downs) bounds each client to one

@@ -22,7 +22,8 @@ fn trace_to_file_if_asked() {
         let Ok(path) = std::env::var("CCM_TEST_TRACE") else {
             return;
         };
-        let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("CCM_TEST_TRACE {path}: {e}"));
+        let file =
+            std::fs::File::create(&path).unwrap_or_else(|e| panic!("CCM_TEST_TRACE {path}: {e}"));
         let _ = tracing_subscriber::fmt()
             .with_writer(Mutex::new(file))
             .with_ansi(false)

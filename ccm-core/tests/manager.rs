@@ -1452,7 +1452,11 @@ fn at_bring_up_a_client_gives_up_a_home_whose_partner_end_never_comes_after_four
     p.register(0, 2, BandwidthClass::High);
     p.register(1, 2, BandwidthClass::High);
     p.run_for(grace * 3);
-    assert_eq!(p.ready_on(0, 2), None, "waits while sessions are made there");
+    assert_eq!(
+        p.ready_on(0, 2),
+        None,
+        "waits while sessions are made there"
+    );
     p.run_for(grace * 2);
     assert_eq!(
         p.ready_on(0, 2),

@@ -108,12 +108,6 @@ pub fn run_ours(
     passes: Passes,
     beside: &mut dyn FnMut(usize, u8) -> Result<Option<Histogram<u64>>, String>,
 ) -> Result<MirrorOurs, String> {
-    let Passes {
-        iters,
-        bw_iters,
-        window,
-        think,
-    } = passes;
     let pair = MirrorPair::start(lab, pair_spec, Box::new(|_, _| {}), Duration::from_secs(30))?;
     // Let the placement settle (both links up, then a failback hold-down) so no move happens during the runs.
     let stable = Duration::from_millis(pair_spec.hold_down_ms * 2 + 500);
@@ -145,7 +139,7 @@ pub fn run_ours(
                     Ok(l) => l,
                     Err(e) => return Err(e),
                 };
-                let m = measure(&pair, size, iters, bw_iters, window, think)?;
+                let m = measure(&pair, size, passes)?;
                 let moved = pair.a.link() != Some(ccm_core::wire::InterconnectId(on))
                     || pair.a.stats().stops != m.stops_before;
                 if !moved || attempt == 3 {
@@ -199,14 +193,13 @@ struct Measured {
     latency_done_ms: f64,
 }
 
-fn measure(
-    pair: &MirrorPair,
-    size: usize,
-    iters: u64,
-    bw_iters: u64,
-    window: u64,
-    think: Duration,
-) -> Result<Measured, String> {
+fn measure(pair: &MirrorPair, size: usize, passes: Passes) -> Result<Measured, String> {
+    let Passes {
+        iters,
+        bw_iters,
+        window,
+        think,
+    } = passes;
     let stops_before = pair.a.stats().stops;
     let mut p = vec![0u8; size];
     let wait = Duration::from_secs(30);

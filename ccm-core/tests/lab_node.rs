@@ -14,24 +14,7 @@ use ccm_core::node::{ClientNotice, Node, NodeHandle};
 use ccm_core::wire::{BandwidthClass, ClientId, InterconnectId};
 use ccm_verbs::lab::LabTopology;
 
-/// `CCM_TEST_TRACE=FILE`: every node event of this process (`ccm::*` at info, with thread ids: node 1's
-/// driver thread starts first) is also written to FILE, beyond the 256 a node's status keeps. Off otherwise.
-fn trace_to_file_if_asked() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let Ok(path) = std::env::var("CCM_TEST_TRACE") else {
-            return;
-        };
-        let file =
-            std::fs::File::create(&path).unwrap_or_else(|e| panic!("CCM_TEST_TRACE {path}: {e}"));
-        let _ = tracing_subscriber::fmt()
-            .with_writer(Mutex::new(file))
-            .with_ansi(false)
-            .with_thread_ids(true)
-            .with_max_level(tracing::Level::INFO)
-            .try_init();
-    });
-}
+mod trace;
 
 fn config(node: u64, tcp_port: u16, secret: &str) -> NodeConfig {
     let (me, peer) = if node == 1 { (1, 2) } else { (2, 1) };
@@ -100,7 +83,7 @@ fn start_node(
     specs: &[ClientSpec],
     period: Duration,
 ) -> (Node, Vec<Arc<CounterStats>>) {
-    trace_to_file_if_asked();
+    trace::to_file_if_asked();
     let node = Node::start(
         config(n, tcp_port, "lab secret 0123456789abcdef"),
         Instant::now(),

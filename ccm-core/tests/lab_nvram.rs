@@ -4,6 +4,7 @@
 //! partner exactly once, in order, with its payload, and both rings must compare equal.
 
 mod common;
+mod trace;
 use common::{config, Files};
 
 use std::path::PathBuf;
@@ -86,7 +87,10 @@ fn fresh_rings(base: &dyn Fn(u64) -> PathBuf) -> Files {
 fn start_nodes(lab: &LabTopology, tcp_port: u16, t_nodes: Instant) -> Vec<Node> {
     [1, 2]
         .iter()
-        .map(|&n| Node::start(config(lab, n, tcp_port), t_nodes).unwrap())
+        .map(|&n| {
+            trace::to_file_if_asked();
+            Node::start(config(lab, n, tcp_port), t_nodes).unwrap()
+        })
         .collect()
 }
 
@@ -236,7 +240,10 @@ fn lab_nvram_mirror_survives_link_cuts() {
     }
     let nodes: Vec<Node> = [1, 2]
         .iter()
-        .map(|&n| Node::start(config(&lab, n, tcp_port), Instant::now()).unwrap())
+        .map(|&n| {
+            trace::to_file_if_asked();
+            Node::start(config(&lab, n, tcp_port), Instant::now()).unwrap()
+        })
         .collect();
     let spec = ClientSpec {
         id: ClientId(40),

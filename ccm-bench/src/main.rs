@@ -20,8 +20,8 @@ use ccm_bench::report::{
     bandwidth_table, latency_table, BandwidthFigures, BandwidthRun, LatencyFigures, LatencyRun,
 };
 use ccm_bench::verbs_bench::{
-    run_bandwidth, run_imm_completion, run_latency, run_write_completion, ImmPeer, Length, Op,
-    Pair, QueueSpec, SideSpec,
+    run_bandwidth, run_imm_completion, run_latency, run_write_completion,
+    run_write_completion_prepared, ImmPeer, Length, Op, Pair, QueueSpec, SideSpec,
 };
 use ccm_bench::{bringup, mirror_bench, plot, report, stats};
 use ccm_verbs::lab::LabTopology;
@@ -855,6 +855,16 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 h.record(ns.min(60_000_000_000))?;
             }
             floors.push((name, stats::summarize(&h)));
+        }
+        // A raw-verbs writer doing the mirror's per-entry work (copy, header, CRC-32) before its WRITE.
+        {
+            let q = queue_spec(Op::Write, entry, Length::Iters(iters), 16, 0);
+            let mut fp = Pair::connect(&p.a, &p.b, &q)?;
+            let mut h = stats::new_histogram();
+            for ns in run_write_completion_prepared(&mut fp, 20, iters, think(c), o.size)? {
+                h.record(ns.min(60_000_000_000))?;
+            }
+            floors.push(("floor_prepared", stats::summarize(&h)));
         }
         let (lat, peer_h) = peer_latency(&p, Op::Write, o.size, 1, &mut port)?;
         let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;

@@ -782,9 +782,9 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         let p = plan(&pc, false);
         let entry = entry_bytes(size);
         let q = queue_spec(Op::Write, entry, Length::Iters(iters), 16, 0);
-        let fp = Pair::connect(&p.a, &p.b, &q).map_err(|e| e.to_string())?;
+        let mut fp = Pair::connect(&p.a, &p.b, &q).map_err(|e| e.to_string())?;
         let mut h = stats::new_histogram();
-        for ns in run_write_completion(&fp, 20, iters, think(c)).map_err(|e| e.to_string())? {
+        for ns in run_write_completion(&mut fp, 20, iters, think(c)).map_err(|e| e.to_string())? {
             h.record(ns.min(60_000_000_000))
                 .map_err(|e| e.to_string())?;
         }
@@ -814,9 +814,9 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         // The raw-verbs floor of "durable": a signalled WRITE posted and its completion polled.
         let floor = {
             let q = queue_spec(Op::Write, o.size, Length::Iters(iters), 16, 0);
-            let fp = Pair::connect(&p.a, &p.b, &q)?;
+            let mut fp = Pair::connect(&p.a, &p.b, &q)?;
             let mut h = stats::new_histogram();
-            for ns in run_write_completion(&fp, 20, iters, think(c))? {
+            for ns in run_write_completion(&mut fp, 20, iters, think(c))? {
                 h.record(ns.min(60_000_000_000))?;
             }
             h
@@ -845,9 +845,9 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 q.prepost = 64;
                 q.inline = 64;
             }
-            let fp = Pair::connect(&p.a, &p.b, &q)?;
+            let mut fp = Pair::connect(&p.a, &p.b, &q)?;
             let ns = match imm {
-                None => run_write_completion(&fp, 20, iters, think(c))?,
+                None => run_write_completion(&mut fp, 20, iters, think(c))?,
                 Some(peer) => run_imm_completion(&fp, 20, iters, peer, think(c))?,
             };
             let mut h = stats::new_histogram();

@@ -400,18 +400,38 @@ pub fn think_for(think: Duration) {
 /// after `warmup` untimed ones. B's side only has to exist: nothing runs on it. Returns nanoseconds from
 /// just before each post to its completion polled (preallocated: nothing allocates in the loop).
 pub fn run_write_completion(
-    pair: &Pair,
+    pair: &mut Pair,
     warmup: u64,
     iters: u64,
     think: Duration,
 ) -> Result<Vec<u64>> {
-    let side = &pair.a;
+    timed_writes(&mut pair.a, warmup, iters, think, |_, _, _| {})
+}
+
+/// Where [`timed_writes`] calls its writer: before the pause, untimed; or timed, just before the post.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Untimed,
+    Timed,
+}
+
+/// The loop of the WRITE floors: per message `writer(side, i, Untimed)`, the writer's `think`, then timed:
+/// `writer(side, i, Timed)`, one signalled WRITE of the side's message and its completion busy-polled.
+fn timed_writes(
+    side: &mut Side,
+    warmup: u64,
+    iters: u64,
+    think: Duration,
+    mut writer: impl FnMut(&mut Side, u64, Stage),
+) -> Result<Vec<u64>> {
     let sge = [side.mr.slice(side.tx_off, side.size.max(1))?];
     let mut wc = [Completion::default(); 1];
     let mut out = Vec::with_capacity(iters as usize);
     for i in 0..warmup + iters {
+        writer(side, i, Stage::Untimed);
         think_for(think);
         let t = Instant::now();
+        writer(side, i, Stage::Timed);
         post(side, Op::Write, i, true, &sge)?;
         loop {
             if side.send_cq.poll(&mut wc)? == 1 {
@@ -451,17 +471,15 @@ pub fn run_write_completion_prepared(
             side.size
         )));
     }
-    let sge = [side.mr.slice(side.tx_off, side.size.max(1))?];
     let mut src = vec![0u8; payload];
-    let mut wc = [Completion::default(); 1];
-    let mut out = Vec::with_capacity(iters as usize);
-    for i in 0..warmup + iters {
-        // The entry's bytes change each time, outside the timing (the mirror bench fills its payload so).
-        for (k, b) in src.iter_mut().enumerate() {
-            *b = (i as usize).wrapping_mul(131).wrapping_add(k) as u8;
+    let entry = |side: &mut Side, i: u64, stage: Stage| {
+        if stage == Stage::Untimed {
+            // The entry's bytes change each time, outside the timing (the mirror bench fills its payload so).
+            for (k, b) in src.iter_mut().enumerate() {
+                *b = (i as usize).wrapping_mul(131).wrapping_add(k) as u8;
+            }
+            return;
         }
-        think_for(think);
-        let t = Instant::now();
         let tx = side.tx_off;
         let buf = side.mr.as_mut_slice();
         let body = &mut buf[tx + PREPARED_HEADER..tx + PREPARED_HEADER + payload];
@@ -477,18 +495,8 @@ pub fn run_write_completion_prepared(
         h.update(&buf[tx + PREPARED_HEADER..tx + PREPARED_HEADER + payload]);
         let crc = h.finalize();
         buf[tx + 16..tx + 20].copy_from_slice(&crc.to_le_bytes());
-        post(side, Op::Write, i, true, &sge)?;
-        loop {
-            if side.send_cq.poll(&mut wc)? == 1 {
-                check(&wc[0], "write")?;
-                break;
-            }
-        }
-        if i >= warmup {
-            out.push(t.elapsed().as_nanos().max(1) as u64);
-        }
-    }
-    Ok(out)
+    };
+    timed_writes(side, warmup, iters, think, entry)
 }
 
 /// Bytes of the mirror's ack, which [`run_imm_completion`]'s peer answers with (`nvram::Ack::LEN`).

@@ -1307,6 +1307,17 @@ impl Pair {
             .retain(|(_, _, i)| !matches!(i, Input::SessionEstablished { ic: x, .. } if x.0 == ic));
     }
 
+    /// Two interconnects, node 1's end of interconnect 1 held ([`hold`](Self::hold)), client 2 of the High
+    /// class (its home is interconnect 1) registered on both nodes; with the home grace.
+    fn home_partner_end_held() -> (Pair, Duration) {
+        let mut p = Pair::standard(2);
+        let grace = p.m[0].config().home_grace;
+        p.hold(1, 1);
+        p.register(0, 2, BandwidthClass::High);
+        p.register(1, 2, BandwidthClass::High);
+        (p, grace)
+    }
+
     fn moves(&self, n: usize) -> Vec<&Step> {
         self.steps[n]
             .iter()
@@ -1410,16 +1421,11 @@ fn at_bring_up_a_client_waits_for_a_home_whose_device_opens_late_from_its_openin
 
 /// Each node opens its devices after the first one once the first heartbeat arrived; with 64 clients
 /// registering, the partner's second device took 110-150 ms to open in the lab guest. The placer's
-/// session on that interconnect is up meanwhile, its handshake waiting for the partner's end: a client
-/// whose home it is waits for it beyond one grace.
+/// sessions on that interconnect are established meanwhile, their handshakes waiting for the partner's
+/// end (and timing out): a client whose home it is waits for it beyond one grace.
 #[test]
 fn at_bring_up_a_client_waits_beyond_one_grace_for_a_home_whose_partner_end_is_still_coming_up() {
-    let mut p = Pair::standard(2);
-    let grace = p.m[0].config().home_grace;
-    p.hold(1, 1);
-    // A High client: its home is the last interconnect.
-    p.register(0, 2, BandwidthClass::High);
-    p.register(1, 2, BandwidthClass::High);
+    let (mut p, grace) = Pair::home_partner_end_held();
     p.run_for(grace * 2);
     assert_eq!(p.m[0].link_status()[0], LinkStatus::Up);
     assert_ne!(
@@ -1446,11 +1452,7 @@ fn at_bring_up_a_client_waits_beyond_one_grace_for_a_home_whose_partner_end_is_s
 /// ... but not for ever: a partner end that never comes is given up after four graces.
 #[test]
 fn at_bring_up_a_client_gives_up_a_home_whose_partner_end_never_comes_after_four_graces() {
-    let mut p = Pair::standard(2);
-    let grace = p.m[0].config().home_grace;
-    p.hold(1, 1);
-    p.register(0, 2, BandwidthClass::High);
-    p.register(1, 2, BandwidthClass::High);
+    let (mut p, grace) = Pair::home_partner_end_held();
     p.run_for(grace * 3);
     assert_eq!(
         p.ready_on(0, 2),

@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use ccm_core::mirror::{Lsn, ENTRY_ALIGN, ENTRY_HEADER};
+use ccm_verbs::clock::{cycles, Calibration};
 use ccm_verbs::lab::LabTopology;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -407,11 +408,16 @@ fn latency_pass(
         let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
         pair.a.wait_durable(lsn, wait);
     }
-    let mut h = stats::new_histogram();
+    // Timed with the cycle counter, as the raw floors are: a clock read costs about 1 us in the lab guest
+    // once its kernel moved to the HPET, and two of them per entry would sit between one entry's durability
+    // and the next append, where the writer's own pause decides how fast rxe answers the next WRITE
+    // (docs/performance.md, the pacing cliff).
+    let calib = Calibration::start();
+    let mut ticks = Vec::with_capacity(iters as usize);
     for i in 0..iters {
         fill(i, p);
         think_for(think);
-        let t = Instant::now();
+        let t0 = cycles();
         let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;
         if !pair.a.wait_durable(lsn, wait) {
             return Err(format!(
@@ -420,8 +426,13 @@ fn latency_pass(
                 p.len()
             ));
         }
-        let ns = t.elapsed().as_nanos().max(1) as u64;
-        h.record(ns.min(60_000_000_000))
+        ticks.push(cycles().wrapping_sub(t0));
+    }
+    let per_ns = calib.ticks_per_ns();
+    let mut h = stats::new_histogram();
+    for t in ticks {
+        let ns = (t as f64 / per_ns) as u64;
+        h.record(ns.clamp(1, 60_000_000_000))
             .map_err(|e| e.to_string())?;
     }
     Ok(h)

@@ -205,8 +205,10 @@ pub fn run(cfg: Config) -> Result<Report, Failure> {
 #[derive(Clone, Copy, Debug)]
 struct Op {
     seg: Segment,
-    /// The batch's last WRITE: WRITE_WITH_IMM, signalled.
-    notify: Option<u64>,
+    /// The batch's last WRITE (signalled: its completion is the batch's): the batch id.
+    last: Option<u64>,
+    /// That last WRITE carries the immediate (a notifying batch): it takes a receive on the partner.
+    notify: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -232,6 +234,8 @@ struct Link {
     partner_ready: bool,
     /// The writer had the partner's first ack on this link.
     first_ack: bool,
+    /// The applied position the partner's last ack on this link reported.
+    acked_pos: u64,
 }
 
 /// A ring that takes only `budget` more bytes, then drops writes: a process killed while copying.
@@ -350,7 +354,11 @@ impl Sim {
             200..=339 => self.post(),
             340..=519 => self.place(),
             520..=639 => self.poll_completions(),
-            640..=759 => self.partner_notified(),
+            640..=719 => self.partner_notified(),
+            720..=759 => {
+                let idle_passed = self.rng.gen_bool(0.25);
+                self.partner_looks(idle_passed)
+            }
             760..=879 => self.poll_acks(),
             880..=919 => self.link_up(),
             920..=934 => self.cut(),
@@ -421,7 +429,8 @@ impl Sim {
                 }
                 link.ops.push_back(Op {
                     seg: *seg,
-                    notify: last.then_some(b.id),
+                    last: last.then_some(b.id),
+                    notify: last && b.notify,
                 });
             }
             n += 1;
@@ -447,14 +456,16 @@ impl Sim {
         if torn.is_some() {
             return;
         }
-        if let Some(id) = op.notify {
+        if let Some(id) = op.last {
             let link = self.link.as_mut().expect("placing on a link");
-            if link.receives == 0 {
-                self.violate("a notification arrived with no receive posted (RNR)".into());
-                return;
+            if op.notify {
+                if link.receives == 0 {
+                    self.violate("a notification arrived with no receive posted (RNR)".into());
+                    return;
+                }
+                link.receives -= 1;
+                link.notifications += 1;
             }
-            link.receives -= 1;
-            link.notifications += 1;
             link.completions.push_back(id);
         }
     }
@@ -471,7 +482,14 @@ impl Sim {
             // An RC retransmission may place a WRITE again before its completion.
             if self.rng.gen_bool(0.1) {
                 self.report.duplicates += 1;
-                self.place_one(Op { notify: None, ..op }, None);
+                self.place_one(
+                    Op {
+                        last: None,
+                        notify: false,
+                        ..op
+                    },
+                    None,
+                );
             }
             self.link.as_mut().expect("still up").ops.pop_front();
             self.place_one(op, None);
@@ -523,7 +541,22 @@ impl Sim {
         self.scan_and_ack();
     }
 
+    /// The partner scans without a notification (the client's quiet scan after an idle sleep): it acks
+    /// only once it applied an eighth of the ring since its last ack, or anything since an ack at least
+    /// an idle sleep old (`idle_passed`: a coin here, always in the final drain).
+    fn partner_looks(&mut self, idle_passed: bool) {
+        if self.link.as_ref().is_some_and(|l| l.partner_ready) {
+            self.scan(Some(idle_passed));
+        }
+    }
+
     fn scan_and_ack(&mut self) {
+        self.scan(None);
+    }
+
+    /// `quiet`: None for a scan on a notification or `Ready` (it always acks), else whether an idle sleep
+    /// passed since the last ack.
+    fn scan(&mut self, quiet: Option<bool>) {
         let Some(r) = self.partner.as_mut() else {
             return;
         };
@@ -538,17 +571,28 @@ impl Sim {
             let c = r.checkpoint();
             persist_reader(&mut self.rslots, c, None);
         }
+        let eighth = self.mirror.len() as u64 / 8;
         if let Some(link) = self.link.as_mut() {
-            link.acks.push_back(Ack {
-                pos: s.applied_pos,
-                lsn: s.applied_lsn,
-                credits: link.granted,
-            });
+            let unacked = s.applied_pos.saturating_sub(link.acked_pos);
+            let ack = match quiet {
+                None => true,
+                Some(idle_passed) => unacked >= eighth || (unacked > 0 && idle_passed),
+            };
+            if ack {
+                link.acked_pos = s.applied_pos;
+                link.acks.push_back(Ack {
+                    pos: s.applied_pos,
+                    lsn: s.applied_lsn,
+                    credits: link.granted,
+                });
+            }
         }
         self.trace(|| {
             format!(
-                "partner applied {} entries, up to {}",
-                s.entries, s.applied_lsn.0
+                "partner applied {} entries, up to {}{}",
+                s.entries,
+                s.applied_lsn.0,
+                if quiet.is_some() { " (looked)" } else { "" }
             )
         });
     }
@@ -891,7 +935,10 @@ impl Sim {
             let done = {
                 let w = self.writer.as_ref().expect("restarted");
                 let l = self.link.as_ref().expect("up");
+                let r = self.partner.as_ref().expect("restarted");
                 l.partner_ready
+                    // The partner reported all it applied (a quiet scan acks that once an idle sleep passed).
+                    && l.acked_pos == r.applied_pos()
                     && w.durable_lsn() == w.last_lsn()
                     && self.applied == w.last_lsn().0
                     && l.ops.is_empty()
@@ -918,6 +965,7 @@ impl Sim {
                 self.completion(id);
             }
             self.partner_notified();
+            self.partner_looks(true);
             while let Some(a) = self.link.as_mut().and_then(|l| l.acks.pop_front()) {
                 self.writer_ack(a);
             }

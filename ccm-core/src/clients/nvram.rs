@@ -12,10 +12,14 @@
 //! | `PATH.state` | the writer's [`WriterCheckpoint`] (two alternating slots) | not registered |
 //!
 //! The protocol is the one of [`crate::mirror`]: the writer posts RDMA WRITEs of a batch's segments from its
-//! log ring to the same offsets of the partner's mirror ring, the last one WRITE_WITH_IMM (immediate: the low
-//! 32 bits of the batch's last LSN), signalled with `wr_id = BATCH_TAG | batch id`; its RC completion makes the
-//! batch durable. The partner, on that receive completion, scans its mirror ring (in order, once), persists its
-//! checkpoint and answers with a small inline SEND, the [`Ack`] `{applied_pos, applied_lsn, credits_total}`.
+//! log ring to the same offsets of the partner's mirror ring, the last one signalled with `wr_id = BATCH_TAG |
+//! batch id`; its RC completion makes the batch durable. A batch that notifies (half the ring awaits the
+//! partner's ack, [`Batch::notify`](crate::mirror::Batch::notify)) ends with a solicited WRITE_WITH_IMM
+//! (immediate: the low 32 bits of the batch's last LSN): on that receive completion the partner scans its
+//! mirror ring (in order, once), persists its checkpoint and answers with a small inline SEND, the [`Ack`]
+//! `{applied_pos, applied_lsn, credits_total}`. Other batches are plain WRITEs, which the partner applies and
+//! acks when it next looks: after each of its idle sleeps ([`IDLE_SLEEP`]) and every [`QUIET_SCAN_TURNS`]
+//! turns of a busy mirror thread (a *quiet scan*: it acks only if it applied something).
 //!
 //! **Threads.** The client VI has a send CQ and a receive CQ. The mirror thread owns the receive side (the
 //! partner's acks and notifications, the reader). The send side (posting batches, reaping their
@@ -29,20 +33,24 @@
 //! `wait_durable`: then it sleeps, so it does not take the CPU from that waiter and from rxe's own work
 //! (on the lab's 2 vCPUs). An idle mirror thread sleeps in `poll(2)` on its VI's completion channel, armed
 //! for *solicited* receives only, and on a doorbell that appends and the node's notices ring, for at most
-//! [`IDLE_SLEEP`]. The writer solicits a notification only once half its credits are spent or half its
-//! ring waits for an ack ([`Batch::solicit`](crate::mirror::Batch::solicit)), and acks are always
-//! solicited: an entry's path wakes no thread on the partner, and an idle pair's mirror threads sleep. A batch of one segment of at most [`MAX_INLINE`] bytes (an entry of up to
-//! 224 payload bytes) is posted inline, the cheaper post on rxe. Batches stay in order because only the
+//! [`IDLE_SLEEP`]. Notifications and acks are solicited, and a writer notifies only once half its ring
+//! waits for an ack: an entry's path wakes no thread on the partner and puts no receive completion on
+//! it, and an idle pair's mirror threads sleep. A batch of one segment of at most [`MAX_INLINE`] bytes (an
+//! entry of up to 224 payload bytes) is posted inline, the cheaper post on rxe. Batches stay in order because only the
 //! holder of the send side takes a batch from the writer and posts it; the mirror thread installs the
 //! send side only after the writer was reset to the connection (on `Ready`) and removes it, under that
 //! lock, before it leaves the connection.
 //! A fault met by another thread on the send side is handed to the mirror thread, which reports it.
 //!
-//! **Receive credits.** Each client VI has 64 receive slots shared by two kinds of message: notifications
+//! **Receive credits.** Each client VI has 128 receive slots shared by two kinds of message: notifications
 //! (the partner writer's WRITE_WITH_IMM) and acks (the partner reader's SENDs). A reader grants
 //! [`NOTIFY_WINDOW`] notifications per connection plus one for every notification slot it has reposted
-//! (`credits_total`), so at most `NOTIFY_WINDOW` notifications and, since acks answer our own notifications,
-//! about as many acks are ever outstanding: well under 64, no receiver-not-ready retries.
+//! (`credits_total`), so at most `NOTIFY_WINDOW` notifications are outstanding. Acks answer our
+//! notifications (as many), the `Ready` (one), or a quiet scan that applied an eighth of the ring since the
+//! last ack (at most 8 before our writer, which cannot run a ring ahead of the acks it handled, handles
+//! them) or anything since an ack [`IDLE_SLEEP`] old (one per `IDLE_SLEEP`). A mirror VI has 128 receive
+//! slots: a mirror thread would have to leave its receives alone for over 3 s before the partner's acks
+//! met a receiver-not-ready, longer than the node's own heartbeats tolerate.
 //!
 //! **New connection** (every `Ready`, the first and every resumed one after a failover or failback): both sides
 //! scan their mirror ring and immediately send their current ack, and each writer resumes at once
@@ -113,11 +121,16 @@ pub const COALESCE_BYTES: u64 = 256 << 10;
 pub const DRIVE: Duration = Duration::from_millis(5);
 
 /// The longest an idle mirror thread sleeps: it is woken sooner by an append, a notice from the node, or
-/// a solicited receive (the partner's ack, or its notification once half the credits are spent; see
-/// [`Batch::solicit`](crate::mirror::Batch::solicit)). So an idle partner applies and acks unsolicited
-/// entries within this time: they are durable already (their RC completion), and nothing waits for it
-/// unless the writer runs short of credits or ring space, which it solicits.
+/// a solicited receive (the partner's ack, or its notification once half its ring awaits our ack; see
+/// [`Batch::notify`](crate::mirror::Batch::notify)). After every sleep it scans its mirror ring (a quiet
+/// scan), so an idle partner applies and acks the entries of plain batches within this time: they are
+/// durable already (their RC completion), and nothing waits for it unless the writer runs short of ring
+/// space, which it notifies.
 pub const IDLE_SLEEP: Duration = Duration::from_millis(50);
+
+/// A mirror thread that never sleeps (its own writer keeps it busy) scans its mirror ring every this many
+/// turns even without a notification (a quiet scan: one header read when nothing arrived).
+pub const QUIET_SCAN_TURNS: u32 = 64;
 
 /// Steps [`Mirror::steps`] keeps (the oldest are dropped).
 pub const STEPS_KEPT: usize = 256;
@@ -654,6 +667,7 @@ pub fn start_with(
         apply,
         conn: None,
         wc: [Completion::default(); 32],
+        turns_unscanned: 0,
     };
     let thread = std::thread::Builder::new()
         .name("ccm-nvram".into())
@@ -950,6 +964,9 @@ struct Conn {
     wedged: bool,
     /// Notification slots reposted on this connection.
     notify_reposted: u64,
+    /// The applied position our last ack on this connection reported, and when it went.
+    acked_pos: u64,
+    acked_at: Option<Instant>,
 }
 
 struct Client {
@@ -964,6 +981,8 @@ struct Client {
     apply: ApplyFn,
     conn: Option<Conn>,
     wc: [Completion; 32],
+    /// Turns since the last scan of the mirror ring (see [`QUIET_SCAN_TURNS`]).
+    turns_unscanned: u32,
 }
 
 enum Fault {
@@ -1031,10 +1050,11 @@ impl Client {
     }
 
     /// Sleep (with `parked` set) until the doorbell rings (an append, a notice, stop), the partner
-    /// solicits (its ack, or a notification once half our credits to it are spent), or [`IDLE_SLEEP`]
-    /// passes. Unsolicited notifications do not wake us: the partner's entry is durable at its RC
-    /// completion, and a wake-up here would sit on its path (rxe raises the event before it sends
-    /// the ACK that completes the partner's WRITE). Without a completion channel: 1 ms.
+    /// solicits (its ack, or a notification once half its ring awaits our ack), or [`IDLE_SLEEP`]
+    /// passes; then scan quietly for the partner's plain batches. Those raise no event on purpose: the
+    /// partner's entry is durable at its RC completion, and a wake-up here would sit on its path (rxe
+    /// raises the event before it sends the ACK that completes the partner's WRITE). Without a
+    /// completion channel: 1 ms.
     fn sleep(&mut self) {
         let channel = self
             .conn
@@ -1070,6 +1090,12 @@ impl Client {
             None => bell.wait(None, timeout),
         }
         bell.drain();
+        // Whatever woke us, look for plain batches of the partner (they raise no event).
+        if self.conn.is_some() {
+            if let Err(f) = self.scan_and_ack(true) {
+                self.fail(f);
+            }
+        }
     }
 
     /// Returns false when the node is gone.
@@ -1137,10 +1163,12 @@ impl Client {
                     first_ack: false,
                     wedged: false,
                     notify_reposted: 0,
+                    acked_pos: 0,
+                    acked_at: None,
                 }));
                 // Our writer resumes at once; and we tell the partner's writer where we stand.
                 self.resume_writer();
-                if let Err(f) = self.scan_and_ack() {
+                if let Err(f) = self.scan_and_ack(false) {
                     self.fail(f);
                 }
             }
@@ -1194,8 +1222,13 @@ impl Client {
         }
     }
 
-    /// Apply what the partner wrote, persist the checkpoint, send our ack.
-    fn scan_and_ack(&mut self) -> Result<(), Fault> {
+    /// Apply what the partner wrote, persist the checkpoint, send our ack. A `quiet` scan (not asked for by
+    /// a notification) acks only once it applied at least an eighth of the ring since our last ack, or
+    /// anything at all since an ack at least [`IDLE_SLEEP`] old: ring space the partner's writer waits for
+    /// is asked for with a notification, so this only gives a writer that went quiet its space back, with
+    /// at most 8 acks per ring's worth of entries and one per `IDLE_SLEEP` (see "Receive credits").
+    fn scan_and_ack(&mut self, quiet: bool) -> Result<(), Fault> {
+        self.turns_unscanned = 0;
         let counters = &self.shared.counters;
         let apply = &mut self.apply;
         let scan = self
@@ -1220,7 +1253,18 @@ impl Client {
                 .write(slot, &self.reader.checkpoint().encode())
                 .map_err(|e| Fault::Protocol(format!("checkpoint: {e}")))?;
         }
-        let Some(c) = &self.conn else { return Ok(()) };
+        let Some(c) = &mut self.conn else {
+            return Ok(());
+        };
+        let unacked = scan.applied_pos.saturating_sub(c.acked_pos);
+        if quiet
+            && unacked < self.mirror.len() as u64 / 8
+            && (unacked == 0 || c.acked_at.is_some_and(|t| t.elapsed() < IDLE_SLEEP))
+        {
+            return Ok(());
+        }
+        c.acked_pos = scan.applied_pos;
+        c.acked_at = Some(Instant::now());
         let ack = Ack {
             applied_pos: scan.applied_pos,
             applied_lsn: scan.applied_lsn,
@@ -1297,8 +1341,11 @@ impl Client {
         if let Some(a) = acks[0] {
             self.partner_ack(a)?;
         }
+        self.turns_unscanned += 1;
         if notified {
-            self.scan_and_ack()?;
+            self.scan_and_ack(false)?;
+        } else if self.turns_unscanned >= QUIET_SCAN_TURNS {
+            self.scan_and_ack(true)?;
         }
         let pumped = self.shared.pump();
         Ok(n > 0 || pumped)
@@ -1373,9 +1420,9 @@ impl Client {
     }
 }
 
-/// RDMA WRITE the batch's segments from the local ring to the same offsets of the partner's mirror ring, the
-/// last one with the immediate that notifies the partner; only that one is signalled. One post call (one
-/// doorbell) for the whole batch. A batch of one segment of at most [`MAX_INLINE`] bytes goes inline.
+/// RDMA WRITE the batch's segments from the local ring to the same offsets of the partner's mirror ring; only
+/// the last one is signalled, and if the batch notifies ([`Batch::notify`](crate::mirror::Batch::notify)) it
+/// carries the immediate and is solicited. One post call (one doorbell) for the whole batch. A batch of one segment of at most [`MAX_INLINE`] bytes goes inline.
 fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_verbs::Error> {
     let segs = b.segments();
     let imm = b.last_lsn.0 as u32;
@@ -1392,9 +1439,15 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
             rkey: c.remote.rkey,
         };
         c.vi.check_port()?;
-        return c.vi.qp().post_send_one(
-            &SendWr::inline(wr_id, SendOp::WriteWithImm(to, imm), bytes).solicit(b.solicit),
-        );
+        let op = if b.notify {
+            SendOp::WriteWithImm(to, imm)
+        } else {
+            SendOp::Write(to)
+        };
+        return c
+            .vi
+            .qp()
+            .post_send_one(&SendWr::inline(wr_id, op, bytes).solicit(b.notify));
     }
     let mut sges = [c
         .local
@@ -1408,12 +1461,12 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
             rkey: c.remote.rkey,
         };
         if k + 1 == segs.len() {
-            SendWr::new(
-                wr_id,
-                SendOp::WriteWithImm(to, imm),
-                std::slice::from_ref(&sges[k]),
-            )
-            .solicit(b.solicit)
+            let op = if b.notify {
+                SendOp::WriteWithImm(to, imm)
+            } else {
+                SendOp::Write(to)
+            };
+            SendWr::new(wr_id, op, std::slice::from_ref(&sges[k])).solicit(b.notify)
         } else {
             SendWr::new(wr_id, SendOp::Write(to), std::slice::from_ref(&sges[k])).unsignaled()
         }

@@ -748,10 +748,12 @@ fn make_vis(job: &VisJob) -> Result<(Vec<RcChannel>, ClientTag), ccm_verbs::Erro
             true => Some(CompletionChannel::new(&job.dev.ctx)?),
             false => None,
         };
+        // 128 receive slots of 64 bytes: the NVRAM mirror's bound on notifications and acks
+        // outstanding is in `clients::nvram` ("Receive credits").
         vis.push(RcChannel::create_notified(
             &job.dev,
             &tag.0,
-            64,
+            128,
             64,
             256,
             events.as_ref(),

@@ -15,7 +15,7 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// Builds the one-way latency histogram from the initiator's post timestamps (ticks), as
-/// perftest does: sample i = (ts[i+1] - ts[i]) / 2, one round trip per pair of posts.
+/// perftest does: sample i = `(ts[i+1] - ts[i]) / 2`, one round trip per pair of posts.
 pub fn one_way_from_post_ticks(ts: &[u64], ticks_per_ns: f64) -> Histogram<u64> {
     let mut h = new_histogram();
     for w in ts.windows(2) {

@@ -7,11 +7,16 @@
 //!   vector standing for the file mapping, which survives the process) and its [`WriterCheckpoint`] file of
 //!   two slots, rewritten (the older slot) after every report of the partner, as the client does;
 //! * the *partner process*: a [`MirrorReader`], its mirror ring and its [`Checkpoint`] file (both survive);
-//!   on every notification it scans, persists its checkpoint, then sends its ack;
+//!   on every notification it scans, persists its checkpoint, then sends its ack; it also looks without one
+//!   (the client's quiet scan after a sleep), acking only once an eighth of the ring was applied since its
+//!   last ack or an idle sleep passed (a coin);
 //! * the *link*: the RDMA WRITEs of the batches posted and not yet placed (in order), the writer's RC
 //!   completions not yet polled, the partner's acks in flight, the notifications (receive completions) the
 //!   partner has not yet handled, and the receives it has posted. A WRITE copies the writer's ring into the
 //!   partner's ring *when it is placed*, not when it is posted, as a device does.
+//!
+//! Only a batch sent once half the ring awaits an ack notifies ([`crate::mirror::Batch::notify`]); the others are
+//! plain WRITEs, whose last one still completes the batch.
 //!
 //! **Faults** (all drawn from the seed): random append sizes and bursts (the ring fills: back-pressure),
 //! batches left in flight, a WRITE placed twice before its completion (an RC retransmission), the link cut
@@ -37,7 +42,8 @@
 //!    posted receive.
 //!
 //! At the end the faults stop, everything is brought up and drained: every appended entry is applied once,
-//! in order, the digests agree and [`compare_rings`] finds both rings equal.
+//! in order, the partner reports all it applied, the writer gets its whole ring back, the digests agree and
+//! [`compare_rings`] finds both rings equal.
 //!
 //! A [`Bug`] makes one part deliberately wrong, to show the invariants catch it.
 

@@ -39,7 +39,7 @@
 //! | [`Stop`] / [`Resume`] | 520/530 | an interconnect failed / came back, told over another interconnect |
 //! | [`ClientReset`] | 520/525 for one client | one client pair's binding failed (a VI error on a healthy link): drop that generation |
 //! | [`LoadReport`] | adaptive balancing | bytes each of the sender's clients posted in the last sampling period, for the placer |
-//! | [`Error`] | 415 | a typed refusal (version, cluster, authentication, protocol) before closing |
+//! | [`Error`](struct@Error) | 415 | a typed refusal (version, cluster, authentication, protocol) before closing |
 //!
 //! Outside the framed stream, one datagram: the follower's [`Knock`] (its listener is bound; see there).
 //!
@@ -394,7 +394,7 @@ pub struct Resume {
     pub interconnect: InterconnectId,
 }
 
-/// Typed error codes carried by [`Error`].
+/// Typed error codes carried by [`Error`](struct@Error).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// No common protocol version.
@@ -480,7 +480,7 @@ pub enum Message {
     /// windows of a binding generation made ahead of time on the interconnect the message travels on.
     /// Same layout and limits as [`ClientInfo`]; see the manager's module docs for the protocol.
     Standby(ClientInfo),
-    /// See [`Error`].
+    /// See [`Error`](struct@Error).
     Error(Error),
 }
 

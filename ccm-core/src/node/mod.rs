@@ -3,7 +3,7 @@
 //! One thread (`ccm-node`) owns the manager, every device object and every session. It sleeps in
 //! `poll(2)` on the sessions' sockets, the devices' async-event fds, each device's completion channel
 //! (the control VIs' receives are armed on it) and a wake-up pipe that client threads write to, until
-//! the manager's next deadline or [`PORT_POLL`] at most. So an idle node wakes for its heartbeats,
+//! the manager's next deadline or `PORT_POLL` at most. So an idle node wakes for its heartbeats,
 //! its partner's and the port look, not every millisecond (measured in the lab guest: the driver
 //! thread of an idle node took 35-40 % of a vCPU with a 1 ms poll, 9-10 % now).
 //!
@@ -18,7 +18,7 @@
 //! | `ReleaseClientVis` (525) | the VIs go to the error state (outstanding work flushes) and are dropped |
 //!
 //! Interconnect events fed back: async events (PORT_ERR, PORT_ACTIVE, DEVICE_FATAL; any of them makes
-//! the driver look at the ports at once), port state (looked at every [`PORT_POLL`] as well), a device
+//! the driver look at the ports at once), port state (looked at every `PORT_POLL` as well), a device
 //! that disappeared (rxe never raises DEVICE_FATAL: the kernel's uevent of its removal makes the driver
 //! look at once, and its sysfs entry says which), control VI completion errors, and client-reported VI
 //! errors (which also make it look at the ports).

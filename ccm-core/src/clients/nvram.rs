@@ -19,7 +19,8 @@
 //! mirror ring (in order, once), persists its checkpoint and answers with a small inline SEND, the [`Ack`]
 //! `{applied_pos, applied_lsn, credits_total}`. Other batches are plain WRITEs, which the partner applies and
 //! acks when it next looks: after each of its idle sleeps ([`IDLE_SLEEP`]) and every [`QUIET_SCAN_TURNS`]
-//! turns of a busy mirror thread (a *quiet scan*: it acks only if it applied something).
+//! turns of a busy mirror thread (a *quiet scan*: it acks once it applied an eighth of the ring since its
+//! last ack, or anything since an ack `IDLE_SLEEP` old).
 //!
 //! **Threads.** The client VI has a send CQ and a receive CQ. The mirror thread owns the receive side (the
 //! partner's acks and notifications, the reader). The send side (posting batches, reaping their
@@ -36,10 +37,10 @@
 //! [`IDLE_SLEEP`]. Notifications and acks are solicited, and a writer notifies only once half its ring
 //! waits for an ack: an entry's path wakes no thread on the partner and puts no receive completion on
 //! it, and an idle pair's mirror threads sleep. A batch of one segment of at most [`MAX_INLINE`] bytes (an
-//! entry of up to 224 payload bytes) is posted inline, the cheaper post on rxe. Batches stay in order because only the
-//! holder of the send side takes a batch from the writer and posts it; the mirror thread installs the
-//! send side only after the writer was reset to the connection (on `Ready`) and removes it, under that
-//! lock, before it leaves the connection.
+//! entry of up to 224 payload bytes) is posted inline, the cheaper post on rxe. Batches stay in order
+//! because only the holder of the send side takes a batch from the writer and posts it; the mirror thread
+//! installs the send side only after the writer was reset to the connection (on `Ready`) and removes it,
+//! under that lock, before it leaves the connection.
 //! A fault met by another thread on the send side is handed to the mirror thread, which reports it.
 //!
 //! **Receive credits.** Each client VI has 128 receive slots shared by two kinds of message: notifications
@@ -1422,10 +1423,15 @@ impl Client {
 
 /// RDMA WRITE the batch's segments from the local ring to the same offsets of the partner's mirror ring; only
 /// the last one is signalled, and if the batch notifies ([`Batch::notify`](crate::mirror::Batch::notify)) it
-/// carries the immediate and is solicited. One post call (one doorbell) for the whole batch. A batch of one segment of at most [`MAX_INLINE`] bytes goes inline.
+/// carries the immediate and is solicited. One post call (one doorbell) for the whole batch. A batch of one
+/// segment of at most [`MAX_INLINE`] bytes goes inline.
 fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_verbs::Error> {
     let segs = b.segments();
     let imm = b.last_lsn.0 as u32;
+    let last_op = |to: RemoteAddr| match b.notify {
+        true => SendOp::WriteWithImm(to, imm),
+        false => SendOp::Write(to),
+    };
     let wr_id = BATCH_TAG | b.id;
     if segs.len() == 1 && segs[0].len as usize <= MAX_INLINE.min(c.vi.max_inline()) {
         // Inline: the provider copies the bytes into the work request (rxe then skips the memory region
@@ -1439,15 +1445,10 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
             rkey: c.remote.rkey,
         };
         c.vi.check_port()?;
-        let op = if b.notify {
-            SendOp::WriteWithImm(to, imm)
-        } else {
-            SendOp::Write(to)
-        };
         return c
             .vi
             .qp()
-            .post_send_one(&SendWr::inline(wr_id, op, bytes).solicit(b.notify));
+            .post_send_one(&SendWr::inline(wr_id, last_op(to), bytes).solicit(b.notify));
     }
     let mut sges = [c
         .local
@@ -1461,12 +1462,7 @@ fn post_batch(c: &SendConn, ring: &SharedMemory, b: &Batch) -> Result<(), ccm_ve
             rkey: c.remote.rkey,
         };
         if k + 1 == segs.len() {
-            let op = if b.notify {
-                SendOp::WriteWithImm(to, imm)
-            } else {
-                SendOp::Write(to)
-            };
-            SendWr::new(wr_id, op, std::slice::from_ref(&sges[k])).solicit(b.notify)
+            SendWr::new(wr_id, last_op(to), std::slice::from_ref(&sges[k])).solicit(b.notify)
         } else {
             SendWr::new(wr_id, SendOp::Write(to), std::slice::from_ref(&sges[k])).unsignaled()
         }

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::pair::{MirrorPair, PairSpec};
 use crate::stats;
-use crate::verbs_bench::think_for;
+use crate::verbs_bench::{stamp_payload, think_for};
 
 /// The spin of the second latency pass (`Mirror::set_spin`).
 pub const SPIN: Duration = Duration::from_micros(200);
@@ -93,9 +93,10 @@ pub struct Passes {
     pub think: Duration,
 }
 
-fn fill(lsn: u64, p: &mut [u8]) {
+/// A payload's bytes, made once per size.
+fn fill(p: &mut [u8]) {
     for (i, b) in p.iter_mut().enumerate() {
-        *b = (lsn as usize).wrapping_mul(131).wrapping_add(i) as u8;
+        *b = i.wrapping_mul(131) as u8;
     }
 }
 
@@ -202,7 +203,9 @@ fn measure(pair: &MirrorPair, size: usize, passes: Passes) -> Result<Measured, S
         think,
     } = passes;
     let stops_before = pair.a.stats().stops;
+    // The payload is made once; each entry differs in its first bytes ([`stamp_payload`]).
     let mut p = vec![0u8; size];
+    fill(&mut p);
     let wait = Duration::from_secs(30);
     let h = latency_pass(pair, &mut p, iters, wait, think)?;
     pair.a.set_spin(SPIN);
@@ -214,13 +217,8 @@ fn measure(pair: &MirrorPair, size: usize, passes: Passes) -> Result<Measured, S
     let batches0 = pair.a.stats().batches;
     let t = Instant::now();
     let mut last = None;
-    // The payload is made once; each entry differs in its first bytes only. Filling a 64 KiB payload
-    // per entry cost the loop tens of microseconds an entry in the guest, work `ib_write_bw` (which
-    // never touches its buffer) does not do, and no part of the mirror.
-    fill(0, &mut p);
     for i in 0..bw_iters {
-        let stamp = p.len().min(8);
-        p[..stamp].copy_from_slice(&i.to_le_bytes()[..stamp]);
+        stamp_payload(i, &mut p);
         // At most `window` entries in flight, as ib_write_bw keeps at most its tx depth of WRITEs.
         if let Some(l) = last {
             let l: Lsn = l;
@@ -264,7 +262,7 @@ fn stages(
 ) -> Result<Stages, String> {
     let mut h = [(); 4].map(|_| stats::new_histogram());
     for i in 0..iters {
-        fill(i, p);
+        stamp_payload(i, p);
         think_for(think);
         let batches = pair.a.stats().batches;
         let t0 = Instant::now();
@@ -415,7 +413,7 @@ fn latency_pass(
     let calib = Calibration::start();
     let mut ticks = Vec::with_capacity(iters as usize);
     for i in 0..iters {
-        fill(i, p);
+        stamp_payload(i, p);
         think_for(think);
         let t0 = cycles();
         let lsn = pair.a.append_wait(p, wait).map_err(|e| e.to_string())?;

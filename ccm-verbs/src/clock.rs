@@ -1,7 +1,8 @@
 //! A cheap cycle counter for measured paths, and its calibration against the monotonic clock.
 //!
-//! In the lab guest (QEMU TCG) the kernel's clocksource is the HPET and `Instant::now()` costs
-//! about 1 us, a few percent of a ping-pong round trip; the TSC costs about 20 ns. perftest
+//! A guest under QEMU TCG whose kernel judged the TSC unstable reads the HPET, and `Instant::now()`
+//! then costs about 1 us, a few percent of a ping-pong round trip (the lab guest boots with
+//! `tsc=reliable` since 2026-12-01; docs/lab-contract.md); the TSC costs about 20 ns. perftest
 //! timestamps with the TSC too (`get_cycles`). Ticks are converted to time with a rate
 //! calibrated against the monotonic clock over the measured run itself ([`Calibration`]), so
 //! no CPU frequency has to be trusted.

@@ -856,7 +856,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             }
             floors.push((name, stats::summarize(&h)));
         }
-        // A raw-verbs writer doing the mirror's per-entry work (copy, header, XXH64 checksum) before its WRITE.
+        // A raw-verbs writer doing the mirror's per-entry work (copy, header, XXH3-64 checksum) before its WRITE.
         {
             let q = queue_spec(Op::Write, entry, Length::Iters(iters), 16, 0);
             let mut fp = Pair::connect(&p.a, &p.b, &q)?;

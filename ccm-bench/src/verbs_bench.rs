@@ -452,7 +452,7 @@ pub const PREPARED_HEADER: usize = 32;
 /// [`run_write_completion`] with the work a raw-verbs writer of a log does for each entry, timed with it,
 /// as the mirror's `append` does it: copy `payload` bytes into the registered buffer after a
 /// [`PREPARED_HEADER`]-byte header (in 4 KiB pieces, as `ccm_verbs::SharedMemory` copies: the lab's
-/// emulated CPU moves one large `memcpy` a byte at a time), the XXH64 (the mirror's entry checksum) of
+/// emulated CPU moves one large `memcpy` a byte at a time), the XXH3-64 (the mirror's entry checksum) of
 /// the header's first 16 bytes and the payload into it, then one signalled WRITE of header and payload
 /// (the pair's message size, at least `PREPARED_HEADER + payload`) and its completion polled. No ccm
 /// code: the floor of "the same job on raw verbs".
@@ -488,10 +488,11 @@ pub fn run_write_completion_prepared(
         hdr[0..4].copy_from_slice(&0x4e56_524du32.to_le_bytes());
         hdr[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
         hdr[8..16].copy_from_slice(&i.to_le_bytes());
-        let mut h = xxhash_rust::xxh64::Xxh64::new(0);
-        h.update(&buf[tx..tx + 16]);
-        h.update(&buf[tx + PREPARED_HEADER..tx + PREPARED_HEADER + payload]);
-        let sum = h.digest();
+        let seed = xxhash_rust::xxh3::xxh3_64(&buf[tx..tx + 16]);
+        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(
+            &buf[tx + PREPARED_HEADER..tx + PREPARED_HEADER + payload],
+            seed,
+        );
         buf[tx + 16..tx + 24].copy_from_slice(&sum.to_le_bytes());
     };
     timed_writes(side, warmup, iters, think, entry)

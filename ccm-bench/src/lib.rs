@@ -9,6 +9,7 @@
 //! * [`pair`], [`mirror_bench`], [`failover`]: two real ccm nodes in one process with the NVRAM mirror
 //!   client: mirror latency and throughput (`mirror`, `compare mirror`), link cuts under traffic (`failover`).
 //! * [`bringup`]: slam connect of N VIs (`bringup`), next to rdma_cm's `cmtime` (`compare bringup`).
+//! * [`cpu`]: the machine's CPU use during a throughput run (`/proc/stat`).
 //! * [`plot`]: SVG latency percentile curves and the failover timeline.
 //!
 //! Latency is one-way = RTT / 2, measured as perftest does: a cycle-counter timestamp at every
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bringup;
+pub mod cpu;
 pub mod failover;
 pub mod mirror_bench;
 pub mod pair;

@@ -12,6 +12,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+use ccm_bench::cpu::CpuUse;
 use ccm_bench::failover::{self, CutKind, FailoverOpts};
 use ccm_bench::mirror_bench::{entry_bytes, MirrorOurs};
 use ccm_bench::pair::PairSpec;
@@ -866,8 +867,31 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             }
             floors.push(("floor_prepared", stats::summarize(&h)));
         }
+        // The raw-verbs floor of the throughput run: a WRITE stream of the entry's ring bytes with the same
+        // window and as many messages as our run had entries, and the machine's CPU use during it (rxe
+        // works on the same vCPUs). ib_write_bw gets the same count.
+        let bw_entries = o.entries;
+        let floor_bw_payload = |r: &ccm_bench::verbs_bench::BandwidthResult| {
+            r.mb_per_s() * o.size as f64 / entry as f64
+        };
+        let (floor_bw, floor_bw_cpu, floor_bw_counters) = {
+            let q = queue_spec(Op::Write, entry, Length::Iters(bw_entries), c.tx_depth, 0);
+            let mut fp = Pair::connect(&p.a, &p.b, &q)?;
+            let counters0 = ccm_bench::cpu::device_counters();
+            let (r, cpu) = CpuUse::during(|| {
+                run_bandwidth(&mut fp, Op::Write, Length::Iters(bw_entries), c.tx_depth)
+            });
+            let counters =
+                ccm_bench::cpu::counters_json(&counters0, &ccm_bench::cpu::device_counters());
+            (r?, cpu, counters)
+        };
         let (lat, peer_h) = peer_latency(&p, Op::Write, o.size, 1, &mut port)?;
-        let bw = peer_bandwidth(&plan(&pc, true), Op::Write, o.size, 1, &mut port)?;
+        // ib_write_bw's CPU use includes both processes' start and connection set-up.
+        let mut pc_bw = pc.clone();
+        pc_bw.iters = Some(bw_entries);
+        let (bw, bw_cpu) =
+            CpuUse::during(|| peer_bandwidth(&plan(&pc_bw, true), Op::Write, o.size, 1, &mut port));
+        let bw = bw?;
         let s = stats::summarize(&o.latency);
         let sp = stats::summarize(&o.latency_spin);
         let color = plot::PALETTE[i % plot::PALETTE.len()].to_string();
@@ -898,6 +922,14 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             "p50_us": lat.p50_us, "p90_us": lat.p90_us, "p99_us": lat.p99_us, "p999_us": lat.p999_us,
             "max_us": lat.max_us, "samples": lat.samples,
             "mb_per_s": bw.mb_per_s, "messages": bw.messages,
+            "cpu_during_bw_with_setup": bw_cpu.map(|u| u.json()),
+        });
+        v["floor_bw"] = serde_json::json!({
+            "tool": "ccm-bench raw verbs: RDMA WRITE stream of the entry's ring bytes, same window",
+            "bytes": entry, "mb_per_s": floor_bw.mb_per_s(),
+            "payload_mb_per_s": floor_bw_payload(&floor_bw),
+            "cpu": floor_bw_cpu.map(|u| u.json()),
+            "device_counters": floor_bw_counters,
         });
         v["floor"] = serde_json::json!({
             "tool": "ccm-bench raw verbs: signalled RDMA WRITE posted -> completion polled",
@@ -915,6 +947,10 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
             ("ratio_spin_floor_p50", report::ratio(sp.p50_us, f.p50_us)),
             ("ratio_spin_floor_p99", report::ratio(sp.p99_us, f.p99_us)),
             ("ratio_bw", report::ratio(o.mb_per_s, bw.mb_per_s)),
+            (
+                "ratio_floor_bw",
+                report::ratio(o.mb_per_s, floor_bw_payload(&floor_bw)),
+            ),
         ] {
             v[key] = ratio.into();
         }
@@ -958,6 +994,23 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                     fl.p50_us, fl.p99_us
                 );
             }
+            let cpu = |u: Option<ccm_bench::cpu::CpuUse>| {
+                u.map_or("?".to_string(), |u| {
+                    format!(
+                        "user {:.2}, system {:.2}, irq {:.2}, idle {:.2} of {} CPUs",
+                        u.user, u.system, u.irq, u.idle, u.cpus
+                    )
+                })
+            };
+            println!(
+                "  throughput, {bw_entries} entries: ours {:.2} MB/s, raw WRITE stream of {entry} B {:.2} MB/s of \
+                 payload (ratio {:.3})\n  CPU during ours: {}\n  CPU during the raw stream: {}",
+                o.mb_per_s,
+                floor_bw_payload(&floor_bw),
+                report::ratio(o.mb_per_s, floor_bw_payload(&floor_bw)),
+                cpu(o.cpu),
+                cpu(floor_bw_cpu)
+            );
         }
     }
     if let Some(path) = &c.plot {

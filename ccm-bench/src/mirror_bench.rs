@@ -21,6 +21,7 @@ use ccm_verbs::lab::LabTopology;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::cpu::{self, CpuUse, ThreadTimes};
 use crate::pair::{MirrorPair, PairSpec};
 use crate::stats;
 use crate::verbs_bench::{stamp_payload, think_for};
@@ -42,6 +43,12 @@ pub struct MirrorSize {
     pub entries: u64,
     /// Average entries per posted batch in the throughput run.
     pub entries_per_batch: f64,
+    /// The machine's CPU use during the throughput run.
+    pub cpu: Option<CpuUse>,
+    /// This process's threads during the throughput run, by name: (name, user, system) in CPUs.
+    pub threads: Vec<(String, f64, f64)>,
+    /// The RDMA devices' counters that moved during the throughput run ([`cpu::counters_json`]).
+    pub counters: Value,
     /// The mirror moved to another link during these runs (a failover is inside the figures).
     pub moved: bool,
     /// Where the time of one entry goes (see [`Stages`]).
@@ -84,13 +91,29 @@ pub struct MirrorOurs {
 pub struct Passes {
     /// Entries per latency pass.
     pub iters: u64,
-    /// Entries in the throughput run.
+    /// Entries in the throughput run at least; more at small sizes ([`throughput_entries`]).
     pub bw_iters: u64,
     /// Entries not yet durable at most in the throughput run (perftest's tx depth).
     pub window: u64,
     /// The writer's own work between one entry's durability and the next append in the latency passes
     /// ([`think_for`]).
     pub think: Duration,
+}
+
+/// Payload bytes a throughput run moves at least (unless [`THROUGHPUT_MAX_ENTRIES`] cap it): about a second
+/// in the lab. A run of 1000 entries of 4 KiB lasts about 0.1 s there, where one scheduler hiccup of the
+/// emulated guest moves the figure by 20 %, for ours and for `ib_write_bw` alike.
+pub const THROUGHPUT_BYTES: u64 = 32 << 20;
+/// The most entries a throughput run takes for [`THROUGHPUT_BYTES`] (tiny entries move few bytes a second).
+pub const THROUGHPUT_MAX_ENTRIES: u64 = 100_000;
+
+/// Entries (messages) of the throughput runs at `size` bytes: enough for [`THROUGHPUT_BYTES`], at most
+/// [`THROUGHPUT_MAX_ENTRIES`], never fewer than `iters`. `compare mirror` gives `ib_write_bw` and the raw
+/// stream the same count.
+pub fn throughput_entries(size: usize, iters: u64) -> u64 {
+    (THROUGHPUT_BYTES / size.max(1) as u64)
+        .min(THROUGHPUT_MAX_ENTRIES)
+        .max(iters)
 }
 
 /// A payload's bytes, made once per size.
@@ -202,6 +225,7 @@ fn measure(pair: &MirrorPair, size: usize, passes: Passes) -> Result<Measured, S
         window,
         think,
     } = passes;
+    let bw_iters = throughput_entries(size, bw_iters);
     let stops_before = pair.a.stats().stops;
     // The payload is made once; each entry differs in its first bytes ([`stamp_payload`]).
     let mut p = vec![0u8; size];
@@ -215,25 +239,33 @@ fn measure(pair: &MirrorPair, size: usize, passes: Passes) -> Result<Measured, S
     let stages = stages(pair, &mut p, iters, wait, think)?;
     let latency_done_ms = pair.us(Instant::now()) / 1000.0;
     let batches0 = pair.a.stats().batches;
+    let threads0 = ThreadTimes::read_all();
+    let counters0 = cpu::device_counters();
     let t = Instant::now();
-    let mut last = None;
-    for i in 0..bw_iters {
-        stamp_payload(i, &mut p);
-        // At most `window` entries in flight, as ib_write_bw keeps at most its tx depth of WRITEs.
+    let (run, cpu) = CpuUse::during(|| -> Result<(), String> {
+        let mut last = None;
+        for i in 0..bw_iters {
+            stamp_payload(i, &mut p);
+            // At most `window` entries in flight, as ib_write_bw keeps at most its tx depth of WRITEs.
+            if let Some(l) = last {
+                let l: Lsn = l;
+                if l.0 >= window {
+                    pair.a.wait_durable(Lsn(l.0 + 1 - window), wait);
+                }
+            }
+            last = Some(pair.a.append_wait(&p, wait).map_err(|e| e.to_string())?);
+        }
         if let Some(l) = last {
-            let l: Lsn = l;
-            if l.0 >= window {
-                pair.a.wait_durable(Lsn(l.0 + 1 - window), wait);
+            if !pair.a.wait_durable(l, Duration::from_secs(120)) {
+                return Err(format!("throughput run of {size} B not durable in 120 s"));
             }
         }
-        last = Some(pair.a.append_wait(&p, wait).map_err(|e| e.to_string())?);
-    }
-    if let Some(l) = last {
-        if !pair.a.wait_durable(l, Duration::from_secs(120)) {
-            return Err(format!("throughput run of {size} B not durable in 120 s"));
-        }
-    }
+        Ok(())
+    });
+    run?;
     let secs = t.elapsed().as_secs_f64();
+    let threads = cpu::threads_since(&threads0, &ThreadTimes::read_all(), secs, cpu::USER_HZ);
+    let counters = cpu::counters_json(&counters0, &cpu::device_counters());
     let batches = (pair.a.stats().batches - batches0).max(1);
     Ok(Measured {
         size: MirrorSize {
@@ -243,6 +275,9 @@ fn measure(pair: &MirrorPair, size: usize, passes: Passes) -> Result<Measured, S
             mb_per_s: (bw_iters as f64 * size as f64) / (1u64 << 20) as f64 / secs,
             entries: bw_iters,
             entries_per_batch: bw_iters as f64 / batches as f64,
+            cpu,
+            threads,
+            counters,
             moved: false,
             stages,
             beside: None,
@@ -451,6 +486,9 @@ pub fn ours_json(o: &MirrorSize, window: u64) -> Value {
         "max_us": s.max_us, "samples": s.samples,
         "mb_per_s": o.mb_per_s, "entries": o.entries, "entries_per_batch": o.entries_per_batch,
         "window": window, "moved_during_run": o.moved,
+        "cpu_during_throughput": o.cpu.map(|u| u.json()),
+        "threads_during_throughput": cpu::threads_json(&o.threads),
+        "device_counters_during_throughput": o.counters,
     })
 }
 
@@ -534,6 +572,24 @@ pub fn table(o: &MirrorSize, at: &Placement, iters: u64, window: u64) -> String 
         o.stages.completion_us,
         o.stages.total_us
     );
+    if let Some(u) = o.cpu {
+        let threads: Vec<String> = o
+            .threads
+            .iter()
+            .take(4)
+            .map(|(n, us, sy)| format!("{n} {:.2}", us + sy))
+            .collect();
+        t += &format!(
+            "  CPU during the throughput run: user {:.2}, system {:.2}, irq {:.2}, idle {:.2} of {} CPUs; \
+             busiest threads: {}\n",
+            u.user,
+            u.system,
+            u.irq,
+            u.idle,
+            u.cpus,
+            threads.join(", ")
+        );
+    }
     t
 }
 
@@ -555,6 +611,9 @@ mod tests {
             mb_per_s: 12.5,
             entries: 1000,
             entries_per_batch: 3.5,
+            cpu: None,
+            threads: Vec::new(),
+            counters: Value::Null,
             moved: false,
             stages: Stages {
                 append_us: 1.0,
@@ -571,6 +630,15 @@ mod tests {
         device: "rxe2",
         peer_device: "rxe3",
     };
+
+    #[test]
+    fn throughput_runs_move_32_mib_within_their_entry_bounds() {
+        assert_eq!(throughput_entries(4096, 1000), 8192);
+        assert_eq!(throughput_entries(65536, 1000), 1000);
+        assert_eq!(throughput_entries(65536, 5000), 5000);
+        assert_eq!(throughput_entries(64, 1000), 100_000);
+        assert_eq!(throughput_entries(64, 200_000), 200_000);
+    }
 
     #[test]
     fn an_ours_only_record_has_our_percentiles_and_throughput_and_nothing_of_a_peer() {
@@ -608,6 +676,14 @@ mod tests {
     fn the_table_shows_every_percentile_and_the_throughput() {
         let mut o = synthetic();
         o.moved = true;
+        o.cpu = Some(CpuUse {
+            user: 0.5,
+            system: 1.0,
+            irq: 0.25,
+            idle: 0.25,
+            cpus: 2,
+        });
+        o.threads = vec![("ccm-nvram#1".into(), 0.25, 0.5)];
         let t = table(&o, &AT, 100, 128);
         assert!(t.contains("interconnect 1 rxe2<->rxe3"), "{t}");
         assert!(t.contains("the mirror moved"), "{t}");
@@ -617,5 +693,10 @@ mod tests {
         let p999 = stats::summarize(&o.latency).p999_us;
         assert!(t.contains(&format!(" {p999:.2} ")), "{t}");
         assert!(t.contains("12.50 MB/s"), "{t}");
+        assert!(
+            t.contains("system 1.00, irq 0.25, idle 0.25 of 2 CPUs"),
+            "{t}"
+        );
+        assert!(t.contains("busiest threads: ccm-nvram#1 0.75"), "{t}");
     }
 }

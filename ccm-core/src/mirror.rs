@@ -102,7 +102,7 @@ const FORMAT1_MAGICS: [u32; 2] = [u32::from_le_bytes(*b"CCMN"), u32::from_le_byt
 pub struct Lsn(pub u64);
 
 /// What went wrong with a mirror operation. Nothing is lost on any of these.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum MirrorError {
     /// The entry can never fit: payload larger than a quarter of the ring.
     #[error("entry of {len} bytes is larger than the largest entry this ring takes ({max} bytes)")]

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccm_core::clients::nvram::{self, Mirror, StepKind};
+use ccm_core::clients::nvram::{self, Mirror, MirrorFault, StepKind};
 use ccm_core::manager::ClientSpec;
-use ccm_core::mirror::Lsn;
+use ccm_core::mirror::{Lsn, MirrorError};
 use ccm_core::node::Node;
 use ccm_core::wire::{BandwidthClass, ClientId, InterconnectId};
 use ccm_verbs::lab::LabTopology;
@@ -1004,5 +1004,93 @@ impl Drop for NetemGuard {
             let r = self.lab.fault(&["netem", &ic.to_string(), "clear"]);
             eprintln!("guard: netem {ic} clear: {r:?}");
         }
+    }
+}
+
+/// An older build's writer (entry format 1: magic `CCMN`, CRC-32) on the other side: its first entry, LSN 1,
+/// lands at offset 0 of node 2's mirror ring, where node 2's reader expects node 1's first. Node 2's running
+/// mirror refuses it with a typed fault naming the format, the LSN and the offset, applies nothing and
+/// overwrites nothing, and node 1's mirror has no fault; node 2 restarted on those files refuses to start
+/// with the same error.
+#[test]
+fn lab_an_older_builds_entry_in_the_partners_log_is_a_typed_fault() {
+    let Some(lab) = LabTopology::from_env_or_skip(
+        "lab_an_older_builds_entry_in_the_partners_log_is_a_typed_fault",
+    ) else {
+        return;
+    };
+    let base = |n: u64| ring_base("format", n);
+    let _files = fresh_rings(&base);
+    let nodes = start_nodes(&lab, 19_740, Instant::now());
+    let (m1, m2, applied2) = start_mirror_pair(&nodes, nvram_spec(), &base);
+    wait_until(Duration::from_secs(30), "both mirrors synced", || {
+        m1.is_synced() && m2.is_synced()
+    });
+    assert_eq!(m2.fault(), None);
+
+    // The older build's entry, as its RDMA WRITE would leave it in node 2's mirror ring (a shared mapping).
+    let old = payload(1);
+    let mut entry = vec![0u8; 32 + old.len()];
+    entry[0..4].copy_from_slice(b"CCMN");
+    entry[4..8].copy_from_slice(&(old.len() as u32).to_le_bytes());
+    entry[8..16].copy_from_slice(&1u64.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&entry[0..16]);
+    crc.update(&old);
+    entry[16..20].copy_from_slice(&crc.finalize().to_le_bytes());
+    entry[32..].copy_from_slice(&old);
+    let mirror_ring = nvram::ring_paths(&base(2))[1].clone();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&mirror_ring)
+            .unwrap();
+        f.write_all_at(&entry, 0).unwrap();
+    }
+    // Node 2's mirror thread looks at its ring at least every IDLE_SLEEP.
+    wait_until(
+        Duration::from_secs(10),
+        "node 2's mirror to report the older build's entry",
+        || m2.fault().is_some(),
+    );
+    let refused = MirrorError::EntryFormat {
+        lsn: Lsn(1),
+        offset: 0,
+    };
+    assert_eq!(m2.fault(), Some(MirrorFault::PartnerLog(refused.clone())));
+    let fault = m2.fault().unwrap().to_string();
+    assert!(
+        fault.contains("format 1") && fault.contains("Lsn(1)") && fault.contains("offset 0"),
+        "{fault}"
+    );
+    assert!(m2.stats().protocol_errors >= 1);
+    assert_eq!(m2.stats().partner_entries, 0);
+    assert!(applied2.lock().unwrap().lsns.is_empty());
+    assert_eq!(m1.fault(), None);
+    assert_eq!(m1.stats().protocol_errors, 0);
+    m2.close();
+    let after = std::fs::read(&mirror_ring).unwrap();
+    assert_eq!(
+        &after[..entry.len()],
+        &entry[..],
+        "the older entry was overwritten"
+    );
+
+    // Node 2's mirror restarted on these files: refused at the start, with the same error.
+    match nvram::start(&nodes[1].handle(), nvram_spec(), &base(2), RING) {
+        Err(nvram::StartError::Mirror(e)) => assert_eq!(e, refused),
+        Err(e) => panic!("node 2's mirror refused to start, but not for the older entry: {e}"),
+        Ok(_) => panic!("node 2's mirror started on a ring holding an older build's entry"),
+    }
+    match Arc::try_unwrap(m1) {
+        Ok(m1) => m1.close(),
+        Err(_) => panic!("node 1's mirror still shared"),
+    }
+    for n in &nodes {
+        n.handle().shutdown();
+    }
+    for n in nodes {
+        n.join();
     }
 }

@@ -355,6 +355,7 @@ fn run_node(
                         "partner_applied": s.partner_applied, "partner_entries": s.partner_entries,
                         "batches": s.batches, "resent_batches": s.resent_batches,
                         "stops": s.stops, "vi_errors": s.vi_errors, "protocol_errors": s.protocol_errors,
+                        "fault": m.fault().map(|f| f.to_string()),
                         "ring_full_rejections": rejected.load(Ordering::Relaxed),
                         "local_digest": m.local_digest().0, "mirror_digest": m.mirror_digest().0,
                         "latency_us": { "samples": h.len(), "p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),

@@ -68,7 +68,10 @@
 //! **Failure**: on `Stop`, `PartnerDown` or any error completion the client stops posting at once (an error
 //! completion is reported with [`ClientHandle::report_vi_error`] so the manager re-places the binding) and
 //! waits for the next `Ready`. Appends continue meanwhile, into the local ring, until it is full:
-//! [`MirrorError::RingFull`] is returned to the caller (back-pressure), never an overwrite.
+//! [`MirrorError::RingFull`] is returned to the caller (back-pressure), never an overwrite. A partner that breaks
+//! the protocol (an older build's entry where the next one is due, an ack for bytes never sent, a ring of
+//! another size) stops the writing on that connection too: the fault is counted, logged and kept, typed, for
+//! the embedding code ([`Mirror::fault`], [`MirrorFault`]).
 //!
 //! **Partner restart**: the mirror ring and its checkpoint survive the partner's process (SIGKILL included);
 //! a restarting node resumes its reader with [`MirrorReader::recover`], so it reports at least what it
@@ -204,6 +207,50 @@ impl Ack {
             credits_total: u(20..28),
         })
     }
+}
+
+/// Why a running mirror stopped writing on its connection ([`Mirror::fault`]): the partner or this node broke
+/// the protocol. Nothing is lost: appends go on into the local ring (until it is full), and the next
+/// connection (`Ready`) starts over; a fault that persists (an older build on the other side) is met again.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum MirrorFault {
+    /// The partner's log, as this node's reader found it in its mirror ring: an entry of another format where
+    /// the next one is due ([`MirrorError::EntryFormat`], an older build writing), or a ring that contradicts
+    /// the reader's checkpoint.
+    #[error("the partner's log: {0}")]
+    PartnerLog(MirrorError),
+    /// The partner's ack reports a position this writer never sent, or less than before
+    /// ([`MirrorError::BadApplied`]).
+    #[error("the partner's ack: {0}")]
+    PartnerAck(MirrorError),
+    /// A message on the mirror's VI that is no ack (`bytes` long).
+    #[error("a message of {bytes} bytes from the partner that is no ack")]
+    NotAnAck {
+        /// Its length.
+        bytes: u32,
+    },
+    /// The partner's mirror ring differs in size from ours: the nodes' configurations disagree.
+    #[error("the partner's mirror ring has {partner} bytes, ours {ours}")]
+    RingSize {
+        /// The partner's window length.
+        partner: u64,
+        /// Our ring's capacity.
+        ours: u64,
+    },
+    /// The node's `Ready` came without a VI, a registered region or the partner's window.
+    #[error("Ready without a VI, a region or the partner's window")]
+    IncompleteReady,
+    /// A completion that is not the oldest batch in flight ([`MirrorError::OutOfOrderCompletion`]).
+    #[error("{0}")]
+    Completion(MirrorError),
+    /// A checkpoint file could not be written (`what`: the reader's or the writer's).
+    #[error("writing the {what} checkpoint: {error}")]
+    Checkpoint {
+        /// Which checkpoint.
+        what: &'static str,
+        /// The error.
+        error: String,
+    },
 }
 
 /// Why a mirror could not start.
@@ -358,7 +405,7 @@ fn reap(c: &SendConn, wc: &mut [Completion], shared: &Shared) -> Result<bool, Fa
                 durable = Some(
                     g.writer
                         .batch_completed(wc.wr_id() & !BATCH_TAG)
-                        .map_err(|e| Fault::Protocol(e.to_string()))?,
+                        .map_err(|e| Fault::Protocol(MirrorFault::Completion(e)))?,
                 );
             }
             // Otherwise one of the reader's acks went out.
@@ -366,8 +413,7 @@ fn reap(c: &SendConn, wc: &mut [Completion], shared: &Shared) -> Result<bool, Fa
         if let (Some(g), Some(_)) = (g.as_mut(), durable) {
             // A completed resend may free ring space the last checkpoint still holds.
             if g.writer.checkpoint_due() {
-                g.persist()
-                    .map_err(|e| Fault::Protocol(format!("writer checkpoint: {e}")))?;
+                g.persist().map_err(|e| writer_checkpoint_fault(&e))?;
             }
         }
         if let Some(d) = durable {
@@ -453,6 +499,8 @@ struct Shared {
     steps: Mutex<std::collections::VecDeque<Step>>,
     /// The first batch completion on the current connection is still to be recorded.
     first_durable_due: AtomicBool,
+    /// The latest protocol fault ([`Mirror::fault`]).
+    fault: Mutex<Option<MirrorFault>>,
 }
 
 impl Shared {
@@ -643,6 +691,7 @@ pub fn start_with(
         spin_ns: AtomicU64::new(0),
         steps: Mutex::new(std::collections::VecDeque::with_capacity(STEPS_KEPT)),
         first_durable_due: AtomicBool::new(false),
+        fault: Mutex::new(None),
     });
     shared
         .counters
@@ -836,6 +885,18 @@ impl Mirror {
         Duration::from_nanos(self.shared.spin_ns.load(Ordering::Relaxed))
     }
 
+    /// The latest protocol fault since the start, if any (each also counts in
+    /// [`MirrorStats::protocol_errors`] and is logged): why the mirror stopped writing on a connection, typed
+    /// ([`MirrorFault`]). An older build's entry in the partner's log, for instance, is
+    /// `PartnerLog(EntryFormat { lsn, offset })`.
+    pub fn fault(&self) -> Option<MirrorFault> {
+        self.shared
+            .fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The counters.
     pub fn stats(&self) -> MirrorStats {
         let c = &self.shared.counters;
@@ -988,7 +1049,14 @@ struct Client {
 
 enum Fault {
     Vi(String),
-    Protocol(String),
+    Protocol(MirrorFault),
+}
+
+fn writer_checkpoint_fault(e: &ccm_verbs::Error) -> Fault {
+    Fault::Protocol(MirrorFault::Checkpoint {
+        what: "writer's",
+        error: e.to_string(),
+    })
 }
 
 impl Client {
@@ -1144,14 +1212,14 @@ impl Client {
                     regions.first().cloned(),
                     partner.windows.first().copied(),
                 ) else {
-                    self.protocol_error("Ready without a VI, a region or the partner's window");
+                    self.protocol_error(MirrorFault::IncompleteReady);
                     return;
                 };
                 if remote.len != capacity {
-                    self.protocol_error(&format!(
-                        "the partner's mirror ring has {} bytes, ours {capacity}",
-                        remote.len
-                    ));
+                    self.protocol_error(MirrorFault::RingSize {
+                        partner: remote.len,
+                        ours: capacity,
+                    });
                     return;
                 }
                 tracing::info!(target: "ccm::nvram", ic = ic.0, generation = generation.0, "mirror ready");
@@ -1189,12 +1257,13 @@ impl Client {
         self.mirror.len() as u64
     }
 
-    fn protocol_error(&mut self, what: &str) {
+    fn protocol_error(&mut self, fault: MirrorFault) {
         self.shared
             .counters
             .protocol_errors
             .fetch_add(1, Ordering::Relaxed);
-        tracing::error!(target: "ccm::nvram", "mirror protocol error: {what}");
+        tracing::error!(target: "ccm::nvram", "mirror protocol error: {fault}");
+        *self.shared.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault);
     }
 
     fn fail(&mut self, f: Fault) {
@@ -1212,8 +1281,8 @@ impl Client {
                 }
                 self.set_conn(None);
             }
-            Fault::Protocol(what) => {
-                self.protocol_error(&what);
+            Fault::Protocol(fault) => {
+                self.protocol_error(fault);
                 if let Some(c) = &mut self.conn {
                     c.wedged = true;
                 }
@@ -1235,7 +1304,7 @@ impl Client {
         let scan = self
             .reader
             .scan(&*self.mirror, |lsn, payload| apply(lsn, payload))
-            .map_err(|e| Fault::Protocol(e.to_string()))?;
+            .map_err(|e| Fault::Protocol(MirrorFault::PartnerLog(e)))?;
         counters
             .partner_entries
             .fetch_add(scan.entries, Ordering::Relaxed);
@@ -1252,7 +1321,12 @@ impl Client {
             self.checkpointed = true;
             self.state
                 .write(slot, &self.reader.checkpoint().encode())
-                .map_err(|e| Fault::Protocol(format!("checkpoint: {e}")))?;
+                .map_err(|e| {
+                    Fault::Protocol(MirrorFault::Checkpoint {
+                        what: "reader's",
+                        error: e.to_string(),
+                    })
+                })?;
         }
         let Some(c) = &mut self.conn else {
             return Ok(());
@@ -1331,10 +1405,9 @@ impl Client {
                         acks[0] = Some(a);
                     }
                     None => {
-                        return Err(Fault::Protocol(format!(
-                            "a message of {} bytes that is no ack",
-                            wc.byte_len()
-                        )))
+                        return Err(Fault::Protocol(MirrorFault::NotAnAck {
+                            bytes: wc.byte_len(),
+                        }))
                     }
                 }
             }
@@ -1387,15 +1460,14 @@ impl Client {
             let mut g = self.shared.lock();
             g.writer
                 .applied(a.applied_pos, a.applied_lsn, a.credits_total)
-                .map_err(|e| Fault::Protocol(format!("partner ack {a:?}: {e}")))?;
+                .map_err(|e| Fault::Protocol(MirrorFault::PartnerAck(e)))?;
             if !c.first_ack {
                 // The partner reports on this connection only after it put its old VI in the error
                 // state: no WRITE of an earlier connection can land any more.
                 g.writer.old_links_closed();
             }
             // Before any append may reuse the space this ack freed.
-            g.persist()
-                .map_err(|e| Fault::Protocol(format!("writer checkpoint: {e}")))?;
+            g.persist().map_err(|e| writer_checkpoint_fault(&e))?;
             g.writer.durable_lsn()
         };
         if !c.first_ack {

@@ -199,6 +199,11 @@ struct Common {
     /// writes); 0 = back to back, as `ib_write_lat` (which cannot pause) runs.
     #[arg(long, default_value_t = 0)]
     think_us: u64,
+    /// Mirror, compare mirror: each node's log ring in MiB (the partner's mirror ring is as large). A
+    /// writer asks the partner for ring space back once half of it awaits an ack, so the ring size sets how
+    /// often a stream wakes the partner.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    ring_mib: u64,
     /// Bringup, compare bringup: numbers of connections to set up.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     vis: Vec<usize>,
@@ -699,7 +704,7 @@ fn mirror_ours(
         heartbeat_misses: 10,
         hold_down_ms: 500,
         tcp_port: 19_820,
-        ring_bytes: 16 << 20,
+        ring_bytes: c.ring_mib << 20,
         realtime: true,
     };
     let passes = mirror_bench::Passes {
@@ -748,6 +753,7 @@ fn mirror(c: &Common) -> AnyResult<()> {
         if c.json {
             let mut v = mirror_bench::record(o, &at, iters, ours.moves, c.tx_depth as u64);
             v["think_us"] = c.think_us.into();
+            v["ring_bytes"] = (c.ring_mib << 20).into();
             println!("{v}");
         } else {
             println!("{}", mirror_bench::table(o, &at, iters, c.tx_depth as u64));
@@ -917,6 +923,7 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
         };
         let mut v = mirror_bench::record(o, &at, iters, ours.moves, c.tx_depth as u64);
         v["think_us"] = c.think_us.into();
+        v["ring_bytes"] = (c.ring_mib << 20).into();
         v["peer"] = serde_json::json!({
             "tool": "ib_write_lat (one-way = RTT/2) + ib_write_bw",
             "p50_us": lat.p50_us, "p90_us": lat.p90_us, "p99_us": lat.p99_us, "p999_us": lat.p999_us,
@@ -1246,6 +1253,27 @@ mod tests {
             panic!("not compare");
         };
         assert_eq!(think(&c), Duration::from_micros(30));
+    }
+
+    #[test]
+    fn the_mirror_ring_is_16_mib_unless_asked_and_out_of_range_sizes_are_refused() {
+        let Cmd::Mirror(c) = parse(&["ccm-bench", "mirror"]) else {
+            panic!("not mirror");
+        };
+        assert_eq!(c.ring_mib, 16);
+        let Cmd::Compare { common: c, .. } =
+            parse(&["ccm-bench", "compare", "mirror", "--ring-mib", "64"])
+        else {
+            panic!("not compare");
+        };
+        assert_eq!(c.ring_mib, 64);
+        for bad in ["0", "257", "-1", "x"] {
+            let arg = format!("--ring-mib={bad}");
+            let Err(e) = Cli::try_parse_from(["ccm-bench", "mirror", arg.as_str()]) else {
+                panic!("--ring-mib {bad} accepted");
+            };
+            assert!(e.to_string().contains("--ring-mib"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use ccm_bench::report::{
     bandwidth_table, latency_table, BandwidthFigures, BandwidthRun, LatencyFigures, LatencyRun,
 };
 use ccm_bench::verbs_bench::{
-    run_bandwidth, run_imm_completion, run_latency, run_write_completion,
+    run_bandwidth, run_imm_completion, run_latency, run_log_writes, run_write_completion,
     run_write_completion_prepared, ImmPeer, Length, Op, Pair, QueueSpec, SideSpec,
 };
 use ccm_bench::{bringup, mirror_bench, plot, report, stats};
@@ -872,6 +872,19 @@ fn compare_mirror(c: &Common) -> AnyResult<()> {
                 h.record(ns.min(60_000_000_000))?;
             }
             floors.push(("floor_prepared", stats::summarize(&h)));
+        }
+        // The same, written as a log: each entry at the next offset of a ring as large as the mirror's, into
+        // the same offset at B (fresh memory for every entry, as the mirror's; the floors above reuse one
+        // buffer, as `ib_write_lat` does).
+        {
+            let ring = (c.ring_mib << 20) as usize;
+            let q = queue_spec(Op::Write, ring, Length::Iters(iters), 16, 0);
+            let mut fp = Pair::connect(&p.a, &p.b, &q)?;
+            let mut h = stats::new_histogram();
+            for ns in run_log_writes(&mut fp, 20, iters, think(c), o.size, entry)? {
+                h.record(ns.min(60_000_000_000))?;
+            }
+            floors.push(("floor_log", stats::summarize(&h)));
         }
         // The raw-verbs floor of the throughput run: a WRITE stream of the entry's ring bytes with the same
         // window and as many messages as our run had entries, and the machine's CPU use during it (rxe

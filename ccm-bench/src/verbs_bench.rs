@@ -479,23 +479,89 @@ pub fn run_write_completion_prepared(
             return;
         }
         let tx = side.tx_off;
-        let buf = side.mr.as_mut_slice();
-        let body = &mut buf[tx + PREPARED_HEADER..tx + PREPARED_HEADER + payload];
-        for (d, s) in body.chunks_mut(4096).zip(src.chunks(4096)) {
-            d.copy_from_slice(s);
-        }
-        let hdr = &mut buf[tx..tx + PREPARED_HEADER];
-        hdr[0..4].copy_from_slice(&0x4e56_524du32.to_le_bytes());
-        hdr[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
-        hdr[8..16].copy_from_slice(&i.to_le_bytes());
-        let seed = xxhash_rust::xxh3::xxh3_64(&buf[tx..tx + 16]);
-        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(
-            &buf[tx + PREPARED_HEADER..tx + PREPARED_HEADER + payload],
-            seed,
-        );
-        buf[tx + 16..tx + 24].copy_from_slice(&sum.to_le_bytes());
+        prepare_entry(&mut side.mr.as_mut_slice()[tx..], &src, i);
     };
     timed_writes(side, warmup, iters, think, entry)
+}
+
+/// Writes a log entry at the start of `buf` as [`run_write_completion_prepared`] describes: `src` after a
+/// [`PREPARED_HEADER`]-byte header (magic, length, `lsn`), copied in 4 KiB pieces, and the XXH3-64 of the
+/// header's first 16 bytes and the payload into the header.
+fn prepare_entry(buf: &mut [u8], src: &[u8], lsn: u64) {
+    let payload = src.len();
+    let body = &mut buf[PREPARED_HEADER..PREPARED_HEADER + payload];
+    for (d, s) in body.chunks_mut(4096).zip(src.chunks(4096)) {
+        d.copy_from_slice(s);
+    }
+    let hdr = &mut buf[..PREPARED_HEADER];
+    hdr[0..4].copy_from_slice(&0x4e56_524du32.to_le_bytes());
+    hdr[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
+    hdr[8..16].copy_from_slice(&lsn.to_le_bytes());
+    let seed = xxhash_rust::xxh3::xxh3_64(&buf[..16]);
+    let sum = xxhash_rust::xxh3::xxh3_64_with_seed(
+        &buf[PREPARED_HEADER..PREPARED_HEADER + payload],
+        seed,
+    );
+    buf[16..24].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Where the `i`-th entry of `slot` bytes starts in a log ring of `ring` bytes written from 0 on: entries
+/// follow each other, and one that would cross the end starts again at 0 (the mirror pads there).
+pub fn ring_offset(i: u64, slot: usize, ring: usize) -> usize {
+    let per_lap = (ring / slot.max(1)).max(1) as u64;
+    (i % per_lap) as usize * slot
+}
+
+/// [`run_write_completion_prepared`] the way a log is written: entry `i` of `slot` bytes (header, payload,
+/// alignment) at [`ring_offset`] of the pair's buffers, which are the log ring (the pair's message size is
+/// the ring's size), and WRITTEN to the same offset of B's ring. So each entry is prepared in, sent from and
+/// placed into memory the previous ones did not touch, as the mirror's are (a floor at one fixed buffer,
+/// like `ib_write_lat`'s, reuses the same pages). No ccm code: the floor of "the mirror's job on raw verbs".
+pub fn run_log_writes(
+    pair: &mut Pair,
+    warmup: u64,
+    iters: u64,
+    think: Duration,
+    payload: usize,
+    slot: usize,
+) -> Result<Vec<u64>> {
+    let side = &mut pair.a;
+    let ring = side.size;
+    if PREPARED_HEADER + payload > slot || slot > ring {
+        return Err(BenchError::Run(format!(
+            "log entry of {} bytes in slots of {slot} in a ring of {ring}",
+            PREPARED_HEADER + payload
+        )));
+    }
+    let mut src: Vec<u8> = (0..payload).map(|k| k as u8).collect();
+    let mut wc = [Completion::default(); 1];
+    let mut out = Vec::with_capacity(iters as usize);
+    for i in 0..warmup + iters {
+        stamp_payload(i, &mut src);
+        think_for(think);
+        let off = ring_offset(i, slot, ring);
+        let t = Instant::now();
+        let tx = side.tx_off + off;
+        prepare_entry(&mut side.mr.as_mut_slice()[tx..tx + slot], &src, i);
+        let sge = [side.mr.slice(tx, slot)?];
+        let to = RemoteAddr {
+            addr: side.peer_rx.addr + off as u64,
+            rkey: side.peer_rx.rkey,
+        };
+        let mut wr = SendWr::new(i, SendOp::Write(to), &sge);
+        wr.signaled = true;
+        side.qp.post_send_one(&wr)?;
+        loop {
+            if side.send_cq.poll(&mut wc)? == 1 {
+                check(&wc[0], "write")?;
+                break;
+            }
+        }
+        if i >= warmup {
+            out.push(t.elapsed().as_nanos().max(1) as u64);
+        }
+    }
+    Ok(out)
 }
 
 /// Make an entry's payload differ from the last one's: its number in the first (up to 8) bytes. The rest
@@ -954,6 +1020,24 @@ fn sink(side: &mut Side, len: Length, ctl: &Control) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_floor_writes_each_entry_after_the_last_and_wraps_before_the_end() {
+        // 4 KiB payloads take 4160-byte slots: 4032 of them fit a 16 MiB ring (4033 would need 64 bytes more).
+        let (slot, ring) = (4160, 16 << 20);
+        assert_eq!(ring_offset(0, slot, ring), 0);
+        assert_eq!(ring_offset(1, slot, ring), 4160);
+        assert_eq!(ring_offset(4031, slot, ring), 4031 * 4160);
+        assert_eq!(ring_offset(4032, slot, ring), 0, "the next lap starts at 0");
+        for i in 0..20_000 {
+            assert!(
+                ring_offset(i, slot, ring) + slot <= ring,
+                "entry {i} crosses the end"
+            );
+        }
+        // A slot as large as the ring: every entry at 0.
+        assert_eq!(ring_offset(7, ring, ring), 0);
+    }
 
     #[test]
     fn cq_moderation_like_perftest() {

@@ -439,14 +439,30 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
         return;
     };
     let pair = start_pair(19105, &[counter_spec(1, BandwidthClass::Low, None)]);
-    // Node 2 listens (the higher id): throw bytes at its interconnect-1 port.
+    let (h1, h2) = (pair.handle(0), pair.handle(1));
+    wait_until(
+        Duration::from_secs(10),
+        "both interconnects up on both nodes, the client Ready",
+        || {
+            [&h1, &h2]
+                .iter()
+                .all(|h| h.status().interconnects.iter().all(|i| i.state == "Up"))
+                && all_ready(&pair, 1)
+        },
+    );
+    let failures = [h1.status().link_failures, h2.status().link_failures];
+    let stops: Vec<u64> = pair
+        .counters
+        .iter()
+        .map(|c| c.stops.load(Ordering::Relaxed))
+        .collect();
+    // Node 2 listens (the higher id): throw bytes at its interconnect-1 port, which has a live session.
     use std::io::Write;
     let mut s = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: ccm\r\n\r\n").unwrap();
-    let h2 = pair.handle(1);
     wait_until(
         Duration::from_secs(10),
-        "the malformed session refused",
+        "the malformed connection refused",
         || {
             h2.status()
                 .events
@@ -454,11 +470,36 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
                 .any(|e| e.what.contains("malformed"))
         },
     );
+    // A connection that never sends a whole message is refused too (after the handshake timeout).
+    let quiet = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the silent connection refused",
+        || {
+            h2.status()
+                .events
+                .iter()
+                .any(|e| e.what.contains("sent no whole message"))
+        },
+    );
+    drop(quiet);
     let rx = pair.counters[1].clone();
     let n = rx.received.load(Ordering::Relaxed);
     wait_until(Duration::from_secs(5), "traffic unaffected", || {
         rx.received.load(Ordering::Relaxed) > n + 50
     });
+    // The live sessions never noticed: no link failed, no client was stopped.
+    assert_eq!(
+        [h1.status().link_failures, h2.status().link_failures],
+        failures,
+        "a stray connection failed a live interconnect"
+    );
+    let after: Vec<u64> = pair
+        .counters
+        .iter()
+        .map(|c| c.stops.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(after, stops, "a stray connection stopped a client");
     pair.shutdown();
 }
 

@@ -1226,6 +1226,35 @@ impl Manager {
         &self.cfg
     }
 
+    /// Whether a connection that reached interconnect `ic`'s port while it has a live session may take
+    /// that session's place, judged by its first message (the node holds such a *newcomer* back until
+    /// one arrives): a [`Hello`] from the configured partner, of this cluster, with a protocol version
+    /// in common. Anything else is refused with the error the handshake would give, and the live
+    /// session is left alone. Authentication follows in the handshake of the session it becomes.
+    pub fn vet_newcomer(&self, first: &Message) -> Result<(), HandshakeError> {
+        let Message::Hello(hello) = first else {
+            return Err(HandshakeError::Protocol(
+                "a new session must begin with Hello",
+            ));
+        };
+        if hello.cluster != self.cfg.cluster {
+            return Err(HandshakeError::ForeignCluster(hello.cluster));
+        }
+        if hello.node != self.cfg.partner {
+            return Err(HandshakeError::UnexpectedNode(hello.node));
+        }
+        if hello.min_version.max(self.cfg.min_version) > hello.max_version.min(self.cfg.max_version)
+        {
+            return Err(HandshakeError::IncompatibleVersion {
+                partner_min: hello.min_version,
+                partner_max: hello.max_version,
+                ours_min: self.cfg.min_version,
+                ours_max: self.cfg.max_version,
+            });
+        }
+        Ok(())
+    }
+
     /// This manager's incarnation (random per start), as sent in [`Hello`].
     pub fn incarnation(&self) -> u64 {
         self.incarnation

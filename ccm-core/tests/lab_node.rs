@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use ccm_core::clients::counter::{self, CounterStats};
 use ccm_core::clients::monitor::{self, Decision, MonitorView, PartnerState};
-use ccm_core::manager::ClientSpec;
+use ccm_core::manager::{ClientSpec, PROTOCOL_VERSION};
 use ccm_core::node::config::NodeConfig;
 use ccm_core::node::{ClientNotice, Node, NodeHandle};
-use ccm_core::wire::{BandwidthClass, ClientId, InterconnectId};
+use ccm_core::wire::{BandwidthClass, ClientId, ClusterId, Hello, InterconnectId, Message, NodeId};
 use ccm_verbs::lab::LabTopology;
 
 mod trace;
@@ -468,6 +468,29 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
                 .events
                 .iter()
                 .any(|e| e.what.contains("malformed"))
+        },
+    );
+    // A well-formed Hello from another cluster's node (two pairs on one network, one misconfigured):
+    // refused for what it is, the live session kept.
+    let hello = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        features: 0,
+        node: NodeId(1),
+        cluster: ClusterId(99),
+        incarnation: 1,
+        nonce: [7; 32],
+    });
+    let mut neighbour = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
+    neighbour.write_all(&hello.to_bytes()).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the foreign cluster's Hello refused",
+        || {
+            h2.status()
+                .events
+                .iter()
+                .any(|e| e.what.contains("foreign cluster"))
         },
     );
     // A connection that never sends a whole message is refused too (after the handshake timeout).

@@ -20,9 +20,10 @@
 //! **A second connection on an interconnect** that already has a session with the partner (the
 //! partner reconnecting because it judged the old session dead, or anything else that reached the
 //! port) is a *newcomer*: it is not given to the manager, which would replace the live session with
-//! it, until it has sent one whole message. Bytes that do not decode, a close, or no whole message
-//! within the handshake timeout are refused here, with a recorded reason, and the live session never
-//! notices. The partner's Hello goes out the moment it connects, so its reconnect is promoted within a
+//! it, until it has sent one whole message and that message is the partner's Hello
+//! ([`Manager::vet_newcomer`]: this cluster, the configured partner, a version in common). Bytes that
+//! do not decode, any other first message, a close, or no whole message within the handshake timeout
+//! are refused here, with a recorded reason, and the live session never notices. The partner's Hello goes out the moment it connects, so its reconnect is promoted within a
 //! one-way trip.
 //!
 //! Interconnect events fed back: async events (PORT_ERR, PORT_ACTIVE, DEVICE_FATAL; any of them makes
@@ -1742,7 +1743,13 @@ impl Driver {
                     "interconnect {ic}: a new connection closed before its first message; the live \
                      session kept"
                 )),
-                ReadOutcome::Open if !n.held.is_empty() => None,
+                ReadOutcome::Open if !n.held.is_empty() => {
+                    self.manager.vet_newcomer(&n.held[0]).err().map(|e| {
+                        format!(
+                            "interconnect {ic}: a new connection refused: {e}; the live session kept"
+                        )
+                    })
+                }
                 ReadOutcome::Open if n.since.elapsed() >= limit => Some(format!(
                     "interconnect {ic}: a new connection sent no whole message in {limit:?}; refused, \
                      the live session kept"

@@ -51,7 +51,8 @@
 //! **Ring memory.** Both sides reach their ring through [`RingBytes`]: positioned copies in and out, never a
 //! slice view. It is implemented for `[u8]`/`Vec<u8>` (tests, simulations) and for
 //! [`ccm_verbs::SharedMemory`], the mapping a device writes into while the process reads it, where no Rust
-//! reference to the bytes may exist. [`MirrorWriter::append`] copies the header and payload into the ring;
+//! reference to the bytes may exist. [`MirrorWriter::append`] copies the header and payload into the ring
+//! ([`MirrorWriter::append_vectored`]: a payload in parts, the same entry as their concatenation);
 //! [`MirrorReader::scan`] copies each header and payload out into a scratch buffer the reader owns (sized
 //! to the largest entry at creation), so a scan allocates nothing and validates exactly the bytes it hands to
 //! `apply`, whatever a device writes meanwhile.
@@ -224,6 +225,21 @@ fn entry_checksum(header16: &[u8], payload: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(payload, xxhash_rust::xxh3::xxh3_64(header16))
 }
 
+/// [`entry_checksum`] of a payload given in parts: the same value as over their concatenation (XXH3's
+/// streaming state lives on the stack; nothing is allocated).
+fn entry_checksum_parts(header16: &[u8], parts: &[&[u8]]) -> u64 {
+    match parts {
+        [one] => entry_checksum(header16, one),
+        _ => {
+            let mut h = xxhash_rust::xxh3::Xxh3::with_seed(xxhash_rust::xxh3::xxh3_64(header16));
+            for p in parts {
+                h.update(p);
+            }
+            h.digest()
+        }
+    }
+}
+
 /// The bytes of a ring, reached only through positioned copies (no slice of the ring is ever lent out, so a
 /// device may write shared memory while it is read). Offsets and lengths are within
 /// [`capacity`](Self::capacity); the mirror code checks them, and an implementation may panic otherwise,
@@ -297,11 +313,20 @@ impl RingBytes for Arc<SharedMemory> {
 
 /// The header of an entry (or pad) and its checksum.
 fn encode_header(magic: u32, len: u32, lsn: u64, payload: &[u8]) -> ([u8; ENTRY_HEADER], u64) {
+    encode_header_parts(magic, len, lsn, &[payload])
+}
+
+fn encode_header_parts(
+    magic: u32,
+    len: u32,
+    lsn: u64,
+    parts: &[&[u8]],
+) -> ([u8; ENTRY_HEADER], u64) {
     let mut hdr = [0u8; ENTRY_HEADER];
     hdr[0..4].copy_from_slice(&magic.to_le_bytes());
     hdr[4..8].copy_from_slice(&len.to_le_bytes());
     hdr[8..16].copy_from_slice(&lsn.to_le_bytes());
-    let sum = entry_checksum(&hdr[0..16], payload);
+    let sum = entry_checksum_parts(&hdr[0..16], parts);
     hdr[16..24].copy_from_slice(&sum.to_le_bytes());
     (hdr, sum)
 }
@@ -677,19 +702,31 @@ impl MirrorWriter {
         ring: &mut R,
         payload: &[u8],
     ) -> Result<Lsn, MirrorError> {
+        self.append_vectored(ring, &[payload])
+    }
+
+    /// [`append`](Self::append) of one entry whose payload is `parts` in order (a log record's header and
+    /// its data, say): the entry is the same as for their concatenation, which the caller never has to
+    /// build. Each part is copied once, into the log.
+    pub fn append_vectored<R: RingBytes + ?Sized>(
+        &mut self,
+        ring: &mut R,
+        parts: &[&[u8]],
+    ) -> Result<Lsn, MirrorError> {
         if ring.capacity() != self.capacity {
             return Err(MirrorError::RingSize {
                 expected: self.capacity,
                 got: ring.capacity() as usize,
             });
         }
-        if payload.len() > self.max_entry() {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        if len > self.max_entry() {
             return Err(MirrorError::EntryTooLarge {
-                len: payload.len(),
+                len,
                 max: self.max_entry(),
             });
         }
-        let slot = align_up((ENTRY_HEADER + payload.len()) as u64);
+        let slot = align_up((ENTRY_HEADER + len) as u64);
         let offset = self.head % self.capacity;
         let pad = if offset + slot > self.capacity {
             self.capacity - offset
@@ -708,8 +745,12 @@ impl MirrorWriter {
             ring.write_at(offset, &encode_header(MAGIC_PAD, pad as u32, lsn, &[]).0);
         }
         let at = (self.head + pad) % self.capacity;
-        ring.write_at(at + ENTRY_HEADER as u64, payload);
-        let (hdr, sum) = encode_header(MAGIC_ENTRY, payload.len() as u32, lsn, payload);
+        let mut to = at + ENTRY_HEADER as u64;
+        for p in parts.iter().filter(|p| !p.is_empty()) {
+            ring.write_at(to, p);
+            to += p.len() as u64;
+        }
+        let (hdr, sum) = encode_header_parts(MAGIC_ENTRY, len as u32, lsn, parts);
         ring.write_at(at, &hdr);
         self.head += needed;
         self.next_lsn += 1;
@@ -1381,6 +1422,72 @@ mod tests {
         w.batch_completed(b.id).unwrap();
         w.applied(256, Lsn(1), 64).unwrap();
         assert!(w.append(&mut local, &payload).is_ok());
+    }
+
+    /// An entry given in parts is byte for byte the entry of their concatenation: same ring bytes (pads
+    /// included, across a wrap), same checksums and digest, and the reader applies the whole payload.
+    #[test]
+    fn an_entry_given_in_parts_is_the_entry_of_their_concatenation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (mut whole, mut parted) = (vec![0u8; CAP as usize], vec![0u8; CAP as usize]);
+        let mut mirror = vec![0u8; CAP as usize];
+        let (mut a, mut b) = (
+            MirrorWriter::new(CAP, 64).unwrap(),
+            MirrorWriter::new(CAP, 64).unwrap(),
+        );
+        let mut r = MirrorReader::new(CAP).unwrap();
+        let mut sent = vec![];
+        for i in 0..200u64 {
+            let len = rng.gen_range(0..=a.max_entry().min(700));
+            let payload: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            // Up to four cuts, empty parts included.
+            let mut cuts: Vec<usize> = (0..rng.gen_range(0..4))
+                .map(|_| rng.gen_range(0..=len))
+                .collect();
+            cuts.sort_unstable();
+            let mut parts: Vec<&[u8]> = vec![];
+            let mut from = 0;
+            for c in cuts.into_iter().chain([len]) {
+                parts.push(&payload[from..c]);
+                from = c;
+            }
+            let la = a.append(&mut whole, &payload).unwrap();
+            let lb = b.append_vectored(&mut parted, &parts).unwrap();
+            assert_eq!((la, lb), (Lsn(i + 1), Lsn(i + 1)));
+            assert_eq!(whole, parted, "entry {i} in {} parts", parts.len());
+            assert_eq!(a.digest(), b.digest());
+            // Mirror the parted writer's entry and let the partner apply it, to free space.
+            let batch = b.next_batch().unwrap();
+            copy(&batch, &parted, &mut mirror);
+            b.batch_completed(batch.id).unwrap();
+            let mut seen = vec![];
+            r.scan(&mirror, |l, p| seen.push((l, p.to_vec()))).unwrap();
+            assert_eq!(seen, vec![(lb, payload.clone())]);
+            b.applied(r.applied_pos(), r.applied_lsn(), 64).unwrap();
+            b.checkpoint_persisted(&b.checkpoint());
+            let batch = a.next_batch().unwrap();
+            a.batch_completed(batch.id).unwrap();
+            a.applied(r.applied_pos(), r.applied_lsn(), 64).unwrap();
+            a.checkpoint_persisted(&a.checkpoint());
+            sent.push(len);
+        }
+        assert!(
+            sent.iter()
+                .map(|&l| align_up((ENTRY_HEADER + l) as u64))
+                .sum::<u64>()
+                > 2 * CAP,
+            "the run wrapped the ring"
+        );
+        assert_eq!(r.digest(), b.digest());
+        // The limit is on the whole payload.
+        let big = vec![0u8; b.max_entry()];
+        assert_eq!(
+            b.append_vectored(&mut parted, &[&big, b"x"]),
+            Err(MirrorError::EntryTooLarge {
+                len: b.max_entry() + 1,
+                max: b.max_entry()
+            })
+        );
     }
 
     #[test]

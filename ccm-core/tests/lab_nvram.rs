@@ -199,7 +199,7 @@ fn wait_all_up(
 }
 
 /// The writer: full speed, each append waiting only for ring space (back-pressure), never for
-/// durability. Returns its stop flag, the last LSN it appended, and the thread.
+/// durability; every third entry in two parts. Returns its stop flag, the last LSN it appended, and the thread.
 fn spawn_full_speed_writer(
     m1: &Arc<Mirror>,
 ) -> (Arc<AtomicBool>, Arc<AtomicU64>, std::thread::JoinHandle<()>) {
@@ -210,9 +210,17 @@ fn spawn_full_speed_writer(
         let mut i = 0u64;
         while !stop2.load(Ordering::Relaxed) {
             i += 1;
-            let lsn = m1
-                .append_wait(&payload(i), Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("append {i}: {e} (stats {:?})", m1.stats()));
+            let p = payload(i);
+            // Every third entry is given in two parts (a record's header and data): the partner's check of
+            // `payload(lsn)` sees their concatenation.
+            let wait = Duration::from_secs(30);
+            let lsn = if i % 3 == 0 {
+                let (head, data) = p.split_at(p.len() / 3);
+                m1.append_vectored_wait(&[head, data], wait)
+            } else {
+                m1.append_wait(&p, wait)
+            }
+            .unwrap_or_else(|e| panic!("append {i}: {e} (stats {:?})", m1.stats()));
             assert_eq!(lsn, Lsn(i));
             last2.store(i, Ordering::Relaxed);
         }

@@ -737,10 +737,16 @@ impl Mirror {
     /// the background ([`wait_durable`](Self::wait_durable) waits for it). [`MirrorError::RingFull`] is
     /// back-pressure: retry once the partner applied more ([`append_wait`](Self::append_wait) does).
     pub fn append(&self, payload: &[u8]) -> Result<Lsn, MirrorError> {
+        self.append_vectored(&[payload])
+    }
+
+    /// [`append`](Self::append) of one entry whose payload is `parts` in order (a log record's header and
+    /// its data, say), without building it first: each part is copied once, straight into the log.
+    pub fn append_vectored(&self, parts: &[&[u8]]) -> Result<Lsn, MirrorError> {
         let (lsn, idle) = {
             let mut g = self.shared.lock();
             let WriterSide { writer, ring, .. } = &mut *g;
-            let lsn = writer.append(ring, payload)?;
+            let lsn = writer.append_vectored(ring, parts)?;
             (lsn, writer.in_flight() == 0)
         };
         self.shared.counters.appended.store(lsn.0, Ordering::SeqCst);
@@ -761,17 +767,26 @@ impl Mirror {
     /// once the ring is found full (about 1 us a read in the lab guest once its kernel judged the TSC
     /// unstable and reads the emulated HPET).
     pub fn append_wait(&self, payload: &[u8], timeout: Duration) -> Result<Lsn, MirrorError> {
-        let first = self.append(payload);
+        self.append_vectored_wait(&[payload], timeout)
+    }
+
+    /// [`append_vectored`](Self::append_vectored), waiting up to `timeout` while the ring is full.
+    pub fn append_vectored_wait(
+        &self,
+        parts: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Lsn, MirrorError> {
+        let first = self.append_vectored(parts);
         if !matches!(first, Err(MirrorError::RingFull { .. })) {
             return first;
         }
         let deadline = Instant::now() + timeout;
         loop {
-            match self.append(payload) {
+            match self.append_vectored(parts) {
                 Err(MirrorError::RingFull { needed, .. }) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return self.append(payload);
+                        return self.append_vectored(parts);
                     }
                     let g = self.shared.lock();
                     if g.writer.free() < needed {

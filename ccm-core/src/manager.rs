@@ -986,6 +986,112 @@ struct Handshake {
     peer_verified: bool,
 }
 
+/// What one message of the partner's does to a handshake ([`handshake_step`]).
+enum HandshakeStep {
+    /// Taken; nothing to send.
+    Continue,
+    /// Our proof and our PeerInfo, to send.
+    Send([Message; 2]),
+    /// The partner proved the cluster secret.
+    Verified,
+    /// The partner's PeerInfo, after its proof: the link is up.
+    PeerInfo(PeerInfo),
+    /// The handshake is refused.
+    Refuse(HandshakeError),
+}
+
+/// The partner's Hello judged against our configuration: the version both speak, or why not.
+fn vet_hello(cfg: &Config, hello: &Hello) -> Result<ProtocolVersion, HandshakeError> {
+    if hello.cluster != cfg.cluster {
+        return Err(HandshakeError::ForeignCluster(hello.cluster));
+    }
+    if hello.node != cfg.partner {
+        return Err(HandshakeError::UnexpectedNode(hello.node));
+    }
+    let lo = hello.min_version.max(cfg.min_version);
+    let hi = hello.max_version.min(cfg.max_version);
+    if lo > hi {
+        return Err(HandshakeError::IncompatibleVersion {
+            partner_min: hello.min_version,
+            partner_max: hello.max_version,
+            ours_min: cfg.min_version,
+            ours_max: cfg.max_version,
+        });
+    }
+    Ok(hi)
+}
+
+/// 415 on one session, pure: the partner's `msg` applied to handshake `h` (Hello, then its challenge
+/// answered with our proof and PeerInfo, its proof of our challenge verified, then its PeerInfo).
+fn handshake_step(cfg: &Config, h: &mut Handshake, msg: Message) -> HandshakeStep {
+    let (has_hello, responded, verified) = (h.peer_hello.is_some(), h.responded, h.peer_verified);
+    match msg {
+        Message::Hello(hello) if !has_hello => match vet_hello(cfg, &hello) {
+            Ok(version) => {
+                h.version = version;
+                h.peer_hello = Some(hello);
+                HandshakeStep::Continue
+            }
+            Err(e) => HandshakeStep::Refuse(e),
+        },
+        Message::AuthChallenge(c) if has_hello && !responded => {
+            let peer = h.peer_hello.as_ref().expect("checked");
+            let mac = auth::respond(
+                &cfg.secret,
+                &auth::Transcript {
+                    responder: cfg.node,
+                    challenger: peer.node,
+                    cluster: cfg.cluster,
+                    version: h.version,
+                    challenge: &c.challenge,
+                    responder_nonce: &h.nonce,
+                    challenger_nonce: &peer.nonce,
+                },
+            );
+            h.responded = true;
+            // PeerInfo follows our proof at once instead of waiting for the partner's: it is acted on
+            // only by a partner that verified this proof (it arrives after it on the ordered session),
+            // and ours is acted on only once we verified theirs (below).
+            let info = PeerInfo {
+                control_vi: h.control_vi,
+                windows: h.windows.clone(),
+            };
+            HandshakeStep::Send([
+                Message::AuthResponse(AuthResponse { mac }),
+                Message::PeerInfo(info),
+            ])
+        }
+        Message::AuthResponse(r) if has_hello && !verified => {
+            let peer = h
+                .peer_hello
+                .as_ref()
+                .expect("guarded: a response is taken only after the hello");
+            let ok = auth::verify(
+                &cfg.secret,
+                &auth::Transcript {
+                    responder: peer.node,
+                    challenger: cfg.node,
+                    cluster: cfg.cluster,
+                    version: h.version,
+                    challenge: &h.challenge,
+                    responder_nonce: &peer.nonce,
+                    challenger_nonce: &h.nonce,
+                },
+                &r.mac,
+            );
+            if !ok {
+                return HandshakeStep::Refuse(HandshakeError::AuthenticationFailed);
+            }
+            h.peer_verified = true;
+            HandshakeStep::Verified
+        }
+        Message::PeerInfo(p) if verified => HandshakeStep::PeerInfo(p),
+        _ => HandshakeStep::Refuse(HandshakeError::Protocol(
+            "unexpected message during the handshake",
+        )),
+    }
+}
+
 #[derive(Debug)]
 struct UpLink {
     session: SessionId,
@@ -1232,27 +1338,12 @@ impl Manager {
     /// in common. Anything else is refused with the error the handshake would give, and the live
     /// session is left alone. Authentication follows in the handshake of the session it becomes.
     pub fn vet_newcomer(&self, first: &Message) -> Result<(), HandshakeError> {
-        let Message::Hello(hello) = first else {
-            return Err(HandshakeError::Protocol(
+        match first {
+            Message::Hello(hello) => vet_hello(&self.cfg, hello).map(|_| ()),
+            _ => Err(HandshakeError::Protocol(
                 "a new session must begin with Hello",
-            ));
-        };
-        if hello.cluster != self.cfg.cluster {
-            return Err(HandshakeError::ForeignCluster(hello.cluster));
+            )),
         }
-        if hello.node != self.cfg.partner {
-            return Err(HandshakeError::UnexpectedNode(hello.node));
-        }
-        if hello.min_version.max(self.cfg.min_version) > hello.max_version.min(self.cfg.max_version)
-        {
-            return Err(HandshakeError::IncompatibleVersion {
-                partner_min: hello.min_version,
-                partner_max: hello.max_version,
-                ours_min: self.cfg.min_version,
-                ours_max: self.cfg.max_version,
-            });
-        }
-        Ok(())
     }
 
     /// This manager's incarnation (random per start), as sent in [`Hello`].
@@ -1753,104 +1844,19 @@ impl Manager {
         }
     }
 
-    fn hs(&self, i: usize) -> &Handshake {
-        match &self.links[i].phase {
-            Phase::Handshake(h) => h,
-            _ => unreachable!("called during the handshake"),
-        }
-    }
-
-    fn hs_mut(&mut self, i: usize) -> &mut Handshake {
-        match &mut self.links[i].phase {
-            Phase::Handshake(h) => h,
-            _ => unreachable!("called during the handshake"),
-        }
-    }
-
     fn on_handshake_message(&mut self, now: Time, i: usize, msg: Message) {
-        let h = self.hs(i);
-        let (has_hello, responded, verified) =
-            (h.peer_hello.is_some(), h.responded, h.peer_verified);
-        match msg {
-            Message::Hello(hello) if !has_hello => {
-                if hello.cluster != self.cfg.cluster {
-                    return self.refuse(now, i, HandshakeError::ForeignCluster(hello.cluster));
+        let Phase::Handshake(h) = &mut self.links[i].phase else {
+            unreachable!("called during the handshake")
+        };
+        match handshake_step(&self.cfg, h, msg) {
+            HandshakeStep::Continue | HandshakeStep::Verified => {}
+            HandshakeStep::Send(msgs) => {
+                for m in msgs {
+                    self.send(i, m);
                 }
-                if hello.node != self.cfg.partner {
-                    return self.refuse(now, i, HandshakeError::UnexpectedNode(hello.node));
-                }
-                let lo = hello.min_version.max(self.cfg.min_version);
-                let hi = hello.max_version.min(self.cfg.max_version);
-                if lo > hi {
-                    let e = HandshakeError::IncompatibleVersion {
-                        partner_min: hello.min_version,
-                        partner_max: hello.max_version,
-                        ours_min: self.cfg.min_version,
-                        ours_max: self.cfg.max_version,
-                    };
-                    return self.refuse(now, i, e);
-                }
-                let h = self.hs_mut(i);
-                h.version = hi;
-                h.peer_hello = Some(hello);
             }
-            Message::AuthChallenge(c) if has_hello && !responded => {
-                let h = self.hs(i);
-                let peer = h.peer_hello.as_ref().expect("checked");
-                let mac = auth::respond(
-                    &self.cfg.secret,
-                    &auth::Transcript {
-                        responder: self.cfg.node,
-                        challenger: peer.node,
-                        cluster: self.cfg.cluster,
-                        version: h.version,
-                        challenge: &c.challenge,
-                        responder_nonce: &h.nonce,
-                        challenger_nonce: &peer.nonce,
-                    },
-                );
-                let h = self.hs_mut(i);
-                h.responded = true;
-                // PeerInfo follows our proof at once instead of waiting for the partner's: it is
-                // acted on only by a partner that verified this proof (it arrives after it on the
-                // ordered session), and ours is acted on only once we verified theirs (below).
-                let info = PeerInfo {
-                    control_vi: h.control_vi,
-                    windows: h.windows.clone(),
-                };
-                self.send(i, Message::AuthResponse(AuthResponse { mac }));
-                self.send(i, Message::PeerInfo(info));
-            }
-            Message::AuthResponse(r) if has_hello && !verified => {
-                let h = self.hs(i);
-                let peer = h
-                    .peer_hello
-                    .as_ref()
-                    .expect("guarded: a response is taken only after the hello");
-                let ok = auth::verify(
-                    &self.cfg.secret,
-                    &auth::Transcript {
-                        responder: peer.node,
-                        challenger: self.cfg.node,
-                        cluster: self.cfg.cluster,
-                        version: h.version,
-                        challenge: &h.challenge,
-                        responder_nonce: &peer.nonce,
-                        challenger_nonce: &h.nonce,
-                    },
-                    &r.mac,
-                );
-                if !ok {
-                    return self.refuse(now, i, HandshakeError::AuthenticationFailed);
-                }
-                self.hs_mut(i).peer_verified = true;
-            }
-            Message::PeerInfo(p) if verified => self.link_up(now, i, p),
-            _ => self.refuse(
-                now,
-                i,
-                HandshakeError::Protocol("unexpected message during the handshake"),
-            ),
+            HandshakeStep::PeerInfo(p) => self.link_up(now, i, p),
+            HandshakeStep::Refuse(e) => self.refuse(now, i, e),
         }
     }
 

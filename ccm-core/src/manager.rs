@@ -32,6 +32,12 @@
 //!   partner and an [`Action::LinkRefused`] locally, on both sides, then the session closes and the
 //!   interconnect retries after its back-off. Other interconnects are unaffected.
 //!   On the partner's [`PeerInfo`] the control VI is slam connected and the interconnect is *up*.
+//!   A session that reaches the follower while the interconnect has one (the partner reconnecting
+//!   because it judged the old one dead, or anyone else who reached the port) is a *challenger*: its
+//!   handshake runs beside the live session, and it takes that session's place (a failure of the old
+//!   one, `Replaced`) only once it proved the cluster secret. A refusal, a close or the handshake
+//!   timeout ends only the challenger. If the live session fails first, the challenger simply becomes
+//!   the interconnect's handshake.
 //! * **420** for each client pair to place on it, the placer asks its client to create VIs and register
 //!   memory ([`Action::CreateClientVis`]).
 //! * **425** the VI addresses of every client created by then go to the partner in one [`ClientInfo`]
@@ -1000,6 +1006,19 @@ enum HandshakeStep {
     Refuse(HandshakeError),
 }
 
+/// The code a refusal tells the partner (none for the partner's own refusal).
+fn error_code(error: &HandshakeError) -> Option<ErrorCode> {
+    match error {
+        HandshakeError::IncompatibleVersion { .. } => Some(ErrorCode::IncompatibleVersion),
+        HandshakeError::ForeignCluster(_) => Some(ErrorCode::ForeignCluster),
+        HandshakeError::UnexpectedNode(_) => Some(ErrorCode::UnexpectedNode),
+        HandshakeError::AuthenticationFailed => Some(ErrorCode::AuthenticationFailed),
+        HandshakeError::Protocol(_) => Some(ErrorCode::Protocol),
+        HandshakeError::Malformed(_) => Some(ErrorCode::Malformed),
+        HandshakeError::RefusedByPartner { .. } => None,
+    }
+}
+
 /// The partner's Hello judged against our configuration: the version both speak, or why not.
 fn vet_hello(cfg: &Config, hello: &Hello) -> Result<ProtocolVersion, HandshakeError> {
     if hello.cluster != cfg.cluster {
@@ -1136,6 +1155,9 @@ struct Link {
     /// When a session was first established on this interconnect: the partner's process answered over
     /// its addresses (its end may still be coming up).
     first_session_at: Option<Time>,
+    /// (Follower) A second session that arrived while this link had one: its handshake runs beside the
+    /// live session, which it replaces only once it proved the cluster secret ([`Manager::on_challenger`]).
+    challenger: Option<Box<Handshake>>,
 }
 
 impl Link {
@@ -1293,6 +1315,7 @@ impl Manager {
                 attempted_at: now,
                 port_known_at: None,
                 first_session_at: None,
+                challenger: None,
             })
             .collect();
         let mut m = Manager {
@@ -1361,6 +1384,9 @@ impl Manager {
         let mut d: Option<Time> = None;
         let mut at = |t: Time| d = Some(d.map_or(t, |x| x.min(t)));
         for l in &self.links {
+            if let Some(h) = &l.challenger {
+                at(h.deadline);
+            }
             match &l.phase {
                 Phase::Backoff { until } => at(*until),
                 Phase::Connecting { deadline, .. } => at(*deadline),
@@ -1500,15 +1526,22 @@ impl Manager {
             Input::SessionClosed { ic, session } => {
                 if let Some(i) = self.session_link(ic, session) {
                     self.fail_link(now, i, LinkFailure::SessionClosed);
+                } else if let Some(i) = self.challenger_link(ic, session) {
+                    self.links[i].challenger = None;
+                    self.push(Action::CloseSession { ic, session });
                 }
             }
             Input::Message { ic, session, msg } => {
                 if let Some(i) = self.session_link(ic, session) {
                     self.on_message(now, i, msg);
+                } else if let Some(i) = self.challenger_link(ic, session) {
+                    self.on_challenger(now, i, msg);
                 }
             }
             Input::Malformed { ic, session, error } => {
-                if let Some(i) = self.session_link(ic, session) {
+                if let Some(i) = self.challenger_link(ic, session) {
+                    self.refuse_challenger(now, i, HandshakeError::Malformed(error));
+                } else if let Some(i) = self.session_link(ic, session) {
                     self.refuse(now, i, HandshakeError::Malformed(error));
                 }
             }
@@ -1762,15 +1795,11 @@ impl Manager {
             return;
         }
         self.links[i].first_session_at.get_or_insert(now);
-        if self.links[i].session().is_some() {
-            // The partner reconnected: it considers the old session dead, so it is.
-            self.fail_link(now, i, LinkFailure::Replaced);
-        }
         let nonce = self.random32();
         // The challenge does not depend on the partner's Hello: it goes out with ours, so the
         // handshake takes two one-way trips instead of four (see "415" in the module docs).
         let challenge = self.random32();
-        self.links[i].phase = Phase::Handshake(Box::new(Handshake {
+        let h = Box::new(Handshake {
             session,
             deadline: now + self.cfg.handshake_timeout,
             control_vi,
@@ -1781,9 +1810,8 @@ impl Manager {
             challenge,
             responded: false,
             peer_verified: false,
-        }));
-        self.step(now, Step::SessionEstablished410 { ic });
-        let hello = Hello {
+        });
+        let hello = Message::Hello(Hello {
             min_version: self.cfg.min_version,
             max_version: self.cfg.max_version,
             features: self.cfg.features,
@@ -1791,25 +1819,102 @@ impl Manager {
             cluster: self.cfg.cluster,
             incarnation: self.incarnation,
             nonce,
+        });
+        let challenge = Message::AuthChallenge(AuthChallenge { challenge });
+        if self.links[i].session().is_some() {
+            // The partner reconnected (it judged the old session dead), or someone else reached our
+            // port: the live session stays until this one proves the cluster secret.
+            if let Some(old) = self.links[i].challenger.replace(h) {
+                self.push(Action::CloseSession {
+                    ic,
+                    session: old.session,
+                });
+            }
+            for msg in [hello, challenge] {
+                self.push(Action::Send { ic, session, msg });
+            }
+            return;
+        }
+        self.links[i].phase = Phase::Handshake(h);
+        self.step(now, Step::SessionEstablished410 { ic });
+        self.send(i, hello);
+        self.send(i, challenge);
+    }
+
+    fn challenger_link(&self, ic: InterconnectId, session: SessionId) -> Option<usize> {
+        let i = self.index(ic)?;
+        (self.links[i].challenger.as_ref().map(|h| h.session) == Some(session)).then_some(i)
+    }
+
+    /// A message on link `i`'s challenger session (see [`Link::challenger`]): the handshake runs on it as
+    /// on any new session; once the sender proved the cluster secret it is the partner, which judged the
+    /// live session dead, and the challenger takes its place ([`fail_link`](Self::fail_link) installs
+    /// it). Until then nothing it says touches the live session, and a refusal closes only it.
+    fn on_challenger(&mut self, now: Time, i: usize, msg: Message) {
+        if let Message::Error(e) = msg {
+            let e = HandshakeError::RefusedByPartner {
+                code: e.code,
+                text: e.text,
+            };
+            return self.refuse_challenger(now, i, e);
+        }
+        let h = self.links[i].challenger.as_mut().expect("routed to it");
+        let session = h.session;
+        match handshake_step(&self.cfg, h, msg) {
+            HandshakeStep::Continue => {}
+            HandshakeStep::Send(msgs) => {
+                let ic = self.links[i].id;
+                for msg in msgs {
+                    self.push(Action::Send { ic, session, msg });
+                }
+            }
+            HandshakeStep::Verified => {
+                let ic = self.links[i].id;
+                self.step(now, Step::SessionEstablished410 { ic });
+                self.fail_link(now, i, LinkFailure::Replaced);
+            }
+            // The partner's PeerInfo comes only after its proof, when this is the link's session.
+            HandshakeStep::PeerInfo(_) => self.refuse_challenger(
+                now,
+                i,
+                HandshakeError::Protocol("PeerInfo before the proof"),
+            ),
+            HandshakeStep::Refuse(e) => self.refuse_challenger(now, i, e),
+        }
+    }
+
+    /// Link `i`'s challenger is refused: told why, closed; the live session is not touched.
+    fn refuse_challenger(&mut self, now: Time, i: usize, error: HandshakeError) {
+        let Some(h) = self.links[i].challenger.take() else {
+            return;
         };
-        self.send(i, Message::Hello(hello));
-        self.send(i, Message::AuthChallenge(AuthChallenge { challenge }));
+        let ic = self.links[i].id;
+        if let Some(code) = error_code(&error) {
+            let mut text = error.to_string();
+            text.truncate(wire::MAX_TEXT_LEN);
+            let msg = Message::Error(wire::Error { code, text });
+            self.push(Action::Send {
+                ic,
+                session: h.session,
+                msg,
+            });
+        }
+        self.push(Action::LinkRefused {
+            ic,
+            error: error.clone(),
+        });
+        self.step(now, Step::Refused415 { ic, error });
+        self.push(Action::CloseSession {
+            ic,
+            session: h.session,
+        });
     }
 
     // ----- 415: peer info, version, cluster, authentication ------------------------------------
 
     fn refuse(&mut self, now: Time, i: usize, error: HandshakeError) {
         let ic = self.links[i].id;
-        let code = match &error {
-            HandshakeError::IncompatibleVersion { .. } => Some(ErrorCode::IncompatibleVersion),
-            HandshakeError::ForeignCluster(_) => Some(ErrorCode::ForeignCluster),
-            HandshakeError::UnexpectedNode(_) => Some(ErrorCode::UnexpectedNode),
-            HandshakeError::AuthenticationFailed => Some(ErrorCode::AuthenticationFailed),
-            HandshakeError::Protocol(_) => Some(ErrorCode::Protocol),
-            HandshakeError::Malformed(_) => Some(ErrorCode::Malformed),
-            HandshakeError::RefusedByPartner { .. } => None,
-        };
-        if let Some(code) = code {
+        if let Some(code) = error_code(&error) {
             let mut text = error.to_string();
             text.truncate(wire::MAX_TEXT_LEN);
             self.send(i, Message::Error(wire::Error { code, text }));
@@ -2562,6 +2667,18 @@ impl Manager {
             Duration::ZERO
         };
         self.step(now, Step::Reinitialize530 { ic, reason, after });
+        // A challenger (follower) becomes the link's session now that the live one is gone, unless the
+        // port went down.
+        if let Some(h) = self.links[i].challenger.take() {
+            if matches!(self.links[i].phase, Phase::Listening) {
+                self.links[i].phase = Phase::Handshake(h);
+            } else {
+                self.push(Action::CloseSession {
+                    ic,
+                    session: h.session,
+                });
+            }
+        }
         if matches!(was_up, Phase::Up(_)) && !self.links.iter().any(|l| l.up().is_some()) {
             if let Partner::Up { incarnation } = self.partner {
                 self.partner = Partner::Suspect {
@@ -2624,6 +2741,14 @@ impl Manager {
 
     fn on_timer(&mut self, now: Time) {
         for i in 0..self.links.len() {
+            if self.links[i]
+                .challenger
+                .as_ref()
+                .is_some_and(|h| h.deadline <= now)
+            {
+                let e = HandshakeError::Protocol("no handshake within the handshake timeout");
+                self.refuse_challenger(now, i, e);
+            }
             let due = match &self.links[i].phase {
                 Phase::Backoff { until } if *until <= now => Some(None),
                 Phase::Connecting { deadline, .. } if *deadline <= now => {

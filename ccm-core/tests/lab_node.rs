@@ -11,7 +11,10 @@ use ccm_core::clients::monitor::{self, Decision, MonitorView, PartnerState};
 use ccm_core::manager::{ClientSpec, PROTOCOL_VERSION};
 use ccm_core::node::config::NodeConfig;
 use ccm_core::node::{ClientNotice, Node, NodeHandle};
-use ccm_core::wire::{BandwidthClass, ClientId, ClusterId, Hello, InterconnectId, Message, NodeId};
+use ccm_core::wire::{
+    AuthChallenge, AuthResponse, BandwidthClass, ClientId, ClusterId, Hello, InterconnectId,
+    Message, NodeId,
+};
 use ccm_verbs::lab::LabTopology;
 
 mod trace;
@@ -491,6 +494,35 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
                 .events
                 .iter()
                 .any(|e| e.what.contains("foreign cluster"))
+        },
+    );
+    // A Hello that claims the partner (cluster and node ids are no secret), its challenge, and a proof made
+    // without the cluster secret, all at once: refused at the proof, the live session kept.
+    let hello = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        features: 0,
+        node: NodeId(1),
+        cluster: ClusterId(7),
+        incarnation: 1,
+        nonce: [7; 32],
+    });
+    let challenge = Message::AuthChallenge(AuthChallenge { challenge: [3; 32] });
+    let proof = Message::AuthResponse(AuthResponse { mac: [0; 32] });
+    let mut impostor = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
+    let bytes: Vec<u8> = [hello, challenge, proof]
+        .iter()
+        .flat_map(|m| m.to_bytes())
+        .collect();
+    impostor.write_all(&bytes).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the impostor's proof refused",
+        || {
+            h2.status()
+                .events
+                .iter()
+                .any(|e| e.what.contains("authentication failed"))
         },
     );
     // A connection that never sends a whole message is refused too (after the handshake timeout).

@@ -9,8 +9,8 @@ use ccm_core::manager::{
     LinkStatus, Manager, PartnerStatus, SessionId, Step, ViRef, PROTOCOL_VERSION,
 };
 use ccm_core::wire::{
-    BandwidthClass, ClientId, ClientLoad, ClusterId, DecodeError, ErrorCode, Generation, Hello,
-    InterconnectId, MemoryWindow, Message, Mtu, NodeId, ViAddress,
+    AuthChallenge, AuthResponse, BandwidthClass, ClientId, ClientLoad, ClusterId, DecodeError,
+    ErrorCode, Generation, Hello, InterconnectId, MemoryWindow, Message, Mtu, NodeId, ViAddress,
 };
 use ccm_core::Time;
 
@@ -625,6 +625,108 @@ fn a_foreign_cluster_is_refused_on_both_sides_with_a_typed_error() {
     assert!(refused_with(&p, 0).contains(&HandshakeError::ForeignCluster(ClusterId(8))));
     assert!(refused_with(&p, 1).contains(&HandshakeError::ForeignCluster(ClusterId(7))));
     assert_eq!(p.m[0].partner_status(), PartnerStatus::Unknown);
+}
+
+/// A second session reaching the follower (node 2) on an up interconnect, as a third party would open
+/// it: its Hello claims the partner's cluster and node (no secret needed for that).
+fn challenge_the_follower(p: &mut Pair, session: SessionId) {
+    p.input(
+        1,
+        Input::SessionEstablished {
+            ic: InterconnectId(0),
+            session,
+            control_vi: vi(0, 9000),
+            windows: vec![],
+        },
+    );
+    let hello = Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        features: 0,
+        node: NodeId(1),
+        cluster: ClusterId(7),
+        incarnation: 99,
+        nonce: [5; 32],
+    });
+    let ic = InterconnectId(0);
+    p.input(
+        1,
+        Input::Message {
+            ic,
+            session,
+            msg: hello,
+        },
+    );
+}
+
+fn stops_told(p: &Pair, n: usize) -> usize {
+    p.told[n]
+        .iter()
+        .filter(|(_, e)| matches!(e, ClientEvent::Stop { .. }))
+        .count()
+}
+
+#[test]
+fn a_second_session_without_the_secret_never_disturbs_the_live_one() {
+    let mut p = Pair::standard(1);
+    p.register(0, 1, BandwidthClass::Low);
+    p.register(1, 1, BandwidthClass::Low);
+    p.run_for(Duration::from_millis(20));
+    assert_eq!(p.m[1].link_status(), [LinkStatus::Up]);
+    assert!(p.ready_on(1, 1).is_some());
+    let (stops, refusals) = (stops_told(&p, 1), p.refused[1].len());
+    let impostor = SessionId(77);
+    challenge_the_follower(&mut p, impostor);
+    // Its challenge is answered (our proof and PeerInfo go to it, not to the live session), then its own
+    // proof is wrong.
+    let ic = InterconnectId(0);
+    let challenge = Message::AuthChallenge(AuthChallenge { challenge: [1; 32] });
+    p.input(
+        1,
+        Input::Message {
+            ic,
+            session: impostor,
+            msg: challenge,
+        },
+    );
+    let wrong = Message::AuthResponse(AuthResponse { mac: [0; 32] });
+    p.input(
+        1,
+        Input::Message {
+            ic,
+            session: impostor,
+            msg: wrong,
+        },
+    );
+    assert_eq!(
+        p.refused[1][refusals..]
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect::<Vec<_>>(),
+        [HandshakeError::AuthenticationFailed]
+    );
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(
+        p.m[1].link_status(),
+        [LinkStatus::Up],
+        "the live session stays"
+    );
+    assert_eq!(stops_told(&p, 1), stops, "no client was stopped");
+    assert!(!p.steps[1].iter().any(|(_, s)| matches!(
+        s,
+        Step::Reinitialize530 { .. } | Step::StopClients520 { .. }
+    )));
+    // A second session that never finishes its handshake is refused at the handshake timeout, and the
+    // live one stays too.
+    let refusals = p.refused[1].len();
+    challenge_the_follower(&mut p, SessionId(78));
+    p.run_for(Duration::from_millis(300));
+    assert!(matches!(
+        p.refused[1][refusals..],
+        [(_, HandshakeError::Protocol(_))]
+    ));
+    assert_eq!(p.m[1].link_status(), [LinkStatus::Up]);
+    assert_eq!(stops_told(&p, 1), stops);
 }
 
 #[test]

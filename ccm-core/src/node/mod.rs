@@ -19,11 +19,12 @@
 //!
 //! **A second connection on an interconnect** that already has a session with the partner (the
 //! partner reconnecting because it judged the old session dead, or anything else that reached the
-//! port) is a *newcomer*: it is not given to the manager, which would replace the live session with
-//! it, until it has sent one whole message and that message is the partner's Hello
-//! ([`Manager::vet_newcomer`]: this cluster, the configured partner, a version in common). Bytes that
-//! do not decode, any other first message, a close, or no whole message within the handshake timeout
-//! are refused here, with a recorded reason, and the live session never notices. The partner's Hello goes out the moment it connects, so its reconnect is promoted within a
+//! port) is a *newcomer*: it is not given to the manager until it has sent one whole message and that
+//! message is the partner's Hello ([`Manager::vet_newcomer`]: this cluster, the configured partner, a
+//! version in common). Bytes that do not decode, any other first message, a close, or no whole message
+//! within the handshake timeout are refused here, with a recorded reason, and the live session never
+//! notices. A newcomer given to the manager is a challenger there: it replaces the live session only
+//! once it proved the cluster secret (see the manager's 415). The partner's Hello goes out the moment it connects, so its reconnect is promoted within a
 //! one-way trip.
 //!
 //! Interconnect events fed back: async events (PORT_ERR, PORT_ACTIVE, DEVICE_FATAL; any of them makes

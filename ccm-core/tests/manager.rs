@@ -10,7 +10,8 @@ use ccm_core::manager::{
 };
 use ccm_core::wire::{
     AuthChallenge, AuthResponse, BandwidthClass, ClientId, ClientLoad, ClusterId, DecodeError,
-    ErrorCode, Generation, Hello, InterconnectId, MemoryWindow, Message, Mtu, NodeId, ViAddress,
+    ErrorCode, Generation, Heartbeat, Hello, InterconnectId, MemoryWindow, Message, Mtu, NodeId,
+    PeerInfo, ViAddress,
 };
 use ccm_core::Time;
 
@@ -1997,4 +1998,130 @@ fn a_reset_client_gets_standbys_again_only_after_its_new_binding_ran_the_hold_do
         p.now.saturating_since(rebound).as_millis()
     );
     assert_eq!(sb, p.m[1].standbys(ClientId(1)));
+}
+
+/// What a hostile second session does, one step at a time ([`a_hostile_second_session_never_touches_the_live_one`]).
+#[derive(Clone, Debug)]
+enum Hostile {
+    /// A new session (the next id) reaches the follower.
+    Connect,
+    /// A Hello: 0 the partner's ids, 1 another cluster, 2 another node, 3 no common version.
+    Hello(u8, [u8; 32]),
+    Challenge([u8; 32]),
+    Proof([u8; 32]),
+    PeerInfo(u32),
+    Heartbeat(u64),
+    Error,
+    Malformed,
+    Close,
+    Wait(u8),
+}
+
+fn hostile() -> impl proptest::strategy::Strategy<Value = Hostile> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(Hostile::Connect),
+        (0u8..4, any::<[u8; 32]>()).prop_map(|(k, n)| Hostile::Hello(k, n)),
+        any::<[u8; 32]>().prop_map(Hostile::Challenge),
+        any::<[u8; 32]>().prop_map(Hostile::Proof),
+        any::<u32>().prop_map(Hostile::PeerInfo),
+        any::<u64>().prop_map(Hostile::Heartbeat),
+        Just(Hostile::Error),
+        Just(Hostile::Malformed),
+        Just(Hostile::Close),
+        (0u8..150).prop_map(Hostile::Wait),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Whatever a second session without the cluster secret says, in any order, and however many come,
+    /// the follower's live session stays up and its clients are never stopped.
+    #[test]
+    fn a_hostile_second_session_never_touches_the_live_one(
+        script in proptest::collection::vec(hostile(), 0..24)
+    ) {
+        let mut p = Pair::standard(1);
+        p.register(0, 1, BandwidthClass::Low);
+        p.register(1, 1, BandwidthClass::Low);
+        p.run_for(Duration::from_millis(20));
+        assert_eq!(p.m[1].link_status(), [LinkStatus::Up]);
+        let stops = stops_told(&p, 1);
+        let steps = p.steps[1].len();
+        let ic = InterconnectId(0);
+        let mut session = SessionId(100);
+        for step in script {
+            let msg = match step {
+                Hostile::Connect => {
+                    session = SessionId(session.0 + 1);
+                    p.input(1, Input::SessionEstablished {
+                        ic,
+                        session,
+                        control_vi: vi(0, 9000 + session.0 as u32),
+                        windows: vec![],
+                    });
+                    None
+                }
+                Hostile::Hello(kind, nonce) => {
+                    let mut h = Hello {
+                        min_version: PROTOCOL_VERSION,
+                        max_version: PROTOCOL_VERSION,
+                        features: 0,
+                        node: NodeId(1),
+                        cluster: ClusterId(7),
+                        incarnation: 5,
+                        nonce,
+                    };
+                    match kind {
+                        1 => h.cluster = ClusterId(8),
+                        2 => h.node = NodeId(3),
+                        3 => {
+                            h.min_version = PROTOCOL_VERSION + 1;
+                            h.max_version = PROTOCOL_VERSION + 1;
+                        }
+                        _ => {}
+                    }
+                    Some(Message::Hello(h))
+                }
+                Hostile::Challenge(c) => Some(Message::AuthChallenge(AuthChallenge { challenge: c })),
+                Hostile::Proof(m) => Some(Message::AuthResponse(AuthResponse { mac: m })),
+                Hostile::PeerInfo(q) => Some(Message::PeerInfo(PeerInfo {
+                    control_vi: vi(0, q),
+                    windows: vec![],
+                })),
+                Hostile::Heartbeat(seq) => Some(Message::Heartbeat(Heartbeat { seq, time_ns: 0 })),
+                Hostile::Error => Some(Message::Error(ccm_core::wire::Error {
+                    code: ErrorCode::Protocol,
+                    text: "no".into(),
+                })),
+                Hostile::Malformed => {
+                    p.input(1, Input::Malformed {
+                        ic,
+                        session,
+                        error: DecodeError::BadMagic(*b"GET "),
+                    });
+                    None
+                }
+                Hostile::Close => {
+                    p.input(1, Input::SessionClosed { ic, session });
+                    None
+                }
+                Hostile::Wait(ms) => {
+                    p.run_for(Duration::from_millis(ms as u64));
+                    None
+                }
+            };
+            if let Some(msg) = msg {
+                p.input(1, Input::Message { ic, session, msg });
+            }
+        }
+        p.run_for(Duration::from_millis(200));
+        assert_eq!(p.m[1].link_status(), [LinkStatus::Up]);
+        assert_eq!(stops_told(&p, 1), stops);
+        let disturbed: Vec<_> = p.steps[1][steps..]
+            .iter()
+            .filter(|(_, s)| matches!(s, Step::Reinitialize530 { .. } | Step::StopClients520 { .. }))
+            .collect();
+        assert!(disturbed.is_empty(), "{disturbed:?}");
+    }
 }

@@ -24,8 +24,8 @@
 //! version in common). Bytes that do not decode, any other first message, a close, or no whole message
 //! within the handshake timeout are refused here, with a recorded reason, and the live session never
 //! notices. A newcomer given to the manager is a challenger there: it replaces the live session only
-//! once it proved the cluster secret (see the manager's 415). The partner's Hello goes out the moment it connects, so its reconnect is promoted within a
-//! one-way trip.
+//! once it proved the cluster secret (see the manager's 415). The partner sends its Hello the moment
+//! it connects, so its reconnect is promoted within a one-way trip.
 //!
 //! Interconnect events fed back: async events (PORT_ERR, PORT_ACTIVE, DEVICE_FATAL; any of them makes
 //! the driver look at the ports at once), port state (looked at every `PORT_POLL` as well), a device
@@ -1727,8 +1727,9 @@ impl Driver {
         }
     }
 
-    /// Newcomers (see the module doc): promoted to a session once one whole message arrived, refused
-    /// on malformed bytes, a close, or silence for the handshake timeout.
+    /// Newcomers (see the module doc): promoted to a session once their first message passed
+    /// [`Manager::vet_newcomer`]; refused on anything else, malformed bytes, a close, or silence for the
+    /// handshake timeout.
     fn poll_newcomers(&mut self) {
         let limit = self.manager.config().handshake_timeout;
         let mut k = 0;

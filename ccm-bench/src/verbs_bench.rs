@@ -405,7 +405,7 @@ pub fn run_write_completion(
     iters: u64,
     think: Duration,
 ) -> Result<Vec<u64>> {
-    timed_writes(&mut pair.a, warmup, iters, think, |_, _, _| {})
+    timed_writes(&mut pair.a, warmup, iters, think, |_, _, _| At::Buffer)
 }
 
 /// Where [`timed_writes`] calls its writer: before the pause, untimed; or timed, just before the post.
@@ -415,14 +415,24 @@ enum Stage {
     Timed,
 }
 
+/// What the timed WRITE sends, as the writer says (its answer to the untimed call is ignored).
+#[derive(Clone, Copy)]
+enum At {
+    /// The side's message: its whole buffer, into the peer's.
+    Buffer,
+    /// `len` bytes at offset `off` of the side's buffer, into the same offset of the peer's (a ring).
+    Ring { off: usize, len: usize },
+}
+
 /// The loop of the WRITE floors: per message `writer(side, i, Untimed)`, the writer's `think`, then timed:
-/// `writer(side, i, Timed)`, one signalled WRITE of the side's message and its completion busy-polled.
+/// `writer(side, i, Timed)`, one signalled WRITE of what it returned ([`At`]) and its completion
+/// busy-polled.
 fn timed_writes(
     side: &mut Side,
     warmup: u64,
     iters: u64,
     think: Duration,
-    mut writer: impl FnMut(&mut Side, u64, Stage),
+    mut writer: impl FnMut(&mut Side, u64, Stage) -> At,
 ) -> Result<Vec<u64>> {
     let sge = [side.mr.slice(side.tx_off, side.size.max(1))?];
     let mut wc = [Completion::default(); 1];
@@ -431,8 +441,19 @@ fn timed_writes(
         writer(side, i, Stage::Untimed);
         think_for(think);
         let t = Instant::now();
-        writer(side, i, Stage::Timed);
-        post(side, Op::Write, i, true, &sge)?;
+        match writer(side, i, Stage::Timed) {
+            At::Buffer => post(side, Op::Write, i, true, &sge)?,
+            At::Ring { off, len } => {
+                let sge = [side.mr.slice(side.tx_off + off, len)?];
+                let to = RemoteAddr {
+                    addr: side.peer_rx.addr + off as u64,
+                    rkey: side.peer_rx.rkey,
+                };
+                let mut wr = SendWr::new(i, SendOp::Write(to), &sge);
+                wr.signaled = true;
+                side.qp.post_send_one(&wr)?;
+            }
+        }
         loop {
             if side.send_cq.poll(&mut wc)? == 1 {
                 check(&wc[0], "write")?;
@@ -476,10 +497,11 @@ pub fn run_write_completion_prepared(
         if stage == Stage::Untimed {
             // Each entry differs in its first bytes, outside the timing, as the mirror bench's do.
             stamp_payload(i, &mut src);
-            return;
+            return At::Buffer;
         }
         let tx = side.tx_off;
         prepare_entry(&mut side.mr.as_mut_slice()[tx..], &src, i);
+        At::Buffer
     };
     timed_writes(side, warmup, iters, think, entry)
 }
@@ -534,34 +556,17 @@ pub fn run_log_writes(
         )));
     }
     let mut src: Vec<u8> = (0..payload).map(|k| k as u8).collect();
-    let mut wc = [Completion::default(); 1];
-    let mut out = Vec::with_capacity(iters as usize);
-    for i in 0..warmup + iters {
-        stamp_payload(i, &mut src);
-        think_for(think);
+    let entry = |side: &mut Side, i: u64, stage: Stage| {
+        if stage == Stage::Untimed {
+            stamp_payload(i, &mut src);
+            return At::Buffer;
+        }
         let off = ring_offset(i, slot, ring);
-        let t = Instant::now();
         let tx = side.tx_off + off;
         prepare_entry(&mut side.mr.as_mut_slice()[tx..tx + slot], &src, i);
-        let sge = [side.mr.slice(tx, slot)?];
-        let to = RemoteAddr {
-            addr: side.peer_rx.addr + off as u64,
-            rkey: side.peer_rx.rkey,
-        };
-        let mut wr = SendWr::new(i, SendOp::Write(to), &sge);
-        wr.signaled = true;
-        side.qp.post_send_one(&wr)?;
-        loop {
-            if side.send_cq.poll(&mut wc)? == 1 {
-                check(&wc[0], "write")?;
-                break;
-            }
-        }
-        if i >= warmup {
-            out.push(t.elapsed().as_nanos().max(1) as u64);
-        }
-    }
-    Ok(out)
+        At::Ring { off, len: slot }
+    };
+    timed_writes(side, warmup, iters, think, entry)
 }
 
 /// Make an entry's payload differ from the last one's: its number in the first (up to 8) bytes. The rest

@@ -1355,20 +1355,6 @@ impl Manager {
         &self.cfg
     }
 
-    /// Whether a connection that reached interconnect `ic`'s port while it has a live session may take
-    /// that session's place, judged by its first message (the node holds such a *newcomer* back until
-    /// one arrives): a [`Hello`] from the configured partner, of this cluster, with a protocol version
-    /// in common. Anything else is refused with the error the handshake would give, and the live
-    /// session is left alone. Authentication follows in the handshake of the session it becomes.
-    pub fn vet_newcomer(&self, first: &Message) -> Result<(), HandshakeError> {
-        match first {
-            Message::Hello(hello) => vet_hello(&self.cfg, hello).map(|_| ()),
-            _ => Err(HandshakeError::Protocol(
-                "a new session must begin with Hello",
-            )),
-        }
-    }
-
     /// This manager's incarnation (random per start), as sent in [`Hello`].
     pub fn incarnation(&self) -> u64 {
         self.incarnation

@@ -454,59 +454,25 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
         },
     );
     let failures = [h1.status().link_failures, h2.status().link_failures];
-    let stops: Vec<u64> = pair
-        .counters
-        .iter()
-        .map(|c| c.stops.load(Ordering::Relaxed))
-        .collect();
+    let stops = client_stops(&pair);
     // Node 2 listens (the higher id): throw bytes at its interconnect-1 port, which has a live session.
     use std::io::Write;
     let mut s = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: ccm\r\n\r\n").unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the malformed connection refused",
-        || {
-            h2.status()
-                .events
-                .iter()
-                .any(|e| e.what.contains("malformed"))
-        },
-    );
+    wait_for_event(&h2, "the malformed connection refused", "malformed");
     // A well-formed Hello from another cluster's node (two pairs on one network, one misconfigured):
     // refused for what it is, the live session kept.
-    let hello = Message::Hello(Hello {
-        min_version: PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        features: 0,
-        node: NodeId(1),
-        cluster: ClusterId(99),
-        incarnation: 1,
-        nonce: [7; 32],
-    });
+    let hello = hello_from_node_1(ClusterId(99));
     let mut neighbour = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
     neighbour.write_all(&hello.to_bytes()).unwrap();
-    wait_until(
-        Duration::from_secs(10),
+    wait_for_event(
+        &h2,
         "the foreign cluster's Hello refused",
-        || {
-            h2.status()
-                .events
-                .iter()
-                .any(|e| e.what.contains("foreign cluster"))
-        },
+        "foreign cluster",
     );
     // A Hello that claims the partner (cluster and node ids are no secret), its challenge, and a proof made
     // without the cluster secret, all at once: refused at the proof, the live session kept.
-    let hello = Message::Hello(Hello {
-        min_version: PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        features: 0,
-        node: NodeId(1),
-        cluster: ClusterId(7),
-        incarnation: 1,
-        nonce: [7; 32],
-    });
+    let hello = hello_from_node_1(ClusterId(7));
     let challenge = Message::AuthChallenge(AuthChallenge { challenge: [3; 32] });
     let proof = Message::AuthResponse(AuthResponse { mac: [0; 32] });
     let mut impostor = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
@@ -515,28 +481,10 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
         .flat_map(|m| m.to_bytes())
         .collect();
     impostor.write_all(&bytes).unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the impostor's proof refused",
-        || {
-            h2.status()
-                .events
-                .iter()
-                .any(|e| e.what.contains("authentication failed"))
-        },
-    );
+    wait_for_event(&h2, "the impostor's proof refused", "authentication failed");
     // A connection that never sends a whole message is refused too (after the handshake timeout).
     let quiet = std::net::TcpStream::connect("10.0.1.2:19105").unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the silent connection refused",
-        || {
-            h2.status()
-                .events
-                .iter()
-                .any(|e| e.what.contains("sent no whole message"))
-        },
-    );
+    wait_for_event(&h2, "the silent connection refused", "no handshake within");
     drop(quiet);
     let rx = pair.counters[1].clone();
     let n = rx.received.load(Ordering::Relaxed);
@@ -549,13 +497,37 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
         failures,
         "a stray connection failed a live interconnect"
     );
-    let after: Vec<u64> = pair
-        .counters
-        .iter()
-        .map(|c| c.stops.load(Ordering::Relaxed))
-        .collect();
+    let after = client_stops(&pair);
     assert_eq!(after, stops, "a stray connection stopped a client");
     pair.shutdown();
+}
+
+/// Wait until `h` recorded an event containing `needle`.
+fn wait_for_event(h: &NodeHandle, what: &str, needle: &str) {
+    wait_until(Duration::from_secs(10), what, || {
+        h.status().events.iter().any(|e| e.what.contains(needle))
+    });
+}
+
+/// How often each node's counter client was told Stop.
+fn client_stops(pair: &Pair) -> Vec<u64> {
+    pair.counters
+        .iter()
+        .map(|c| c.stops.load(Ordering::Relaxed))
+        .collect()
+}
+
+/// A Hello that claims to be node 1 of `cluster` (neither id is a secret).
+fn hello_from_node_1(cluster: ClusterId) -> Message {
+    Message::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        features: 0,
+        node: NodeId(1),
+        cluster,
+        incarnation: 1,
+        nonce: [7; 32],
+    })
 }
 
 fn client_state(h: &NodeHandle, id: u32) -> Option<String> {

@@ -731,55 +731,6 @@ fn a_second_session_without_the_secret_never_disturbs_the_live_one() {
 }
 
 #[test]
-fn a_newcomer_may_replace_a_live_session_only_with_the_partners_hello() {
-    let mut p = Pair::standard(1);
-    p.run_for(Duration::from_millis(2));
-    let hello = p.sent[0]
-        .iter()
-        .find_map(|(_, m)| match m {
-            Message::Hello(h) => Some(h.clone()),
-            _ => None,
-        })
-        .expect("node 1 said Hello");
-    let vet = |h: &Hello| p.m[1].vet_newcomer(&Message::Hello(h.clone()));
-    assert_eq!(vet(&hello), Ok(()), "the partner reconnecting");
-    let foreign = Hello {
-        cluster: ClusterId(99),
-        ..hello.clone()
-    };
-    assert_eq!(
-        vet(&foreign),
-        Err(HandshakeError::ForeignCluster(ClusterId(99)))
-    );
-    let stranger = Hello {
-        node: NodeId(3),
-        ..hello.clone()
-    };
-    assert_eq!(
-        vet(&stranger),
-        Err(HandshakeError::UnexpectedNode(NodeId(3)))
-    );
-    let newer = Hello {
-        min_version: PROTOCOL_VERSION + 1,
-        max_version: PROTOCOL_VERSION + 2,
-        ..hello.clone()
-    };
-    assert!(matches!(
-        vet(&newer),
-        Err(HandshakeError::IncompatibleVersion { .. })
-    ));
-    let heartbeat = p.sent[0]
-        .iter()
-        .find(|(_, m)| !matches!(m, Message::Hello(_)))
-        .map(|(_, m)| m.clone())
-        .expect("node 1 sent more than its Hello");
-    assert!(matches!(
-        p.m[1].vet_newcomer(&heartbeat),
-        Err(HandshakeError::Protocol(_))
-    ));
-}
-
-#[test]
 fn a_wrong_secret_fails_authentication_on_both_sides_and_nothing_goes_up() {
     let mut b = Pair::config(2, 1, 1);
     b.secret = b"guess".to_vec();

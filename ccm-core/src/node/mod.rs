@@ -17,16 +17,6 @@
 //! | `Tell` (445, 520, ...) | a [`ClientNotice`] on the client's channel; `Ready` carries the connected VIs |
 //! | `ReleaseClientVis` (525) | the VIs go to the error state (outstanding work flushes) and are dropped |
 //!
-//! **A second connection on an interconnect** that already has a session with the partner (the
-//! partner reconnecting because it judged the old session dead, or anything else that reached the
-//! port) is a *newcomer*: it is not given to the manager until it has sent one whole message and that
-//! message is the partner's Hello ([`Manager::vet_newcomer`]: this cluster, the configured partner, a
-//! version in common). Bytes that do not decode, any other first message, a close, or no whole message
-//! within the handshake timeout are refused here, with a recorded reason, and the live session never
-//! notices. A newcomer given to the manager is a challenger there: it replaces the live session only
-//! once it proved the cluster secret (see the manager's 415). The partner sends its Hello the moment
-//! it connects, so its reconnect is promoted within a one-way trip.
-//!
 //! Interconnect events fed back: async events (PORT_ERR, PORT_ACTIVE, DEVICE_FATAL; any of them makes
 //! the driver look at the ports at once), port state (looked at every `PORT_POLL` as well), a device
 //! that disappeared (rxe never raises DEVICE_FATAL: the kernel's uevent of its removal makes the driver
@@ -906,15 +896,6 @@ struct ClientSlot {
     last_event: Option<EventRecord>,
 }
 
-/// A connection accepted on an interconnect that already has a session (see the module doc).
-struct Newcomer {
-    ic: InterconnectId,
-    tcp: TcpSession,
-    since: Instant,
-    /// Its messages so far, delivered once it is promoted to a session.
-    held: Vec<Message>,
-}
-
 struct Driver {
     cfg: NodeConfig,
     manager: Manager,
@@ -924,8 +905,6 @@ struct Driver {
     status: Arc<Mutex<NodeStatus>>,
     ics: Vec<Ic>,
     sessions: BTreeMap<SessionId, Sess>,
-    /// Connections on probation before they may replace a live session.
-    newcomers: Vec<Newcomer>,
     next_session: u64,
     clients: BTreeMap<ClientId, ClientSlot>,
     timer: Option<Time>,
@@ -997,7 +976,6 @@ impl Driver {
             status,
             ics,
             sessions: BTreeMap::new(),
-            newcomers: Vec::new(),
             next_session: 1,
             clients: BTreeMap::new(),
             timer: None,
@@ -1194,10 +1172,6 @@ impl Driver {
             });
         }
 
-        if !self.newcomers.is_empty() {
-            // Their probation ends at a deadline no fd announces.
-            timeout = timeout.min(Duration::from_millis(5));
-        }
         let waited = Instant::now();
         self.wait(timeout);
         let overslept = waited.elapsed().saturating_sub(timeout);
@@ -1280,9 +1254,6 @@ impl Driver {
                 f |= PollFlags::POLLOUT;
             }
             fds.push(PollFd::new(s.tcp.fd(), f));
-        }
-        for n in &self.newcomers {
-            fds.push(PollFd::new(n.tcp.fd(), PollFlags::POLLIN));
         }
         let first_device_fd = fds.len();
         for ic in &self.ics {
@@ -1682,20 +1653,14 @@ impl Driver {
                 let Ok(tcp) = TcpSession::new(stream) else {
                     continue;
                 };
-                if self.sessions.values().any(|s| s.ic == ic) {
-                    self.newcomers.push(Newcomer {
-                        ic,
-                        tcp,
-                        since: Instant::now(),
-                        held: Vec::new(),
-                    });
-                } else if self.open_session(ic, tcp).is_none() {
+                // A second session on an up interconnect is the manager's challenger: it replaces the
+                // live one only once it proved the cluster secret (see the manager's 415).
+                if self.open_session(ic, tcp).is_none() {
                     let what = format!("interconnect {i}: session refused: device not usable");
                     self.record(what);
                 }
             }
         }
-        self.poll_newcomers();
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             let Some(s) = self.sessions.get_mut(&id) else {
@@ -1723,58 +1688,6 @@ impl Driver {
                         error,
                     });
                 }
-            }
-        }
-    }
-
-    /// Newcomers (see the module doc): promoted to a session once their first message passed
-    /// [`Manager::vet_newcomer`]; refused on anything else, malformed bytes, a close, or silence for the
-    /// handshake timeout.
-    fn poll_newcomers(&mut self) {
-        let limit = self.manager.config().handshake_timeout;
-        let mut k = 0;
-        while k < self.newcomers.len() {
-            let n = &mut self.newcomers[k];
-            let ic = n.ic.0;
-            let refused = match n.tcp.read(&mut n.held) {
-                ReadOutcome::Malformed(error) => Some(format!(
-                    "interconnect {ic}: malformed bytes on the initial session of a new connection: \
-                     {error}; refused, the live session kept"
-                )),
-                ReadOutcome::Closed => Some(format!(
-                    "interconnect {ic}: a new connection closed before its first message; the live \
-                     session kept"
-                )),
-                ReadOutcome::Open if !n.held.is_empty() => {
-                    self.manager.vet_newcomer(&n.held[0]).err().map(|e| {
-                        format!(
-                            "interconnect {ic}: a new connection refused: {e}; the live session kept"
-                        )
-                    })
-                }
-                ReadOutcome::Open if n.since.elapsed() >= limit => Some(format!(
-                    "interconnect {ic}: a new connection sent no whole message in {limit:?}; refused, \
-                     the live session kept"
-                )),
-                ReadOutcome::Open => {
-                    k += 1;
-                    continue;
-                }
-            };
-            let n = self.newcomers.swap_remove(k);
-            if let Some(what) = refused {
-                self.record(what);
-                continue;
-            }
-            match self.open_session(n.ic, n.tcp) {
-                Some(id) => {
-                    for msg in n.held {
-                        self.session_message(id, msg);
-                    }
-                }
-                None => self.record(format!(
-                    "interconnect {ic}: session refused: device not usable"
-                )),
             }
         }
     }

@@ -39,6 +39,7 @@ pub fn mirror_spec() -> ClientSpec {
         class: BandwidthClass::High,
         vi_count: 1,
         pinned: None,
+        private: Vec::new(),
     }
 }
 

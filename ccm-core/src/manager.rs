@@ -287,8 +287,9 @@ impl std::fmt::Debug for Config {
 /// ([`Input::PathAlive`]).
 pub const STALLED_PARTNER_TIMEOUTS: u32 = 4;
 
-/// The highest protocol version this build speaks (2: standby bindings, [`wire::STANDBY_VERSION`]).
-pub const PROTOCOL_VERSION: ProtocolVersion = 2;
+/// The highest protocol version this build speaks (2: standby bindings, [`wire::STANDBY_VERSION`]; 3: the
+/// clients' private data, [`wire::CLIENT_PRIVATE_VERSION`]).
+pub const PROTOCOL_VERSION: ProtocolVersion = 3;
 /// The lowest protocol version this build speaks by default (1: no standby bindings; a link that
 /// negotiated it fails over with the full 420-445 bring-up).
 pub const MIN_PROTOCOL_VERSION: ProtocolVersion = 1;
@@ -361,6 +362,11 @@ pub struct ClientSpec {
     pub vi_count: u8,
     /// A pinned interconnect, if configured.
     pub pinned: Option<InterconnectId>,
+    /// Opaque bytes for the partner's peer client (at most [`wire::MAX_PRIVATE`]), delivered with its
+    /// `Ready` in [`ClientEntry::private`]: what the client speaks, so that two peer clients of different
+    /// builds can check each other before either writes. Carried on sessions of protocol version
+    /// [`wire::CLIENT_PRIVATE_VERSION`] and later; an older partner's entries come without it.
+    pub private: Vec<u8>,
 }
 
 /// Client requests (Fig. 5, 510/515).
@@ -1686,8 +1692,15 @@ impl Manager {
         (self.links[i].session() == Some(session)).then_some(i)
     }
 
-    fn send(&mut self, i: usize, msg: Message) {
+    fn send(&mut self, i: usize, mut msg: Message) {
         if let Some(session) = self.links[i].session() {
+            // A partner of an older protocol version gets no private data: its decoder would refuse it.
+            if let Message::ClientInfo(ci) | Message::Standby(ci) = &mut msg {
+                let version = self.links[i].up().map_or(0, |u| u.version);
+                if version < wire::CLIENT_PRIVATE_VERSION {
+                    ci.entries.iter_mut().for_each(|e| e.private.clear());
+                }
+            }
             let ic = self.links[i].id;
             self.push(Action::Send { ic, session, msg });
         }
@@ -2328,6 +2341,7 @@ impl Manager {
             generation,
             vis,
             windows: c.windows.clone(),
+            private: c.spec.private.clone(),
         };
         self.queue_entry(now, ic, entry);
         self.try_connect(id, generation);
@@ -2772,7 +2786,10 @@ impl Manager {
     fn on_client_request(&mut self, now: Time, req: ClientRequest) {
         match req {
             ClientRequest::Register(spec) => {
-                if self.clients.contains_key(&spec.id) || spec.name.len() > wire::MAX_NAME_LEN {
+                if self.clients.contains_key(&spec.id)
+                    || spec.name.len() > wire::MAX_NAME_LEN
+                    || spec.private.len() > wire::MAX_PRIVATE
+                {
                     return;
                 }
                 let mut spec = spec;
@@ -2849,6 +2866,7 @@ impl Manager {
                         generation: b.generation,
                         vis: b.local.clone().expect("filtered"),
                         windows: c.windows.clone(),
+                        private: c.spec.private.clone(),
                     };
                     let ic = b.ic;
                     self.queue_entry(now, ic, entry);
@@ -2866,6 +2884,7 @@ impl Manager {
                             generation: sb.generation,
                             vis: sb.local.clone().expect("filtered"),
                             windows: c.windows.clone(),
+                            private: c.spec.private.clone(),
                         },
                     ));
                 }
@@ -3084,6 +3103,7 @@ impl Manager {
         }
         let c = self.clients.get_mut(&id).expect("checked by the caller");
         let name = c.spec.name.clone();
+        let private = c.spec.private.clone();
         let s = c
             .standbys
             .iter_mut()
@@ -3097,6 +3117,7 @@ impl Manager {
             generation,
             vis,
             windows,
+            private,
         };
         self.send(
             ic.0 as usize,

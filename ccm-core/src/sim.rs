@@ -48,6 +48,9 @@
 //!     on another interconnect than its binding, ripe on both, its VIs pairwise slam connected; a
 //!     standby's VIs are no leak. (Invariant 2 covers a promoted standby: its client goes only
 //!     once the partner's end is connected.)
+//! 11. Private data: a client's partner info carries the partner's peer client's private data exactly,
+//!     when both managers speak protocol version 3 (seven seeds in eight), and none when node 2 is an
+//!     older build (up to version 2); every message survives the wire's encoding.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -62,7 +65,7 @@ use crate::manager::{
 };
 use crate::wire::{
     BandwidthClass, ClientId, ClientLoad, ClusterId, Generation, InterconnectId, MemoryWindow,
-    Message, Mtu, NodeId, ViAddress,
+    Message, Mtu, NodeId, ViAddress, CLIENT_PRIVATE_VERSION,
 };
 use crate::Time;
 
@@ -303,6 +306,7 @@ fn scenario(rng: &mut ChaCha8Rng) -> Scenario {
                         BandwidthClass::Low
                     },
                     vi_count: rng.gen_range(1..=3),
+                    private: Vec::new(), // set per node when it registers
                     pinned: if rng.gen_bool(0.1) {
                         Some(InterconnectId(rng.gen_range(0..interconnects)))
                     } else {
@@ -597,6 +601,11 @@ impl Sim {
                 sc.interconnects,
             ),
         ];
+        // One seed in eight: node 2 is an older build, speaking protocol versions up to 2 (no private
+        // data). Chosen from the seed, not drawn, so every seed's random stream is what it was.
+        if older_partner(seed) {
+            cfg[1].max_version = 2;
+        }
         let dwell = Duration::from_millis([100, 500, 2000][rng.gen_range(0..3)]);
         for c in &mut cfg {
             c.capacity = sc.capacity.clone();
@@ -1112,6 +1121,20 @@ impl Sim {
             (ClientEvent::PartnerClosed, Told::Ready(..) | Told::Stopped) => Told::Idle,
             (ClientEvent::PartnerSuspect, t) => t,
             (ClientEvent::PartnerInfo(e), t) => {
+                let both_new = self
+                    .cfg
+                    .iter()
+                    .all(|c| c.max_version >= CLIENT_PRIVATE_VERSION);
+                let expected = match both_new {
+                    true => private_of(1 - n, client),
+                    false => Vec::new(),
+                };
+                if e.private != expected {
+                    return Err(self.fail(format!(
+                        "node{n} hands {client:?} the partner's private data {:?}, expected {expected:?}",
+                        e.private
+                    )));
+                }
                 let w = e.windows.clone();
                 self.nodes[n]
                     .clients
@@ -1183,6 +1206,10 @@ impl Sim {
         c.registered = true;
         c.told = Told::Idle;
         c.partner_windows = None;
+        let spec = ClientSpec {
+            private: private_of(n, spec.id),
+            ..spec
+        };
         self.input(n, Input::Client(ClientRequest::Register(spec)))
     }
 
@@ -1257,6 +1284,11 @@ impl Sim {
                     return Ok(());
                 }
                 self.report.delivered += 1;
+                // Every message crosses the wire's encoding, as between real managers.
+                let bytes = msg.to_bytes();
+                if Message::decode_exact(&bytes).as_ref() != Ok(&msg) {
+                    return Err(self.fail(format!("{msg:?} does not survive its encoding")));
+                }
                 let reset = match &msg {
                     Message::ClientReset(r) => Some(r.client),
                     _ => None,
@@ -1833,6 +1865,20 @@ impl Sim {
 
 fn humantime(d: Duration) -> String {
     format!("{} ms", d.as_millis())
+}
+
+/// Whether node 2 of `seed`'s scenario is an older build (protocol versions up to 2).
+fn older_partner(seed: u64) -> bool {
+    seed % 8 == 5
+}
+
+/// The private data node `n` registers client `id` with: a few bytes naming both, none for every
+/// fourth client (so some batches carry no private data at all).
+fn private_of(n: NodeIx, id: ClientId) -> Vec<u8> {
+    match id.0 % 4 {
+        0 => Vec::new(),
+        _ => format!("node{n} client{}", id.0).into_bytes(),
+    }
 }
 
 /// Runs one seed.

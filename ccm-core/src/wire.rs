@@ -32,7 +32,7 @@
 //! | [`AuthResponse`] | 415 | HMAC-SHA256 over the challenge and both hello nonces (see [`crate::auth`]) |
 //! | [`PeerInfo`] | 415 | the manager's own control VI address and memory windows |
 //! | [`ClientOpen`] / [`ClientClose`] | 510/515 | a client registered / unregistered on the sender |
-//! | [`ClientInfo`] | 425 | one batch of client VI addresses and memory windows |
+//! | [`ClientInfo`] | 425 | one batch of client VI addresses and memory windows; from protocol version [`CLIENT_PRIVATE_VERSION`] also each client's private data, after all entries, when any client has some |
 //! | `Standby` (a [`ClientInfo`] payload) | 420-435 ahead of time | VI addresses of *standby* bindings: a client pair's VIs made and slam connected on another interconnect while it runs, so a failover there needs only a [`Ready`] exchange (protocol version [`STANDBY_VERSION`]) |
 //! | [`Ready`] | 440 | the sender has slam connected the listed client VIs |
 //! | [`Heartbeat`] | link monitor | liveness of the interconnect's control channel |
@@ -72,6 +72,12 @@ pub const MAX_CLIENTS: usize = 1024;
 pub const MAX_VIS: usize = 64;
 /// Most memory windows in one list.
 pub const MAX_WINDOWS: usize = 64;
+/// Most bytes of a client's private data ([`ClientEntry::private`]).
+pub const MAX_PRIVATE: usize = 64;
+/// The first protocol version whose [`ClientInfo`] and `Standby` messages may carry the clients' private
+/// data ([`ClientEntry::private`]). A manager sends private data only on a session whose negotiated
+/// version is at least this, so an older partner, whose decoder refuses the extra bytes, never sees it.
+pub const CLIENT_PRIVATE_VERSION: ProtocolVersion = 3;
 /// The first protocol version with the `Standby` message (type 15). A manager sends it only on a
 /// session whose negotiated version is at least this, so an older partner never sees it.
 pub const STANDBY_VERSION: ProtocolVersion = 2;
@@ -233,6 +239,12 @@ pub struct ClientEntry {
     pub vis: Vec<ViAddress>,
     /// The client's memory windows.
     pub windows: Vec<MemoryWindow>,
+    /// The client's *private data* (at most [`MAX_PRIVATE`] bytes; protocol version
+    /// [`CLIENT_PRIVATE_VERSION`]): opaque to the managers, as rdma_cm's private data is, and handed to the
+    /// partner's peer client with its `Ready`, so that two peer clients can check what they speak (the
+    /// NVRAM mirror: its entry formats) before either writes a byte. Empty from a partner of an older
+    /// protocol version.
+    pub private: Vec<u8>,
 }
 
 /// Step 425: a batch of client VI addresses.
@@ -659,6 +671,7 @@ impl Message {
                     for v in &e.vis {
                         vi(v)?;
                     }
+                    count(e.private.len(), "client private data", MAX_PRIVATE)?;
                 }
                 Ok(())
             }
@@ -702,6 +715,14 @@ impl Message {
                         w.vi(v);
                     }
                     w.windows(&e.windows);
+                }
+                // The private data follows all entries, only if there is any: a message without it is
+                // byte for byte the one of protocol versions 1 and 2.
+                if ci.entries.iter().any(|e| !e.private.is_empty()) {
+                    for e in &ci.entries {
+                        w.u8(e.private.len() as u8);
+                        w.bytes(&e.private);
+                    }
                 }
             }
             Message::Ready(r) => {
@@ -853,7 +874,21 @@ impl Message {
                         generation,
                         vis,
                         windows,
+                        private: Vec::new(),
                     });
+                }
+                if !r.buf.is_empty() {
+                    for e in &mut entries {
+                        let n = r.u8("client private data length")? as usize;
+                        if n > MAX_PRIVATE {
+                            return Err(DecodeError::TooMany {
+                                field: "client private data",
+                                count: n,
+                                limit: MAX_PRIVATE,
+                            });
+                        }
+                        e.private = r.take(n, "client private data")?.to_vec();
+                    }
                 }
                 if ty == T_STANDBY {
                     Message::Standby(ClientInfo { entries })
@@ -1169,6 +1204,7 @@ mod tests {
                     len: 4096,
                     rkey: 5,
                 }],
+                private: b"formats 2".to_vec(),
             }],
         });
         let b = m.to_bytes();
@@ -1179,6 +1215,99 @@ mod tests {
             }
         }
         assert_eq!(Message::decode(&b).unwrap(), (m, b.len()));
+    }
+
+    fn entry(client: u32, private: &[u8]) -> ClientEntry {
+        ClientEntry {
+            client: ClientId(client),
+            name: format!("client {client}"),
+            generation: Generation(1),
+            vis: vec![vi(client)],
+            windows: vec![],
+            private: private.to_vec(),
+        }
+    }
+
+    #[test]
+    fn client_info_without_private_data_is_the_version_2_encoding() {
+        // Two entries, no private data: the payload ends with the last entry's windows, as an older
+        // manager's decoder (which refuses trailing bytes) expects.
+        let m = Message::ClientInfo(ClientInfo {
+            entries: vec![entry(1, b""), entry(2, b"")],
+        });
+        let b = m.to_bytes();
+        let entry_len = 4 + 1 + "client 1".len() + 8 + 1 + VI_LEN + 1;
+        assert_eq!(b.len(), HEADER_LEN + 2 + 2 * entry_len);
+        assert_eq!(Message::decode_exact(&b), Ok(m));
+    }
+
+    #[test]
+    fn client_private_data_follows_the_entries_and_round_trips() {
+        let m = Message::Standby(ClientInfo {
+            entries: vec![
+                entry(1, b""),
+                entry(2, &[0xAB; MAX_PRIVATE]),
+                entry(3, b"x"),
+            ],
+        });
+        let b = m.to_bytes();
+        // After the entries: one length byte and the bytes per entry, in entry order.
+        let tail = [
+            &[0u8][..],
+            &[MAX_PRIVATE as u8],
+            &[0xAB; MAX_PRIVATE],
+            &[1, b'x'],
+        ]
+        .concat();
+        assert!(b.ends_with(&tail));
+        assert_eq!(Message::decode_exact(&b), Ok(m));
+    }
+
+    #[test]
+    fn client_private_data_over_the_limit_is_refused_by_name() {
+        let m = Message::ClientInfo(ClientInfo {
+            entries: vec![entry(1, &[1; MAX_PRIVATE + 1])],
+        });
+        assert_eq!(
+            m.check_limits(),
+            Err(DecodeError::TooMany {
+                field: "client private data",
+                count: MAX_PRIVATE + 1,
+                limit: MAX_PRIVATE
+            })
+        );
+        // The same on the wire: a hand-made frame claiming 65 bytes.
+        let mut b = Message::ClientInfo(ClientInfo {
+            entries: vec![entry(1, &[1; MAX_PRIVATE])],
+        })
+        .to_bytes();
+        let at = b.len() - MAX_PRIVATE - 1;
+        b[at] = MAX_PRIVATE as u8 + 1;
+        b.push(1);
+        let len = (b.len() - HEADER_LEN) as u32;
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(
+            Message::decode_exact(&b),
+            Err(DecodeError::TooMany {
+                field: "client private data",
+                count: MAX_PRIVATE + 1,
+                limit: MAX_PRIVATE
+            })
+        );
+        // And private data cut short is truncated, not read past the frame.
+        let mut short = Message::ClientInfo(ClientInfo {
+            entries: vec![entry(1, b"abc"), entry(2, b"")],
+        })
+        .to_bytes();
+        short.truncate(short.len() - 1); // entry 2's length byte
+        let len = (short.len() - HEADER_LEN) as u32;
+        short[8..12].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(
+            Message::decode_exact(&short),
+            Err(DecodeError::Truncated {
+                field: "client private data length"
+            })
+        );
     }
 
     #[test]

@@ -99,6 +99,7 @@ fn low(id: u32, name: &str) -> ClientSpec {
         class: BandwidthClass::Low,
         vi_count: 1,
         pinned: None,
+        private: Vec::new(),
     }
 }
 

@@ -76,6 +76,7 @@ fn counter_spec(id: u32, class: BandwidthClass, pinned: Option<u8>) -> ClientSpe
         class,
         vi_count: 1,
         pinned: pinned.map(InterconnectId),
+        private: Vec::new(),
     }
 }
 
@@ -396,6 +397,7 @@ fn a_partner_with_the_wrong_secret_is_refused_and_the_monitor_never_sees_it_up()
                 class: BandwidthClass::Low,
                 vi_count: 1,
                 pinned: None,
+                private: Vec::new(),
             },
             Vec::new(),
         )
@@ -668,6 +670,7 @@ fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link()
         class: BandwidthClass::Low,
         vi_count: 1,
         pinned: None,
+        private: Vec::new(),
     };
     let view = Arc::new(Mutex::new(MonitorView::new()));
     let (tx, decisions) = crossbeam_channel::unbounded();

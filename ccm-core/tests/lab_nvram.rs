@@ -102,6 +102,7 @@ fn nvram_spec() -> ClientSpec {
         class: BandwidthClass::High,
         vi_count: 1,
         pinned: None,
+        private: Vec::new(),
     }
 }
 
@@ -141,6 +142,7 @@ fn start_monitors(nodes: &[Node]) -> Vec<Arc<Mutex<ccm_core::clients::monitor::M
         class: BandwidthClass::Low,
         vi_count: 1,
         pinned: None,
+        private: Vec::new(),
     };
     nodes
         .iter()
@@ -259,6 +261,7 @@ fn lab_nvram_mirror_survives_link_cuts() {
         class: BandwidthClass::High,
         vi_count: 1,
         pinned: None,
+        private: Vec::new(),
     };
     // Node 2 checks every entry of node 1's log as it applies it; node 1 checks node 2's few.
     let applied2 = Arc::new(Mutex::new(Applied::default()));

@@ -57,6 +57,7 @@ fn append_and_wait_durable_allocate_nothing_in_the_engines_thread() {
         class: BandwidthClass::High,
         vi_count: 1,
         pinned: None,
+        private: Vec::new(),
     };
     let m1: Mirror = nvram::start(&nodes[0].handle(), spec.clone(), &base(1), RING).unwrap();
     let m2: Mirror = nvram::start(&nodes[1].handle(), spec, &base(2), RING).unwrap();

@@ -266,6 +266,7 @@ impl Pair {
             class,
             vi_count: 2,
             pinned: None,
+            private: Vec::new(),
         };
         self.input(n, Input::Client(ClientRequest::Register(spec)));
     }
@@ -757,8 +758,8 @@ fn a_wrong_secret_fails_authentication_on_both_sides_and_nothing_goes_up() {
 #[test]
 fn incompatible_versions_are_refused_and_overlapping_ranges_pick_the_highest_common() {
     let mut a = Pair::config(1, 2, 1);
-    a.min_version = 3;
-    a.max_version = 4;
+    a.min_version = PROTOCOL_VERSION + 1;
+    a.max_version = PROTOCOL_VERSION + 2;
     let mut p = Pair::new(a.clone(), Pair::config(2, 1, 1));
     p.run_for(Duration::from_millis(2));
     assert!(refused_with(&p, 0).iter().any(|e| matches!(
@@ -784,6 +785,74 @@ fn incompatible_versions_are_refused_and_overlapping_ranges_pick_the_highest_com
     assert!(p.steps[0]
         .iter()
         .any(|(_, s)| matches!(s, Step::PeerInfoExchanged415 { version: 2, .. })));
+}
+
+/// The private data handed to node `n`'s client `id` about its partner, in every PartnerInfo so far.
+fn partner_private(p: &Pair, n: usize, id: u32) -> Vec<Vec<u8>> {
+    p.told[n]
+        .iter()
+        .filter_map(|(c, e)| match e {
+            ClientEvent::PartnerInfo(entry) if c.0 == id => Some(entry.private.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_clients_private_data_reaches_its_peer_from_protocol_version_3_and_an_older_partner_gets_none()
+{
+    for (b_max, carried) in [(PROTOCOL_VERSION, true), (2, false)] {
+        let mut b = Pair::config(2, 1, 2);
+        b.max_version = b_max;
+        let mut p = Pair::new(Pair::config(1, 2, 2), b);
+        for (n, private) in [(0, &b"formats 2"[..]), (1, &b"formats 2,3"[..])] {
+            let spec = ClientSpec {
+                id: ClientId(1),
+                name: "nvram".into(),
+                class: BandwidthClass::High,
+                vi_count: 1,
+                pinned: None,
+                private: private.to_vec(),
+            };
+            p.input(n, Input::Client(ClientRequest::Register(spec)));
+        }
+        p.run_for(Duration::from_millis(5));
+        let on = p.ready_on(0, 1).expect("ready");
+        assert_eq!(p.ready_on(1, 1), Some(on), "version {b_max}");
+        // Fail the interconnect in use: the client moves (to its standby where there is one) and hears of
+        // its partner again; every PartnerInfo, first and after the move, carries the same bytes.
+        p.port_state(on, false);
+        p.run_for(Duration::from_millis(50));
+        assert_eq!(
+            p.ready_on(0, 1),
+            Some(InterconnectId(1 - on.0)),
+            "version {b_max}"
+        );
+        for (n, theirs) in [(0, &b"formats 2,3"[..]), (1, &b"formats 2"[..])] {
+            let seen = partner_private(&p, n, 1);
+            assert!(!seen.is_empty());
+            let expected = if carried { theirs.to_vec() } else { vec![] };
+            assert!(
+                seen.iter().all(|b| *b == expected),
+                "node {n}, partner's versions up to {b_max}: {seen:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_registration_with_too_much_private_data_is_not_taken() {
+    let mut p = Pair::standard(1);
+    let spec = ClientSpec {
+        id: ClientId(1),
+        name: "nvram".into(),
+        class: BandwidthClass::High,
+        vi_count: 1,
+        pinned: None,
+        private: vec![0; ccm_core::wire::MAX_PRIVATE + 1],
+    };
+    p.input(0, Input::Client(ClientRequest::Register(spec)));
+    assert_eq!(p.m[0].client_status(ClientId(1)), None);
 }
 
 #[test]
@@ -1142,6 +1211,7 @@ fn balanced_pair(pin_2: bool) -> Pair {
                 class,
                 vi_count: 1,
                 pinned: (pin_2 && id == 2).then_some(InterconnectId(0)),
+                private: Vec::new(),
             };
             p.input(n, Input::Client(ClientRequest::Register(spec)));
         }
@@ -1850,6 +1920,7 @@ fn the_follower_answers_a_ready_for_a_standby_it_does_not_hold_with_a_client_res
         generation: Generation(bound.0 - 1),
         vis: vec![vi(other.0, 4000), vi(other.0, 4001)],
         windows: vec![],
+        private: vec![],
     };
     let steps_before = p.steps[1].len();
     p.deliver(
@@ -1905,6 +1976,7 @@ fn a_client_entry_for_a_client_not_registered_here_is_answered_with_a_client_clo
                 generation: Generation(40),
                 vis: vec![vi(on.0, 4000), vi(on.0, 4001)],
                 windows: vec![],
+                private: vec![],
             }],
         }),
     );

@@ -49,13 +49,19 @@ fn entry() -> impl Strategy<Value = ClientEntry> {
         any::<u64>(),
         prop::collection::vec(vi(), 0..5),
         prop::collection::vec(window(), 0..4),
+        // Often none (a message of a manager of protocol version 2), else up to the limit.
+        prop_oneof![
+            Just(Vec::new()),
+            prop::collection::vec(any::<u8>(), 0..=MAX_PRIVATE)
+        ],
     )
-        .prop_map(|(c, name, g, vis, windows)| ClientEntry {
+        .prop_map(|(c, name, g, vis, windows, private)| ClientEntry {
             client: ClientId(c),
             name,
             generation: Generation(g),
             vis,
             windows,
+            private,
         })
 }
 

@@ -269,6 +269,7 @@ fn run_node(
             class: c.class,
             vi_count: 1,
             pinned: c.pin,
+            private: Vec::new(),
         };
         let name = c.name.clone();
         match c.kind {

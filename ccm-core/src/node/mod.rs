@@ -240,8 +240,28 @@ impl NodeHandle {
         memory: Vec<ClientMemory>,
         waker: Option<ClientWaker>,
     ) -> Result<ClientHandle, NodeError> {
-        let (tx, rx) = crossbeam_channel::unbounded();
         let id = spec.id;
+        if spec.name.len() > crate::wire::MAX_NAME_LEN {
+            return Err(NodeError::Client(
+                id.0,
+                format!(
+                    "a name of {} bytes; at most {}",
+                    spec.name.len(),
+                    crate::wire::MAX_NAME_LEN
+                ),
+            ));
+        }
+        if spec.private.len() > crate::wire::MAX_PRIVATE {
+            return Err(NodeError::Client(
+                id.0,
+                format!(
+                    "{} bytes of private data; at most {}",
+                    spec.private.len(),
+                    crate::wire::MAX_PRIVATE
+                ),
+            ));
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
         let meter = ByteMeter::default();
         self.request(Request::Register {
             spec,

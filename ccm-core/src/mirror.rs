@@ -91,6 +91,121 @@ pub const ENTRY_ALIGN: usize = 64;
 /// Most batches a writer keeps in flight (bounded by the partner's receive credits too).
 pub const MAX_BATCHES_IN_FLIGHT: usize = 64;
 
+/// The entry format this build writes (2: XXH3-64 checksums; format 1, CRC-32, was the first).
+pub const ENTRY_FORMAT: u8 = 2;
+
+/// What a mirror speaks: the entry format its writer writes and the formats its reader reads. The mirror
+/// client tells its partner at every connection, as the client's private data
+/// ([`ClientSpec::private`](crate::manager::ClientSpec::private), carried from protocol version 3), so a pair
+/// of builds that cannot read each other's log finds out before either writes a byte into the other's ring,
+/// instead of at the first entry. Encoded in 10 bytes, little-endian:
+///
+/// ```text
+///  0      4        5        6            10
+///  | CCMF | layout | writes | reads (u32) |   (a later layout may append fields: they are ignored)
+/// ```
+///
+/// `reads` has bit `k` set for each format `k` the reader reads. A partner whose manager is older than
+/// protocol version 3 says nothing ([`Formats::decode`] of empty bytes is `None`); the reader's check of
+/// every entry's format stays the safety net then ([`MirrorError::EntryFormat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Formats {
+    /// The entry format the writer writes.
+    pub writes: u8,
+    /// Bit `k`: the reader reads format `k`.
+    pub reads: u32,
+}
+
+/// Why two mirrors cannot mirror to each other ([`Formats::check`]), found at connect time.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum FormatsError {
+    /// The partner's peer client sent private data that is no mirror's [`Formats`]: another kind of client
+    /// registered under the mirror's client id on the partner (the nodes' configurations disagree).
+    #[error("the partner's client is no NVRAM mirror: its private data ({len} bytes) is no mirror's formats")]
+    NotAMirror {
+        /// Its length.
+        len: usize,
+    },
+    /// The partner's reader cannot read the format this writer writes.
+    #[error("the partner reads entry formats {partner_reads:?}, not format {writes} that this build writes")]
+    PartnerCannotRead {
+        /// The format this writer writes.
+        writes: u8,
+        /// The formats the partner reads.
+        partner_reads: Vec<u8>,
+    },
+    /// This reader cannot read the format the partner writes.
+    #[error(
+        "the partner writes entry format {partner_writes}; this build reads formats {reads:?}"
+    )]
+    CannotReadPartner {
+        /// The format the partner writes.
+        partner_writes: u8,
+        /// The formats this reader reads.
+        reads: Vec<u8>,
+    },
+}
+
+impl Formats {
+    /// This build: writes [`ENTRY_FORMAT`], reads it only.
+    pub const THIS_BUILD: Formats = Formats {
+        writes: ENTRY_FORMAT,
+        reads: 1 << ENTRY_FORMAT,
+    };
+    /// Encoded length (layout 1).
+    pub const ENCODED_LEN: usize = 10;
+    const MAGIC: [u8; 4] = *b"CCMF";
+    const LAYOUT: u8 = 1;
+
+    /// The private data that says it.
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        b[0..4].copy_from_slice(&Self::MAGIC);
+        b[4] = Self::LAYOUT;
+        b[5] = self.writes;
+        b[6..10].copy_from_slice(&self.reads.to_le_bytes());
+        b
+    }
+
+    /// The partner's formats from its private data: `None` if it sent none (a manager older than protocol
+    /// version 3), an error if it is not a mirror's.
+    pub fn decode(private: &[u8]) -> Result<Option<Formats>, FormatsError> {
+        if private.is_empty() {
+            return Ok(None);
+        }
+        if private.len() < Self::ENCODED_LEN || private[0..4] != Self::MAGIC || private[4] == 0 {
+            return Err(FormatsError::NotAMirror { len: private.len() });
+        }
+        Ok(Some(Formats {
+            writes: private[5],
+            reads: u32::from_le_bytes(private[6..10].try_into().expect("4 bytes")),
+        }))
+    }
+
+    /// Whether this mirror and the `partner` can mirror to each other: each reads what the other writes.
+    pub fn check(&self, partner: &Formats) -> Result<(), FormatsError> {
+        let listed = |mask: u32| {
+            (0..32u8)
+                .filter(|k| mask & (1 << k) != 0)
+                .collect::<Vec<u8>>()
+        };
+        let reads = |mask: u32, format: u8| format < 32 && mask & (1 << format) != 0;
+        if !reads(partner.reads, self.writes) {
+            return Err(FormatsError::PartnerCannotRead {
+                writes: self.writes,
+                partner_reads: listed(partner.reads),
+            });
+        }
+        if !reads(self.reads, partner.writes) {
+            return Err(FormatsError::CannotReadPartner {
+                partner_writes: partner.writes,
+                reads: listed(self.reads),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Magic of an entry (format 2: XXH3-64 checksum).
 const MAGIC_ENTRY: u32 = u32::from_le_bytes(*b"CCE2");
 /// Magic of a pad (format 2).
@@ -162,7 +277,8 @@ pub enum MirrorError {
     },
     /// The partner writes entries of another format: at the reader's next position, with the next LSN, an
     /// entry of format 1 (CRC-32, an older build). Nothing is applied from it: a pair moves to this build
-    /// with its logs drained (everything applied on both sides), both nodes at once.
+    /// with its logs drained (everything applied on both sides), both nodes at once. (Builds that tell their
+    /// [`Formats`] find such a mismatch at connect time, before any entry is written.)
     #[error("entry {lsn:?} at offset {offset} is of format 1 (CRC-32, an older build); this build reads format 2 (XXH3-64)")]
     EntryFormat {
         /// Its LSN.
@@ -1295,6 +1411,86 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     const CAP: u64 = 4096;
+
+    #[test]
+    fn formats_round_trip_and_this_build_reads_what_it_writes() {
+        let b = Formats::THIS_BUILD.encode();
+        assert_eq!(&b[0..6], b"CCMF\x01\x02");
+        assert_eq!(Formats::decode(&b), Ok(Some(Formats::THIS_BUILD)));
+        assert_eq!(Formats::THIS_BUILD.check(&Formats::THIS_BUILD), Ok(()));
+        // A later layout's longer descriptor is read by its first fields.
+        let mut longer = b.to_vec();
+        longer.extend_from_slice(&[9; 6]);
+        longer[4] = 2;
+        assert_eq!(Formats::decode(&longer), Ok(Some(Formats::THIS_BUILD)));
+        // Nothing said: a manager older than protocol version 3.
+        assert_eq!(Formats::decode(&[]), Ok(None));
+    }
+
+    #[test]
+    fn formats_that_are_no_mirrors_are_refused_by_length() {
+        for bad in [
+            &b"counter"[..],
+            &b"CCMF\x01\x02\x04\x00\x00"[..],
+            &b"XXXX\x01\x02\x04\x00\x00\x00"[..],
+        ] {
+            assert_eq!(
+                Formats::decode(bad),
+                Err(FormatsError::NotAMirror { len: bad.len() }),
+                "{bad:?}"
+            );
+        }
+        let mut layout0 = Formats::THIS_BUILD.encode();
+        layout0[4] = 0;
+        assert_eq!(
+            Formats::decode(&layout0),
+            Err(FormatsError::NotAMirror { len: 10 })
+        );
+    }
+
+    #[test]
+    fn a_pair_mirrors_only_if_each_reads_what_the_other_writes() {
+        let this = Formats::THIS_BUILD;
+        // A later build that writes format 3 and still reads 2: it cannot be read here.
+        let newer = Formats {
+            writes: 3,
+            reads: (1 << 2) | (1 << 3),
+        };
+        assert_eq!(
+            this.check(&newer),
+            Err(FormatsError::CannotReadPartner {
+                partner_writes: 3,
+                reads: vec![2]
+            })
+        );
+        // The same build, writing format 2 for this partner (a rolling upgrade): both ways work.
+        assert_eq!(this.check(&Formats { writes: 2, ..newer }), Ok(()));
+        assert_eq!(Formats { writes: 2, ..newer }.check(&this), Ok(()));
+        // A build that reads format 3 only cannot read this one.
+        let only3 = Formats {
+            writes: 3,
+            reads: 1 << 3,
+        };
+        let e = this.check(&only3).unwrap_err();
+        assert_eq!(
+            e,
+            FormatsError::PartnerCannotRead {
+                writes: 2,
+                partner_reads: vec![3]
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "the partner reads entry formats [3], not format 2 that this build writes"
+        );
+        // A format beyond the mask is read by nobody, never a shift overflow.
+        let odd = Formats {
+            writes: 200,
+            reads: u32::MAX,
+        };
+        assert!(this.check(&odd).is_err());
+        assert!(odd.check(&this).is_err());
+    }
 
     fn copy(batch: &Batch, from: &[u8], to: &mut [u8]) {
         for s in batch.segments() {

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use ccm_core::clients::nvram::{self, Mirror, MirrorFault, StepKind};
 use ccm_core::manager::ClientSpec;
-use ccm_core::mirror::{Lsn, MirrorError};
-use ccm_core::node::Node;
+use ccm_core::mirror::{Formats, FormatsError, Lsn, MirrorError};
+use ccm_core::node::{ClientMemory, ClientNotice, Node, NodeError};
 use ccm_core::wire::{BandwidthClass, ClientId, InterconnectId};
 use ccm_verbs::lab::LabTopology;
+use ccm_verbs::SharedMemory;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -1098,6 +1099,104 @@ fn lab_an_older_builds_entry_in_the_partners_log_is_a_typed_fault() {
         Ok(m1) => m1.close(),
         Err(_) => panic!("node 1's mirror still shared"),
     }
+    for n in &nodes {
+        n.handle().shutdown();
+    }
+    for n in nodes {
+        n.join();
+    }
+}
+
+/// A later build's mirror on the other side, one that reads only a later entry format (3): node 1's mirror
+/// learns it from the formats node 2's client told with its partner info and refuses the connection before
+/// writing a byte, with a typed fault naming both sides' formats. Appends go on into node 1's own ring
+/// (nothing acknowledged, nothing lost), and node 2's ring stays untouched.
+#[test]
+fn lab_a_partner_that_cannot_read_this_builds_entries_is_refused_at_connect_before_any_write() {
+    let Some(lab) = LabTopology::from_env_or_skip(
+        "lab_a_partner_that_cannot_read_this_builds_entries_is_refused_at_connect_before_any_write",
+    ) else {
+        return;
+    };
+    let base = |n: u64| ring_base("formats", n);
+    let _files = fresh_rings(&base);
+    let nodes = start_nodes(&lab, 19_750, Instant::now());
+    // Node 2: the later build's mirror as node 2's manager sees it: the mirror's client id, a ring of the
+    // same size for node 1 to write into, and its formats as private data.
+    let later = Formats {
+        writes: 3,
+        reads: 1 << 3,
+    };
+    let ring2 = SharedMemory::anonymous(RING as usize).unwrap();
+    // (More private data than the wire carries is refused by the node, by name.)
+    let too_much = ClientSpec {
+        id: ClientId(41),
+        private: vec![0; ccm_core::wire::MAX_PRIVATE + 1],
+        ..nvram_spec()
+    };
+    match nodes[1].handle().register(too_much, vec![]) {
+        Err(e @ NodeError::Client(41, _)) => {
+            assert!(
+                e.to_string()
+                    .contains("65 bytes of private data; at most 64"),
+                "{e}"
+            )
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("65 bytes of private data were taken"),
+    }
+    let h2 = nodes[1]
+        .handle()
+        .register(
+            ClientSpec {
+                private: later.encode().to_vec(),
+                ..nvram_spec()
+            },
+            vec![ClientMemory {
+                memory: ring2.clone(),
+                remote_write: true,
+            }],
+        )
+        .unwrap();
+    let m1 = nvram::start(&nodes[0].handle(), nvram_spec(), &base(1), RING).unwrap();
+    // The pair's VIs come up: node 2's client is told Ready with node 1's formats.
+    let t = Instant::now();
+    let partner = loop {
+        match h2.events.recv_timeout(Duration::from_secs(30)) {
+            Ok(ClientNotice::Ready { partner, .. }) => break partner,
+            Ok(_) => assert!(t.elapsed() < Duration::from_secs(30)),
+            Err(e) => panic!("node 2's client was never told Ready: {e}"),
+        }
+    };
+    assert_eq!(
+        Formats::decode(&partner.private),
+        Ok(Some(Formats::THIS_BUILD))
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "node 1's mirror to refuse the partner's formats",
+        || m1.fault().is_some(),
+    );
+    let refused = FormatsError::PartnerCannotRead {
+        writes: 2,
+        partner_reads: vec![3],
+    };
+    assert_eq!(m1.fault(), Some(MirrorFault::PartnerFormats(refused)));
+    for lsn in 1..=50 {
+        m1.append(&payload(lsn)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let s = m1.stats();
+    assert_eq!((s.appended, s.durable, s.batches), (50, 0, 0), "{s:?}");
+    assert!(!m1.is_synced());
+    let mut bytes = vec![0u8; RING as usize];
+    ring2.read(0, &mut bytes).unwrap();
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "node 1 wrote into a ring whose reader cannot read it"
+    );
+    m1.close();
+    h2.unregister();
     for n in &nodes {
         n.handle().shutdown();
     }

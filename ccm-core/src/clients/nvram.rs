@@ -65,6 +65,12 @@
 //! partner may not have left yet. The partner's first ack on a new connection says it left them: it puts
 //! its old VI in the error state before it acks on a new one.
 //!
+//! **Formats** (every `Ready`): the mirror registers with its entry [`Formats`] as the client's private data,
+//! and checks the partner's before it uses the connection: if either cannot read what the other writes, or
+//! the partner's client is no mirror, the connection is not used ([`MirrorFault::PartnerFormats`]) and not a
+//! byte is written into the partner's ring. A partner whose manager is older than protocol version 3 tells
+//! nothing; then the reader's check of every entry's format is what finds a mismatch.
+//!
 //! **Failure**: on `Stop`, `PartnerDown` or any error completion the client stops posting at once (an error
 //! completion is reported with [`ClientHandle::report_vi_error`] so the manager re-places the binding) and
 //! waits for the next `Ready`. Appends continue meanwhile, into the local ring, until it is full:
@@ -101,8 +107,8 @@ use thiserror::Error;
 use crate::manager::ClientSpec;
 pub use crate::mirror::RingCheck;
 use crate::mirror::{
-    compare_rings, Batch, Checkpoint, Digest, Lsn, MirrorError, MirrorReader, MirrorWriter,
-    WriterCheckpoint,
+    compare_rings, Batch, Checkpoint, Digest, Formats, FormatsError, Lsn, MirrorError,
+    MirrorReader, MirrorWriter, WriterCheckpoint,
 };
 use crate::node::channel::{RcChannel, MAX_INLINE};
 use crate::node::doorbell::Doorbell;
@@ -237,6 +243,10 @@ pub enum MirrorFault {
         /// Our ring's capacity.
         ours: u64,
     },
+    /// The partner's mirror cannot read this one's entries, or writes entries this one cannot read, or is
+    /// no mirror: found at connect time from the formats it told ([`Formats`]), before either side wrote.
+    #[error("{0}")]
+    PartnerFormats(FormatsError),
     /// The node's `Ready` came without a VI, a registered region or the partner's window.
     #[error("Ready without a VI, a region or the partner's window")]
     IncompleteReady,
@@ -593,6 +603,8 @@ fn map(path: &Path, bytes: usize) -> Result<Arc<SharedMemory>, StartError> {
 }
 
 /// Start a mirror client on `node` with a log ring of `bytes` at `path` (see the module doc for the files).
+/// The mirror registers `spec` with its own private data (the entry [`Formats`] it speaks), replacing any
+/// the caller set.
 pub fn start(
     node: &NodeHandle,
     spec: ClientSpec,
@@ -660,6 +672,11 @@ pub fn start_with(
         })
     })?);
     let bell = doorbell.clone();
+    // The client's private data is the mirror's own: the formats it speaks, for the partner's check.
+    let spec = ClientSpec {
+        private: Formats::THIS_BUILD.encode().to_vec(),
+        ..spec
+    };
     let handle = node.register_woken(spec, memory, Arc::new(move || bell.ring()))?;
     let shared = Arc::new(Shared {
         writer: Mutex::new(WriterSide {
@@ -1236,6 +1253,22 @@ impl Client {
                         ours: capacity,
                     });
                     return;
+                }
+                match Formats::decode(&partner.private).and_then(|p| {
+                    p.map(|p| Formats::THIS_BUILD.check(&p).map(|()| p))
+                        .transpose()
+                }) {
+                    Err(e) => {
+                        self.protocol_error(MirrorFault::PartnerFormats(e));
+                        return;
+                    }
+                    Ok(None) => tracing::info!(
+                        target: "ccm::nvram",
+                        ic = ic.0,
+                        "the partner did not tell its entry formats (a manager older than protocol \
+                         version 3): each entry's format is checked as it is read"
+                    ),
+                    Ok(Some(_)) => {}
                 }
                 tracing::info!(target: "ccm::nvram", ic = ic.0, generation = generation.0, "mirror ready");
                 self.set_conn(Some(Conn {

@@ -1204,3 +1204,64 @@ fn lab_a_partner_that_cannot_read_this_builds_entries_is_refused_at_connect_befo
         n.join();
     }
 }
+
+/// Node 2's manager is older (protocol versions up to 2): no private data crosses, so neither mirror hears
+/// the other's formats, and they mirror as before, each entry's format checked as it is read.
+#[test]
+fn lab_mirrors_whose_partner_manager_is_older_than_private_data_mirror_as_before() {
+    let Some(lab) = LabTopology::from_env_or_skip(
+        "lab_mirrors_whose_partner_manager_is_older_than_private_data_mirror_as_before",
+    ) else {
+        return;
+    };
+    let base = |n: u64| ring_base("v2", n);
+    let _files = fresh_rings(&base);
+    let t_nodes = Instant::now();
+    trace::to_file_if_asked();
+    let n1 = Node::start(config(&lab, 1, 19_760), t_nodes).unwrap();
+    let mut older = config(&lab, 2, 19_760);
+    older.versions = (1, 2);
+    let n2 = Node::start(older, t_nodes).unwrap();
+    let nodes = vec![n1, n2];
+    let (m1, m2, applied2) = start_mirror_pair(&nodes, nvram_spec(), &base);
+    wait_until(Duration::from_secs(30), "both mirrors synced", || {
+        m1.is_synced() && m2.is_synced()
+    });
+    let mut last = Lsn(0);
+    for lsn in 1..=200 {
+        last = m1.append(&payload(lsn)).unwrap();
+    }
+    assert!(
+        m1.wait_durable(last, Duration::from_secs(30)),
+        "entry {last:?} never durable"
+    );
+    wait_until(Duration::from_secs(10), "node 2 applied all 200", || {
+        applied2.lock().unwrap().lsns.len() == 200
+    });
+    let a = applied2.lock().unwrap();
+    assert_eq!(a.lsns, (1..=200).collect::<Vec<_>>());
+    assert_eq!(a.bad_payloads, 0);
+    drop(a);
+    assert_eq!((m1.fault(), m2.fault()), (None, None));
+    assert!(
+        nodes[0]
+            .handle()
+            .status()
+            .events
+            .iter()
+            .any(|e| e.what.contains("PeerInfoExchanged415") && e.what.contains("version: 2")),
+        "the session negotiated version 2: {:?}",
+        nodes[0].handle().status().events
+    );
+    m2.close();
+    match Arc::try_unwrap(m1) {
+        Ok(m1) => m1.close(),
+        Err(_) => panic!("node 1's mirror still shared"),
+    }
+    for n in &nodes {
+        n.handle().shutdown();
+    }
+    for n in nodes {
+        n.join();
+    }
+}

@@ -1158,6 +1158,24 @@ fn lab_a_partner_that_cannot_read_this_builds_entries_is_refused_at_connect_befo
             }],
         )
         .unwrap();
+    // (A second registration of the same id, or one asking for no VI, is refused by name too.)
+    for (spec, says) in [
+        (nvram_spec(), "already registered"),
+        (
+            ClientSpec {
+                id: ClientId(42),
+                vi_count: 0,
+                ..nvram_spec()
+            },
+            "0 VIs asked for",
+        ),
+    ] {
+        match nodes[1].handle().register(spec, vec![]) {
+            Err(e @ NodeError::Client(..)) => assert!(e.to_string().contains(says), "{e}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("taken, but it should be refused as {says:?}"),
+        }
+    }
     let m1 = nvram::start(&nodes[0].handle(), nvram_spec(), &base(1), RING).unwrap();
     // The pair's VIs come up: node 2's client is told Ready with node 1's formats.
     let t = Instant::now();

@@ -32,7 +32,7 @@ pub mod status;
 pub mod uevents;
 
 use crate::node::doorbell::Doorbell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -179,6 +179,8 @@ pub struct NodeHandle {
     wake: Arc<Doorbell>,
     status: Arc<Mutex<NodeStatus>>,
     first_heartbeat: Arc<FirstHeartbeat>,
+    /// The ids of the clients registered through any handle of this node and not unregistered since.
+    registered: Arc<Mutex<BTreeSet<ClientId>>>,
 }
 
 /// Set once the first heartbeat arrived from the partner over a control VI.
@@ -214,6 +216,14 @@ impl NodeHandle {
 
     /// Register a client (510): its VIs are created, exchanged and slam connected through the same path
     /// as at bring-up, while the other clients keep running. Events arrive on the returned handle.
+    ///
+    /// Refused with [`NodeError::Client`], naming what is wrong, for a name over [`MAX_NAME_LEN`] bytes,
+    /// private data over [`MAX_PRIVATE`] bytes, a VI count outside 1..=[`MAX_VIS`], or an id already
+    /// registered on this node.
+    ///
+    /// [`MAX_NAME_LEN`]: crate::wire::MAX_NAME_LEN
+    /// [`MAX_PRIVATE`]: crate::wire::MAX_PRIVATE
+    /// [`MAX_VIS`]: crate::wire::MAX_VIS
     pub fn register(
         &self,
         spec: ClientSpec,
@@ -261,15 +271,37 @@ impl NodeHandle {
                 ),
             ));
         }
+        if !(1..=crate::wire::MAX_VIS).contains(&(spec.vi_count as usize)) {
+            return Err(NodeError::Client(
+                id.0,
+                format!(
+                    "{} VIs asked for; 1 to {}",
+                    spec.vi_count,
+                    crate::wire::MAX_VIS
+                ),
+            ));
+        }
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if !registered.insert(id) {
+            return Err(NodeError::Client(
+                id.0,
+                "already registered on this node (unregister it first)".into(),
+            ));
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let meter = ByteMeter::default();
-        self.request(Request::Register {
+        let sent = self.request(Request::Register {
             spec,
             memory,
             tx,
             waker,
             meter: meter.clone(),
-        })?;
+        });
+        if let Err(e) = sent {
+            registered.remove(&id);
+            return Err(e);
+        }
+        drop(registered);
         Ok(ClientHandle {
             id,
             events: rx,
@@ -280,6 +312,9 @@ impl NodeHandle {
 
     /// Unregister client `id` (as [`ClientHandle::unregister`], for code that handed the handle to a thread).
     pub fn unregister(&self, id: ClientId) {
+        // Under the lock, so a registration of the same id that follows is queued after this.
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        registered.remove(&id);
         let _ = self.request(Request::Unregister(id));
     }
 
@@ -331,7 +366,7 @@ impl ClientHandle {
 
     /// Unregister: VIs and memory are released on both nodes.
     pub fn unregister(self) {
-        let _ = self.node.request(Request::Unregister(self.id));
+        self.node.unregister(self.id);
     }
 }
 
@@ -366,6 +401,7 @@ impl Node {
             wake: wake.clone(),
             status: status.clone(),
             first_heartbeat: Arc::default(),
+            registered: Arc::default(),
         };
         // The devices open first, on a thread of their own, while the manager and the threads are set
         // up: an interconnect's session starts as soon as its own device is open.

@@ -632,15 +632,7 @@ impl Message {
             count(s.len(), field, limit)
         }
         fn count(n: usize, field: &'static str, limit: usize) -> Result<(), DecodeError> {
-            if n > limit {
-                Err(DecodeError::TooMany {
-                    field,
-                    count: n,
-                    limit,
-                })
-            } else {
-                Ok(())
-            }
+            within(n, field, limit).map(drop)
         }
         fn vi(v: &ViAddress) -> Result<(), DecodeError> {
             if v.qpn > MAX_QPN {
@@ -880,13 +872,7 @@ impl Message {
                 if !r.buf.is_empty() {
                     for e in &mut entries {
                         let n = r.u8("client private data length")? as usize;
-                        if n > MAX_PRIVATE {
-                            return Err(DecodeError::TooMany {
-                                field: "client private data",
-                                count: n,
-                                limit: MAX_PRIVATE,
-                            });
-                        }
+                        let n = within(n, "client private data", MAX_PRIVATE)?;
                         e.private = r.take(n, "client private data")?.to_vec();
                     }
                 }
@@ -921,13 +907,7 @@ impl Message {
                     }
                 };
                 let vi_count = r.u8("vi count")?;
-                if vi_count as usize > MAX_VIS {
-                    return Err(DecodeError::TooMany {
-                        field: "vi count",
-                        count: vi_count.into(),
-                        limit: MAX_VIS,
-                    });
-                }
+                within(vi_count.into(), "vi count", MAX_VIS)?;
                 Message::ClientOpen(ClientOpen {
                     client,
                     name,
@@ -969,13 +949,7 @@ impl Message {
             T_ERROR => {
                 let code = ErrorCode::from_u16(r.u16("error code")?);
                 let n = r.u16("error text length")? as usize;
-                if n > MAX_TEXT_LEN {
-                    return Err(DecodeError::TooMany {
-                        field: "error text",
-                        count: n,
-                        limit: MAX_TEXT_LEN,
-                    });
-                }
+                let n = within(n, "error text", MAX_TEXT_LEN)?;
                 let bytes = r.take(n, "error text")?;
                 let text = std::str::from_utf8(bytes)
                     .map_err(|_| DecodeError::BadUtf8 {
@@ -986,6 +960,18 @@ impl Message {
             }
             other => return Err(DecodeError::UnknownType(other)),
         })
+    }
+}
+
+/// `count` if it is at most `limit`, else the error naming `field`.
+fn within(count: usize, field: &'static str, limit: usize) -> Result<usize, DecodeError> {
+    match count <= limit {
+        true => Ok(count),
+        false => Err(DecodeError::TooMany {
+            field,
+            count,
+            limit,
+        }),
     }
 }
 

@@ -95,6 +95,24 @@ fn start_nodes(lab: &LabTopology, tcp_port: u16, t_nodes: Instant) -> Vec<Node> 
         .collect()
 }
 
+/// Shut both nodes down and wait for their threads.
+fn stop_nodes(nodes: Vec<Node>) {
+    for n in &nodes {
+        n.handle().shutdown();
+    }
+    for n in nodes {
+        n.join();
+    }
+}
+
+/// Close node 1's mirror, which no other thread may hold any more.
+fn close_shared(m1: Arc<Mirror>) {
+    match Arc::try_unwrap(m1) {
+        Ok(m1) => m1.close(),
+        Err(_) => panic!("node 1's mirror still shared"),
+    }
+}
+
 /// The NVRAM mirror client of these tests.
 fn nvram_spec() -> ClientSpec {
     ClientSpec {
@@ -508,12 +526,7 @@ fn lab_nvram_mirror_survives_link_cuts() {
     drop(a2);
     m1.close();
     m2.close();
-    for n in &nodes {
-        n.handle().shutdown();
-    }
-    for n in nodes {
-        n.join();
-    }
+    stop_nodes(nodes);
 }
 
 /// How a cut is made and undone with the lab's fault hooks (on interconnect `ic`).
@@ -794,12 +807,7 @@ fn lab_nvram_mirror_survives_repeated_cuts_of_every_kind() {
     if let Ok(m1) = Arc::try_unwrap(m1) {
         m1.close();
     }
-    for n in &nodes {
-        n.handle().shutdown();
-    }
-    for n in nodes {
-        n.join();
-    }
+    stop_nodes(nodes);
 }
 
 /// Partial loss on the interconnect carrying the mirror: 30 % netem loss both ways (no port event) for
@@ -997,12 +1005,7 @@ fn lab_nvram_mirror_loses_nothing_under_30_percent_loss_on_its_link() {
     if let Ok(m1) = Arc::try_unwrap(m1) {
         m1.close();
     }
-    for n in &nodes {
-        n.handle().shutdown();
-    }
-    for n in nodes {
-        n.join();
-    }
+    stop_nodes(nodes);
 }
 
 /// Clears the netem loss in force when dropped (whatever happened in the test).
@@ -1095,16 +1098,8 @@ fn lab_an_older_builds_entry_in_the_partners_log_is_a_typed_fault() {
         Err(e) => panic!("node 2's mirror refused to start, but not for the older entry: {e}"),
         Ok(_) => panic!("node 2's mirror started on a ring holding an older build's entry"),
     }
-    match Arc::try_unwrap(m1) {
-        Ok(m1) => m1.close(),
-        Err(_) => panic!("node 1's mirror still shared"),
-    }
-    for n in &nodes {
-        n.handle().shutdown();
-    }
-    for n in nodes {
-        n.join();
-    }
+    close_shared(m1);
+    stop_nodes(nodes);
 }
 
 /// A later build's mirror on the other side, one that reads only a later entry format (3): node 1's mirror
@@ -1215,12 +1210,7 @@ fn lab_a_partner_that_cannot_read_this_builds_entries_is_refused_at_connect_befo
     );
     m1.close();
     h2.unregister();
-    for n in &nodes {
-        n.handle().shutdown();
-    }
-    for n in nodes {
-        n.join();
-    }
+    stop_nodes(nodes);
 }
 
 /// Node 2's manager is older (protocol versions up to 2): no private data crosses, so neither mirror hears
@@ -1272,14 +1262,6 @@ fn lab_mirrors_whose_partner_manager_is_older_than_private_data_mirror_as_before
         nodes[0].handle().status().events
     );
     m2.close();
-    match Arc::try_unwrap(m1) {
-        Ok(m1) => m1.close(),
-        Err(_) => panic!("node 1's mirror still shared"),
-    }
-    for n in &nodes {
-        n.handle().shutdown();
-    }
-    for n in nodes {
-        n.join();
-    }
+    close_shared(m1);
+    stop_nodes(nodes);
 }

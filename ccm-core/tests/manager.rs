@@ -787,6 +787,18 @@ fn incompatible_versions_are_refused_and_overlapping_ranges_pick_the_highest_com
         .any(|(_, s)| matches!(s, Step::PeerInfoExchanged415 { version: 2, .. })));
 }
 
+/// Client 1, a mirror-like client of one VI, with `private` data.
+fn mirror_spec(private: &[u8]) -> ClientSpec {
+    ClientSpec {
+        id: ClientId(1),
+        name: "nvram".into(),
+        class: BandwidthClass::High,
+        vi_count: 1,
+        pinned: None,
+        private: private.to_vec(),
+    }
+}
+
 /// The private data handed to node `n`'s client `id` about its partner, in every PartnerInfo so far.
 fn partner_private(p: &Pair, n: usize, id: u32) -> Vec<Vec<u8>> {
     p.told[n]
@@ -806,15 +818,10 @@ fn a_clients_private_data_reaches_its_peer_from_protocol_version_3_and_an_older_
         b.max_version = b_max;
         let mut p = Pair::new(Pair::config(1, 2, 2), b);
         for (n, private) in [(0, &b"formats 2"[..]), (1, &b"formats 2,3"[..])] {
-            let spec = ClientSpec {
-                id: ClientId(1),
-                name: "nvram".into(),
-                class: BandwidthClass::High,
-                vi_count: 1,
-                pinned: None,
-                private: private.to_vec(),
-            };
-            p.input(n, Input::Client(ClientRequest::Register(spec)));
+            p.input(
+                n,
+                Input::Client(ClientRequest::Register(mirror_spec(private))),
+            );
         }
         p.run_for(Duration::from_millis(5));
         let on = p.ready_on(0, 1).expect("ready");
@@ -843,14 +850,7 @@ fn a_clients_private_data_reaches_its_peer_from_protocol_version_3_and_an_older_
 #[test]
 fn a_registration_with_too_much_private_data_is_not_taken() {
     let mut p = Pair::standard(1);
-    let spec = ClientSpec {
-        id: ClientId(1),
-        name: "nvram".into(),
-        class: BandwidthClass::High,
-        vi_count: 1,
-        pinned: None,
-        private: vec![0; ccm_core::wire::MAX_PRIVATE + 1],
-    };
+    let spec = mirror_spec(&[0; ccm_core::wire::MAX_PRIVATE + 1]);
     p.input(0, Input::Client(ClientRequest::Register(spec)));
     assert_eq!(p.m[0].client_status(ClientId(1)), None);
 }

@@ -251,35 +251,25 @@ impl NodeHandle {
         waker: Option<ClientWaker>,
     ) -> Result<ClientHandle, NodeError> {
         let id = spec.id;
-        if spec.name.len() > crate::wire::MAX_NAME_LEN {
-            return Err(NodeError::Client(
-                id.0,
+        use crate::wire::{MAX_NAME_LEN, MAX_PRIVATE, MAX_VIS};
+        let refused = [
+            (spec.name.len() > MAX_NAME_LEN).then(|| {
                 format!(
-                    "a name of {} bytes; at most {}",
-                    spec.name.len(),
-                    crate::wire::MAX_NAME_LEN
-                ),
-            ));
-        }
-        if spec.private.len() > crate::wire::MAX_PRIVATE {
-            return Err(NodeError::Client(
-                id.0,
+                    "a name of {} bytes; at most {MAX_NAME_LEN}",
+                    spec.name.len()
+                )
+            }),
+            (spec.private.len() > MAX_PRIVATE).then(|| {
                 format!(
-                    "{} bytes of private data; at most {}",
-                    spec.private.len(),
-                    crate::wire::MAX_PRIVATE
-                ),
-            ));
-        }
-        if !(1..=crate::wire::MAX_VIS).contains(&(spec.vi_count as usize)) {
-            return Err(NodeError::Client(
-                id.0,
-                format!(
-                    "{} VIs asked for; 1 to {}",
-                    spec.vi_count,
-                    crate::wire::MAX_VIS
-                ),
-            ));
+                    "{} bytes of private data; at most {MAX_PRIVATE}",
+                    spec.private.len()
+                )
+            }),
+            (!(1..=MAX_VIS).contains(&(spec.vi_count as usize)))
+                .then(|| format!("{} VIs asked for; 1 to {MAX_VIS}", spec.vi_count)),
+        ];
+        if let Some(what) = refused.into_iter().flatten().next() {
+            return Err(NodeError::Client(id.0, what));
         }
         let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
         if !registered.insert(id) {

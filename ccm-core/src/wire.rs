@@ -545,6 +545,10 @@ pub enum DecodeError {
         /// The field.
         field: &'static str,
     },
+    /// Private data follows a batch's entries but every entry's is empty. A sender writes it only when some
+    /// client has some, so that every message has one encoding.
+    #[error("client private data for {0} entries, every one empty")]
+    EmptyPrivateData(usize),
     /// A field holds a value outside its domain.
     #[error("{field} has invalid value {value}")]
     InvalidValue {
@@ -874,6 +878,9 @@ impl Message {
                         let n = r.u8("client private data length")? as usize;
                         let n = within(n, "client private data", MAX_PRIVATE)?;
                         e.private = r.take(n, "client private data")?.to_vec();
+                    }
+                    if entries.iter().all(|e| e.private.is_empty()) {
+                        return Err(DecodeError::EmptyPrivateData(entries.len()));
                     }
                 }
                 if ty == T_STANDBY {
@@ -1247,6 +1254,23 @@ mod tests {
         .concat();
         assert!(b.ends_with(&tail));
         assert_eq!(Message::decode_exact(&b), Ok(m));
+    }
+
+    #[test]
+    fn client_private_data_that_is_all_empty_is_refused_so_each_message_has_one_encoding() {
+        // Found by the decode fuzz target: two entries followed by two zero lengths decoded to the message
+        // without private data, which encodes without those bytes.
+        let mut b = Message::ClientInfo(ClientInfo {
+            entries: vec![entry(1, b""), entry(2, b"")],
+        })
+        .to_bytes();
+        b.extend_from_slice(&[0, 0]);
+        let len = (b.len() - HEADER_LEN) as u32;
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(
+            Message::decode_exact(&b),
+            Err(DecodeError::EmptyPrivateData(2))
+        );
     }
 
     #[test]

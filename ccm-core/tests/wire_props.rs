@@ -201,6 +201,22 @@ proptest! {
     }
 
     #[test]
+    fn a_client_info_with_any_private_data_tail_has_one_encoding(
+        entries in prop::collection::vec(entry(), 1..4),
+        tail in prop::collection::vec(prop_oneof![Just(0u8), 0u8..4, any::<u8>()], 0..12),
+    ) {
+        // The entries without private data, then bytes where a private-data block would be.
+        let entries = entries.into_iter().map(|e| ClientEntry { private: vec![], ..e }).collect();
+        let mut bytes = Message::ClientInfo(ClientInfo { entries }).to_bytes();
+        bytes.extend_from_slice(&tail);
+        let len = (bytes.len() - HEADER_LEN) as u32;
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        if let Ok(m) = Message::decode_exact(&bytes) {
+            prop_assert_eq!(m.to_bytes(), bytes);
+        }
+    }
+
+    #[test]
     fn valid_header_with_random_payload_never_panics(ty in 0u8..16, payload in prop::collection::vec(any::<u8>(), 0..300)) {
         let mut bytes = MAGIC.to_vec();
         bytes.push(WIRE_VERSION);

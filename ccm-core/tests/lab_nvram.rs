@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccm_core::clients::nvram::{self, Mirror, MirrorFault, StepKind};
+use ccm_core::clients::nvram::{self, Mirror, MirrorFault, MirrorWaitError, StepKind};
 use ccm_core::manager::ClientSpec;
 use ccm_core::mirror::{Formats, FormatsError, Lsn, MirrorError};
 use ccm_core::node::{ClientMemory, ClientNotice, Node, NodeError};
@@ -1198,7 +1198,31 @@ fn lab_a_partner_that_cannot_read_this_builds_entries_is_refused_at_connect_befo
     for lsn in 1..=50 {
         m1.append(&payload(lsn)).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The engine's wait says why, typed: an LSN never appended at once, a timeout with the fault.
+    let t = Instant::now();
+    assert_eq!(
+        m1.mirror_until(Lsn(51), Duration::from_secs(10)),
+        Err(MirrorWaitError::NotAppended {
+            lsn: Lsn(51),
+            appended: Lsn(50)
+        })
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    match m1.mirror_until(Lsn(50), Duration::from_millis(500)) {
+        Err(
+            e @ MirrorWaitError::Timeout {
+                durable: Lsn(0),
+                link: None,
+                fault: Some(MirrorFault::PartnerFormats(_)),
+                ..
+            },
+        ) => assert!(
+            e.to_string()
+                .contains("writing stopped: the partner reads entry formats [3]"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
     let s = m1.stats();
     assert_eq!((s.appended, s.durable, s.batches), (50, 0, 0), "{s:?}");
     assert!(!m1.is_synced());
@@ -1239,10 +1263,7 @@ fn lab_mirrors_whose_partner_manager_is_older_than_private_data_mirror_as_before
     for lsn in 1..=200 {
         last = m1.append(&payload(lsn)).unwrap();
     }
-    assert!(
-        m1.wait_durable(last, Duration::from_secs(30)),
-        "entry {last:?} never durable"
-    );
+    assert_eq!(m1.mirror_until(last, Duration::from_secs(30)), Ok(()));
     wait_until(Duration::from_secs(10), "node 2 applied all 200", || {
         applied2.lock().unwrap().lsns.len() == 200
     });

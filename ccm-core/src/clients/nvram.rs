@@ -263,6 +263,35 @@ pub enum MirrorFault {
     },
 }
 
+/// Why [`Mirror::mirror_until`] returned before its entries were in the partner's memory.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum MirrorWaitError {
+    /// The LSN was never appended to this log.
+    #[error("{lsn:?} was never appended (the last is {appended:?})")]
+    NotAppended {
+        /// The LSN asked for.
+        lsn: Lsn,
+        /// The last LSN appended.
+        appended: Lsn,
+    },
+    /// Not durable within the timeout.
+    #[error(
+        "{lsn:?} not in the partner's memory in time: durable up to {durable:?}, interconnect {}{}",
+        link.map_or("none (partner unreachable or a failover under way)".to_string(), |l| l.0.to_string()),
+        fault.as_ref().map_or(String::new(), |f| format!(", writing stopped: {f}"))
+    )]
+    Timeout {
+        /// The LSN asked for.
+        lsn: Lsn,
+        /// Every entry up to this one is durable.
+        durable: Lsn,
+        /// The interconnect the mirror is on, if any.
+        link: Option<InterconnectId>,
+        /// Why the mirror stopped writing on its connection, if it did.
+        fault: Option<MirrorFault>,
+    },
+}
+
 /// Why a mirror could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -896,6 +925,28 @@ impl Mirror {
                 .unwrap_or_else(|e| e.into_inner().0);
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// The issue's `mirror_until(lsn)`: wait until every entry up to `lsn` is in the partner's memory, at
+    /// most `timeout`, and say why not, typed: an LSN this log never appended is refused at once
+    /// ([`MirrorWaitError::NotAppended`]); a timeout says how far the partner got, the interconnect in use
+    /// (none while the partner is unreachable or a failover is under way) and the mirror's fault, if one
+    /// stopped its writing (a partner that cannot read this log, say). The wait itself is
+    /// [`wait_durable`](Self::wait_durable)'s.
+    pub fn mirror_until(&self, lsn: Lsn, timeout: Duration) -> Result<(), MirrorWaitError> {
+        let appended = Lsn(self.shared.counters.appended.load(Ordering::SeqCst));
+        if lsn > appended {
+            return Err(MirrorWaitError::NotAppended { lsn, appended });
+        }
+        if self.wait_durable(lsn, timeout) {
+            return Ok(());
+        }
+        Err(MirrorWaitError::Timeout {
+            lsn,
+            durable: self.durable_lsn(),
+            link: self.link(),
+            fault: self.fault(),
+        })
     }
 
     /// Trade CPU for latency (off, zero, by default): [`wait_durable`](Self::wait_durable) reaps

@@ -287,6 +287,20 @@ impl std::fmt::Debug for Config {
 /// ([`Input::PathAlive`]).
 pub const STALLED_PARTNER_TIMEOUTS: u32 = 4;
 
+/// How a manager declares its partner down: an interconnect fails after `heartbeat_misses` silent
+/// `heartbeat_period`s, and with none left the partner is suspect, then down after `partner_down_after`.
+/// The failover monitor tells its peer (`clients::monitor`), so two nodes that would declare each other down
+/// after different silences are reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detection {
+    /// Heartbeat period on each up interconnect.
+    pub heartbeat_period: Duration,
+    /// Periods of silence after which an interconnect is failed.
+    pub heartbeat_misses: u32,
+    /// How long the partner stays suspect before it is declared down.
+    pub partner_down_after: Duration,
+}
+
 /// The highest protocol version this build speaks (2: standby bindings, [`wire::STANDBY_VERSION`]; 3: the
 /// clients' private data, [`wire::CLIENT_PRIVATE_VERSION`]).
 pub const PROTOCOL_VERSION: ProtocolVersion = 3;
@@ -336,6 +350,15 @@ impl Config {
     /// Silence after which an up interconnect is failed.
     pub fn heartbeat_timeout(&self) -> Duration {
         self.heartbeat_period * self.heartbeat_misses
+    }
+
+    /// How this manager declares its partner down.
+    pub fn detection(&self) -> Detection {
+        Detection {
+            heartbeat_period: self.heartbeat_period,
+            heartbeat_misses: self.heartbeat_misses,
+            partner_down_after: self.partner_down_after,
+        }
     }
 
     /// The capacity of interconnect `i` in bytes/s.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ccm_core::clients::counter::{self, CounterStats};
-use ccm_core::clients::monitor::{self, Decision, MonitorView, PartnerState};
+use ccm_core::clients::monitor::{self, Decision, DetectionCheck, MonitorView, PartnerState};
 use ccm_core::manager::{ClientSpec, PROTOCOL_VERSION};
 use ccm_core::node::config::NodeConfig;
 use ccm_core::node::{ClientNotice, Node, NodeHandle};
@@ -647,6 +647,74 @@ fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
     pair.shutdown();
 }
 
+/// Two nodes configured to declare each other down after different silences: each monitor learns the
+/// other's settings with its partner info and reports the difference, typed, in its view and as a decision,
+/// naming both sides' values; both keep running.
+#[test]
+fn monitors_of_nodes_that_would_declare_each_other_down_differently_report_it() {
+    let Some(_lab) = LabTopology::from_env_or_skip(
+        "monitors_of_nodes_that_would_declare_each_other_down_differently_report_it",
+    ) else {
+        return;
+    };
+    let secret = "monitor secret 0123456789abcdef";
+    let a = Node::start(config(1, 19_118, secret), Instant::now()).unwrap();
+    let mut cfg_b = config(2, 19_118, secret);
+    cfg_b.timing.partner_down = a.handle().detection().partner_down_after * 4;
+    let b = Node::start(cfg_b, Instant::now()).unwrap();
+    let spec = ClientSpec {
+        id: ClientId(9),
+        name: "monitor".into(),
+        class: BandwidthClass::Low,
+        vi_count: 1,
+        pinned: None,
+        private: Vec::new(),
+    };
+    let run = |node: &Node| {
+        let view = Arc::new(Mutex::new(MonitorView::new()));
+        let (tx, decisions) = crossbeam_channel::unbounded();
+        let m = monitor::register(&node.handle(), spec.clone()).unwrap();
+        let v = view.clone();
+        std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
+        (view, decisions)
+    };
+    let (view_a, decisions_a) = run(&a);
+    let (view_b, _decisions_b) = run(&b);
+    let (da, db) = (a.handle().detection(), b.handle().detection());
+    assert_ne!(da, db);
+    wait_until(Duration::from_secs(10), "both monitors judged", || {
+        view_a.lock().unwrap().detection.is_some() && view_b.lock().unwrap().detection.is_some()
+    });
+    assert_eq!(
+        view_a.lock().unwrap().detection,
+        Some(DetectionCheck::Differs {
+            ours: da,
+            partner: db
+        })
+    );
+    assert_eq!(
+        view_b.lock().unwrap().detection,
+        Some(DetectionCheck::Differs {
+            ours: db,
+            partner: da
+        })
+    );
+    assert!(decisions_a.try_iter().any(|d| d
+        == Decision::Detection(DetectionCheck::Differs {
+            ours: da,
+            partner: db
+        })));
+    // Reported, not refused: the partner is Up on both sides.
+    for v in [&view_a, &view_b] {
+        assert!(matches!(v.lock().unwrap().state, PartnerState::Up { .. }));
+    }
+    for n in [&a, &b] {
+        n.handle().shutdown();
+    }
+    a.join();
+    b.join();
+}
+
 #[test]
 fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link() {
     let Some(lab) =
@@ -674,12 +742,12 @@ fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link()
     };
     let view = Arc::new(Mutex::new(MonitorView::new()));
     let (tx, decisions) = crossbeam_channel::unbounded();
-    let m = a.handle().register(spec.clone(), Vec::new()).unwrap();
+    let m = monitor::register(&a.handle(), spec.clone()).unwrap();
     let v = view.clone();
     std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
     // The peer monitor runs too: it consumes (and reposts receives for) the heartbeats of ours.
     let run_peer_monitor = |node: &Node, spec: ClientSpec| {
-        let m = node.handle().register(spec, Vec::new()).unwrap();
+        let m = monitor::register(&node.handle(), spec).unwrap();
         let (tx, _rx) = crossbeam_channel::unbounded();
         std::thread::spawn(move || {
             monitor::run(
@@ -693,6 +761,11 @@ fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link()
     run_peer_monitor(&b, spec.clone());
     let up = || matches!(view.lock().unwrap().state, PartnerState::Up { .. });
     wait_until(Duration::from_secs(10), "partner Up", up);
+    // Both nodes declare the partner down alike (the same configuration): nothing to report.
+    assert_eq!(
+        view.lock().unwrap().detection,
+        Some(DetectionCheck::Same(a.handle().detection()))
+    );
     // "Never on one link's loss" presumes the other link is up: wait for both on both nodes.
     wait_until(
         Duration::from_secs(10),

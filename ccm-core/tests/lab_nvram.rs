@@ -167,10 +167,7 @@ fn start_monitors(nodes: &[Node]) -> Vec<Arc<Mutex<ccm_core::clients::monitor::M
         .iter()
         .map(|n| {
             let view = Arc::new(Mutex::new(MonitorView::new()));
-            let m = n
-                .handle()
-                .register(monitor_spec.clone(), Vec::new())
-                .unwrap();
+            let m = monitor::register(&n.handle(), monitor_spec.clone()).unwrap();
             let (tx, _rx) = crossbeam_channel::unbounded();
             let v = view.clone();
             std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));

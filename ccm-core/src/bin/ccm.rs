@@ -291,7 +291,7 @@ fn run_node(
                 }));
             }
             ClientKind::Monitor => {
-                let client = handle.register(spec, Vec::new())?;
+                let client = monitor::register(&handle, spec)?;
                 let view = Arc::new(Mutex::new(MonitorView::new()));
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let v = view.clone();
@@ -310,6 +310,7 @@ fn run_node(
                         "partner": format!("{:?}", v.state),
                         "heartbeats_received": v.heartbeats_received,
                         "partner_down_decisions": v.history.iter().filter(|(_, s, _)| matches!(s, monitor::PartnerState::Down { .. })).count(),
+                        "detection": v.detection.map(|d| format!("{d:?}")),
                         "history": v.history.iter().map(|(t, s, ic)| format!("{:.1} ms {:?} on {:?}", t.as_secs_f64() * 1e3, s, ic)).collect::<Vec<_>>(),
                     })
                 }));

@@ -9,6 +9,13 @@
 //!
 //! On top of that the monitor exchanges its own heartbeats with its peer monitor over its VI, so the
 //! embedding code can see that the peer *process* (not just its manager) is making progress.
+//!
+//! **Both nodes must agree on when a partner is down.** A monitor registered with [`register`] tells its
+//! peer, as its private data, how its node declares the partner down ([`Detection`]: heartbeat period,
+//! misses, the `partner_down` window), and compares the peer's with its own on every `Ready`. Nodes whose
+//! settings differ would declare each other down after different silences (one may begin a takeover while
+//! the other still waits): the monitor reports it ([`DetectionCheck::Differs`], in [`MonitorView::detection`]
+//! and as a [`Decision::Detection`]), and keeps running; the embedding code decides what a mismatch means.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,9 +23,81 @@ use std::time::{Duration, Instant};
 use ccm_verbs::Completion;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
+use crate::manager::{ClientSpec, Detection};
 use crate::node::channel::{Delivery, RcChannel};
-use crate::node::{ClientHandle, ClientNotice};
+use crate::node::{ClientHandle, ClientNotice, NodeError, NodeHandle};
 use crate::wire::{Generation, InterconnectId};
+
+/// Encoded [`Detection`] (the monitor's private data), little-endian:
+/// `CCMD`, layout 1, heartbeat period in microseconds (u32), misses (u32), `partner_down` in milliseconds (u32).
+const DETECTION_LEN: usize = 17;
+const DETECTION_MAGIC: [u8; 4] = *b"CCMD";
+
+/// A [`Detection`] as the monitor's private data. Durations beyond the fields' range (71 minutes of
+/// heartbeat period, 49 days of window) are saturated.
+pub fn encode_detection(d: &Detection) -> [u8; DETECTION_LEN] {
+    let sat = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
+    let mut b = [0u8; DETECTION_LEN];
+    b[0..4].copy_from_slice(&DETECTION_MAGIC);
+    b[4] = 1;
+    b[5..9].copy_from_slice(&sat(d.heartbeat_period.as_micros()).to_le_bytes());
+    b[9..13].copy_from_slice(&d.heartbeat_misses.to_le_bytes());
+    b[13..17].copy_from_slice(&sat(d.partner_down_after.as_millis()).to_le_bytes());
+    b
+}
+
+/// What the peer monitor's private data says, against this node's own [`Detection`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectionCheck {
+    /// Both nodes declare the partner down after the same silences.
+    Same(Detection),
+    /// They do not.
+    Differs {
+        /// This node's.
+        ours: Detection,
+        /// The partner's.
+        partner: Detection,
+    },
+    /// The peer client's private data is no monitor's (another kind of client under the monitor's id:
+    /// the nodes' configurations disagree).
+    NotAMonitor {
+        /// Its length.
+        len: usize,
+    },
+}
+
+/// Compare the peer monitor's private data with `ours`; `None` if it told nothing (a monitor registered
+/// without [`register`], or a manager older than protocol version 3). Compared as encoded, so both sides
+/// judge the same values.
+pub fn check_detection(ours: &Detection, partner_private: &[u8]) -> Option<DetectionCheck> {
+    if partner_private.is_empty() {
+        return None;
+    }
+    let b = partner_private;
+    if b.len() < DETECTION_LEN || b[0..4] != DETECTION_MAGIC || b[4] == 0 {
+        return Some(DetectionCheck::NotAMonitor { len: b.len() });
+    }
+    let u = |r: std::ops::Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes"));
+    let partner = Detection {
+        heartbeat_period: Duration::from_micros(u(5..9).into()),
+        heartbeat_misses: u(9..13),
+        partner_down_after: Duration::from_millis(u(13..17).into()),
+    };
+    Some(match encode_detection(ours)[5..] == b[5..DETECTION_LEN] {
+        true => DetectionCheck::Same(*ours),
+        false => DetectionCheck::Differs {
+            ours: *ours,
+            partner,
+        },
+    })
+}
+
+/// Register a failover monitor on `node`: `spec` with the node's [`Detection`] as its private data, for the
+/// peer monitor's check. [`run`] it on the returned handle.
+pub fn register(node: &NodeHandle, spec: ClientSpec) -> Result<ClientHandle, NodeError> {
+    let private = encode_detection(&node.detection()).to_vec();
+    node.register(ClientSpec { private, ..spec }, Vec::new())
+}
 
 /// What the monitor concluded about the partner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +139,9 @@ pub enum Decision {
     State(PartnerState),
     /// The partner is down: the takeover may begin.
     TakeoverMayBegin,
+    /// The peer monitor told how its node declares the partner down, and it is not how this one does (or
+    /// it is no monitor); sent when that changes.
+    Detection(DetectionCheck),
 }
 
 /// What the monitor publishes.
@@ -71,6 +153,9 @@ pub struct MonitorView {
     pub heartbeats_received: u64,
     /// Every decision so far, with the interconnect in use when it was taken.
     pub history: Vec<(Duration, PartnerState, Option<InterconnectId>)>,
+    /// The last check of the peer monitor's [`Detection`] against this node's; `None` until a peer
+    /// registered with [`register`] was met.
+    pub detection: Option<DetectionCheck>,
 }
 
 /// Run the monitor until its handle closes. Decisions go to `decisions`; `view` is kept current.
@@ -81,6 +166,7 @@ pub fn run(
     decisions: Sender<Decision>,
 ) {
     let started = Instant::now();
+    let ours = handle.node().detection();
     let mut vi: Option<(Arc<RcChannel>, InterconnectId, Generation)> = None;
     let mut wc = [Completion::default(); 16];
     let mut next_beat = Instant::now();
@@ -113,9 +199,21 @@ pub fn run(
                 ic,
                 generation,
                 vis,
+                partner,
                 ..
             }) => {
                 vi = vis.into_iter().next().map(|v| (v, ic, generation));
+                if let Some(check) = check_detection(&ours, &partner.private) {
+                    let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+                    if v.detection != Some(check) {
+                        v.detection = Some(check);
+                        drop(v);
+                        if !matches!(check, DetectionCheck::Same(_)) {
+                            tracing::warn!(target: "ccm::monitor", "{check:?}");
+                            let _ = decisions.send(Decision::Detection(check));
+                        }
+                    }
+                }
                 let up = matches!(
                     view.lock().unwrap_or_else(|e| e.into_inner()).state,
                     PartnerState::Up { .. }
@@ -194,6 +292,7 @@ impl MonitorView {
             state: PartnerState::Unknown,
             heartbeats_received: 0,
             history: Vec::new(),
+            detection: None,
         }
     }
 }
@@ -201,5 +300,88 @@ impl MonitorView {
 impl Default for MonitorView {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detection(heartbeat_ms: u64, misses: u32, down_ms: u64) -> Detection {
+        Detection {
+            heartbeat_period: Duration::from_millis(heartbeat_ms),
+            heartbeat_misses: misses,
+            partner_down_after: Duration::from_millis(down_ms),
+        }
+    }
+
+    #[test]
+    fn a_peer_with_the_same_detection_is_the_same_and_one_that_differs_is_named() {
+        let ours = detection(10, 3, 500);
+        let same = encode_detection(&ours);
+        assert_eq!(
+            check_detection(&ours, &same),
+            Some(DetectionCheck::Same(ours))
+        );
+        for theirs in [
+            detection(10, 3, 5000),
+            detection(20, 3, 500),
+            detection(10, 5, 500),
+        ] {
+            assert_eq!(
+                check_detection(&ours, &encode_detection(&theirs)),
+                Some(DetectionCheck::Differs {
+                    ours,
+                    partner: theirs
+                })
+            );
+        }
+        // A later layout may append fields: the first ones are still compared.
+        let mut longer = same.to_vec();
+        longer.extend_from_slice(&[7; 8]);
+        longer[4] = 2;
+        assert_eq!(
+            check_detection(&ours, &longer),
+            Some(DetectionCheck::Same(ours))
+        );
+    }
+
+    #[test]
+    fn a_peer_that_tells_nothing_is_not_judged_and_one_that_is_no_monitor_is_named() {
+        let ours = detection(10, 3, 500);
+        assert_eq!(check_detection(&ours, &[]), None);
+        let mirror_formats = b"CCMF\x01\x02\x04\x00\x00\x00";
+        assert_eq!(
+            check_detection(&ours, mirror_formats),
+            Some(DetectionCheck::NotAMonitor { len: 10 })
+        );
+        let mut layout0 = encode_detection(&ours);
+        layout0[4] = 0;
+        assert_eq!(
+            check_detection(&ours, &layout0),
+            Some(DetectionCheck::NotAMonitor { len: 17 })
+        );
+    }
+
+    #[test]
+    fn durations_beyond_the_fields_saturate_and_sub_unit_values_compare_as_encoded() {
+        let huge = Detection {
+            heartbeat_period: Duration::from_secs(5000),
+            heartbeat_misses: 3,
+            partner_down_after: Duration::from_secs(u64::MAX / 4),
+        };
+        let b = encode_detection(&huge);
+        assert_eq!(&b[5..9], &u32::MAX.to_le_bytes());
+        assert_eq!(&b[13..17], &u32::MAX.to_le_bytes());
+        // 500.4 ms and 500 ms encode alike: both sides judge the same values.
+        let ours = detection(10, 3, 500);
+        let close = Detection {
+            partner_down_after: Duration::from_micros(500_400),
+            ..ours
+        };
+        assert!(matches!(
+            check_detection(&close, &encode_detection(&ours)),
+            Some(DetectionCheck::Same(_))
+        ));
     }
 }

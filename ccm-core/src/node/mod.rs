@@ -49,7 +49,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 
 use crate::manager::{
-    Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, Input, Manager, SessionId, ViRef,
+    Action, AsyncEvent, ClientEvent, ClientRequest, ClientSpec, Detection, Input, Manager,
+    SessionId, ViRef,
 };
 use crate::wire::{
     ClientEntry, ClientId, ClientLoad, Generation, Heartbeat, InterconnectId, Knock, MemoryWindow,
@@ -181,6 +182,8 @@ pub struct NodeHandle {
     first_heartbeat: Arc<FirstHeartbeat>,
     /// The ids of the clients registered through any handle of this node and not unregistered since.
     registered: Arc<Mutex<BTreeSet<ClientId>>>,
+    /// How this node's manager declares the partner down.
+    detection: Detection,
 }
 
 /// Set once the first heartbeat arrived from the partner over a control VI.
@@ -308,6 +311,11 @@ impl NodeHandle {
         let _ = self.request(Request::Unregister(id));
     }
 
+    /// How this node's manager declares its partner down (its configured timing).
+    pub fn detection(&self) -> Detection {
+        self.detection
+    }
+
     /// A snapshot of the node's state (what `ccm status` shows).
     pub fn status(&self) -> NodeStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
@@ -354,6 +362,11 @@ impl ClientHandle {
         self.meter.clone()
     }
 
+    /// The node the client is registered with.
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
     /// Unregister: VIs and memory are released on both nodes.
     pub fn unregister(self) {
         self.node.unregister(self.id);
@@ -392,6 +405,8 @@ impl Node {
             status: status.clone(),
             first_heartbeat: Arc::default(),
             registered: Arc::default(),
+            // The same values the manager gets below.
+            detection: cfg.manager_config(Vec::new()).detection(),
         };
         // The devices open first, on a thread of their own, while the manager and the threads are set
         // up: an interconnect's session starts as soon as its own device is open.

@@ -3,11 +3,11 @@
 //! loss, refusals. Each test restores the topology it disturbs.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccm_core::clients::counter::{self, CounterStats};
-use ccm_core::clients::monitor::{self, Decision, DetectionCheck, MonitorView, PartnerState};
+use ccm_core::clients::monitor::{self, Decision, DetectionCheck, Monitor, PartnerState};
 use ccm_core::manager::{ClientSpec, PROTOCOL_VERSION};
 use ccm_core::node::config::NodeConfig;
 use ccm_core::node::{ClientNotice, Node, NodeHandle};
@@ -386,24 +386,7 @@ fn a_partner_with_the_wrong_secret_is_refused_and_the_monitor_never_sees_it_up()
         Instant::now(),
     )
     .unwrap();
-    let view = Arc::new(Mutex::new(MonitorView::new()));
-    let (tx, _rx) = crossbeam_channel::unbounded();
-    let m = a
-        .handle()
-        .register(
-            ClientSpec {
-                id: ClientId(9),
-                name: "monitor".into(),
-                class: BandwidthClass::Low,
-                vi_count: 1,
-                pinned: None,
-                private: Vec::new(),
-            },
-            Vec::new(),
-        )
-        .unwrap();
-    let v = view.clone();
-    std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
+    let view = start_monitor(&a).view;
     wait_until(
         Duration::from_secs(10),
         "an authentication refusal logged",
@@ -647,6 +630,19 @@ fn a_client_added_and_removed_later_leaves_the_others_undisturbed() {
     pair.shutdown();
 }
 
+/// The failover monitor (client 9) on `node`, running.
+fn start_monitor(node: &Node) -> Monitor {
+    let spec = ClientSpec {
+        id: ClientId(9),
+        name: "monitor".into(),
+        class: BandwidthClass::Low,
+        vi_count: 1,
+        pinned: None,
+        private: Vec::new(),
+    };
+    monitor::start(&node.handle(), spec, Duration::from_millis(10)).unwrap()
+}
+
 /// Two nodes configured to declare each other down after different silences: each monitor learns the
 /// other's settings with its partner info and reports the difference, typed, in its view and as a decision,
 /// naming both sides' values; both keep running.
@@ -662,24 +658,11 @@ fn monitors_of_nodes_that_would_declare_each_other_down_differently_report_it() 
     let mut cfg_b = config(2, 19_118, secret);
     cfg_b.timing.partner_down = a.handle().detection().partner_down_after * 4;
     let b = Node::start(cfg_b, Instant::now()).unwrap();
-    let spec = ClientSpec {
-        id: ClientId(9),
-        name: "monitor".into(),
-        class: BandwidthClass::Low,
-        vi_count: 1,
-        pinned: None,
-        private: Vec::new(),
-    };
-    let run = |node: &Node| {
-        let view = Arc::new(Mutex::new(MonitorView::new()));
-        let (tx, decisions) = crossbeam_channel::unbounded();
-        let m = monitor::register(&node.handle(), spec.clone()).unwrap();
-        let v = view.clone();
-        std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
-        (view, decisions)
-    };
-    let (view_a, decisions_a) = run(&a);
-    let (view_b, _decisions_b) = run(&b);
+    let Monitor {
+        view: view_a,
+        decisions: decisions_a,
+    } = start_monitor(&a);
+    let view_b = start_monitor(&b).view;
     let (da, db) = (a.handle().detection(), b.handle().detection());
     assert_ne!(da, db);
     wait_until(Duration::from_secs(10), "both monitors judged", || {
@@ -704,10 +687,21 @@ fn monitors_of_nodes_that_would_declare_each_other_down_differently_report_it() 
             ours: da,
             partner: db
         })));
-    // Reported, not refused: the partner is Up on both sides.
-    for v in [&view_a, &view_b] {
-        assert!(matches!(v.lock().unwrap().state, PartnerState::Up { .. }));
-    }
+    // Reported, not refused: the partner comes Up on both sides (the check is made on Ready, before the
+    // first heartbeat) and stays Up.
+    let both_up = || {
+        [&view_a, &view_b]
+            .iter()
+            .all(|v| matches!(v.lock().unwrap().state, PartnerState::Up { .. }))
+    };
+    wait_until(Duration::from_secs(10), "partner Up on both sides", both_up);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        both_up(),
+        "{:?} / {:?}",
+        view_a.lock().unwrap().history,
+        view_b.lock().unwrap().history
+    );
     for n in [&a, &b] {
         n.handle().shutdown();
     }
@@ -732,33 +726,9 @@ fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link()
         Instant::now(),
     )
     .unwrap();
-    let spec = ClientSpec {
-        id: ClientId(9),
-        name: "monitor".into(),
-        class: BandwidthClass::Low,
-        vi_count: 1,
-        pinned: None,
-        private: Vec::new(),
-    };
-    let view = Arc::new(Mutex::new(MonitorView::new()));
-    let (tx, decisions) = crossbeam_channel::unbounded();
-    let m = monitor::register(&a.handle(), spec.clone()).unwrap();
-    let v = view.clone();
-    std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
+    let Monitor { view, decisions } = start_monitor(&a);
     // The peer monitor runs too: it consumes (and reposts receives for) the heartbeats of ours.
-    let run_peer_monitor = |node: &Node, spec: ClientSpec| {
-        let m = monitor::register(&node.handle(), spec).unwrap();
-        let (tx, _rx) = crossbeam_channel::unbounded();
-        std::thread::spawn(move || {
-            monitor::run(
-                m,
-                Duration::from_millis(10),
-                Arc::new(Mutex::new(MonitorView::new())),
-                tx,
-            )
-        });
-    };
-    run_peer_monitor(&b, spec.clone());
+    start_monitor(&b);
     let up = || matches!(view.lock().unwrap().state, PartnerState::Up { .. });
     wait_until(Duration::from_secs(10), "partner Up", up);
     // Both nodes declare the partner down alike (the same configuration): nothing to report.
@@ -816,7 +786,7 @@ fn the_monitor_declares_the_partner_down_for_a_dead_node_never_for_a_lost_link()
         Instant::now(),
     )
     .unwrap();
-    run_peer_monitor(&b, spec);
+    start_monitor(&b);
     wait_until(
         Duration::from_secs(15),
         "partner Up again after its restart",

@@ -154,7 +154,6 @@ fn start_mirror_pair(
 
 /// The failover monitors, one per node (each consumes the other's heartbeats).
 fn start_monitors(nodes: &[Node]) -> Vec<Arc<Mutex<ccm_core::clients::monitor::MonitorView>>> {
-    use ccm_core::clients::monitor::{self, MonitorView};
     let monitor_spec = ClientSpec {
         id: ClientId(9),
         name: "monitor".into(),
@@ -166,12 +165,10 @@ fn start_monitors(nodes: &[Node]) -> Vec<Arc<Mutex<ccm_core::clients::monitor::M
     nodes
         .iter()
         .map(|n| {
-            let view = Arc::new(Mutex::new(MonitorView::new()));
-            let m = monitor::register(&n.handle(), monitor_spec.clone()).unwrap();
-            let (tx, _rx) = crossbeam_channel::unbounded();
-            let v = view.clone();
-            std::thread::spawn(move || monitor::run(m, Duration::from_millis(10), v, tx));
-            view
+            let period = Duration::from_millis(10);
+            let monitor =
+                ccm_core::clients::monitor::start(&n.handle(), monitor_spec.clone(), period);
+            monitor.unwrap().view
         })
         .collect()
 }

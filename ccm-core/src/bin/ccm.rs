@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ccm_core::clients::counter::{self, CounterStats};
-use ccm_core::clients::monitor::{self, MonitorView};
+use ccm_core::clients::monitor;
 use ccm_core::clients::nvram;
 use ccm_core::manager::ClientSpec;
 use ccm_core::node::config::{ClientKind, ConfigError, NodeConfig};
@@ -291,15 +291,10 @@ fn run_node(
                 }));
             }
             ClientKind::Monitor => {
-                let client = monitor::register(&handle, spec)?;
-                let view = Arc::new(Mutex::new(MonitorView::new()));
-                let (tx, rx) = crossbeam_channel::unbounded();
-                let v = view.clone();
-                std::thread::Builder::new()
-                    .name(format!("client-{name}"))
-                    .spawn(move || monitor::run(client, Duration::from_millis(10), v, tx))?;
+                let monitor::Monitor { view, decisions } =
+                    monitor::start(&handle, spec, Duration::from_millis(10))?;
                 std::thread::spawn(move || {
-                    for d in rx {
+                    for d in decisions {
                         tracing::warn!(target: "ccm::monitor", "failover monitor: {d:?}");
                     }
                 });

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ccm_verbs::Completion;
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::manager::{ClientSpec, Detection};
 use crate::node::channel::{Delivery, RcChannel};
@@ -97,6 +97,32 @@ pub fn check_detection(ours: &Detection, partner_private: &[u8]) -> Option<Detec
 pub fn register(node: &NodeHandle, spec: ClientSpec) -> Result<ClientHandle, NodeError> {
     let private = encode_detection(&node.detection()).to_vec();
     node.register(ClientSpec { private, ..spec }, Vec::new())
+}
+
+/// A failover monitor running on a thread of its own ([`start`]).
+pub struct Monitor {
+    /// Its current view, kept up to date by the thread.
+    pub view: Arc<Mutex<MonitorView>>,
+    /// Its decisions, in order; the thread never blocks on them.
+    pub decisions: Receiver<Decision>,
+}
+
+/// [`register`] a failover monitor on `node` and [`run`] it, polling every `period`, on a thread named
+/// `client-<name>`; it ends when the node stops or the client is unregistered.
+pub fn start(node: &NodeHandle, spec: ClientSpec, period: Duration) -> Result<Monitor, NodeError> {
+    let thread = format!("client-{}", spec.name);
+    let handle = register(node, spec)?;
+    let view = Arc::new(Mutex::new(MonitorView::new()));
+    let (tx, decisions) = crossbeam_channel::unbounded();
+    let v = view.clone();
+    std::thread::Builder::new()
+        .name(thread)
+        .spawn(move || run(handle, period, v, tx))
+        .map_err(|source| NodeError::Io {
+            what: "spawning the failover monitor's thread".into(),
+            source,
+        })?;
+    Ok(Monitor { view, decisions })
 }
 
 /// What the monitor concluded about the partner.

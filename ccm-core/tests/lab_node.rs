@@ -87,12 +87,19 @@ fn start_node(
     specs: &[ClientSpec],
     period: Duration,
 ) -> (Node, Vec<Arc<CounterStats>>) {
+    start_node_with(config(n, tcp_port, SECRET), specs, period)
+}
+
+const SECRET: &str = "lab secret 0123456789abcdef";
+
+/// [`start_node`] with its configuration.
+fn start_node_with(
+    cfg: NodeConfig,
+    specs: &[ClientSpec],
+    period: Duration,
+) -> (Node, Vec<Arc<CounterStats>>) {
     trace::to_file_if_asked();
-    let node = Node::start(
-        config(n, tcp_port, "lab secret 0123456789abcdef"),
-        Instant::now(),
-    )
-    .unwrap();
+    let node = Node::start(cfg, Instant::now()).unwrap();
     let mut counters = Vec::new();
     for spec in specs {
         let client = node.handle().register(spec.clone(), Vec::new()).unwrap();
@@ -106,20 +113,26 @@ fn start_node(
 /// Start both nodes with counters; returns once every client is Ready on both sides.
 fn start_pair(tcp_port: u16, specs: &[ClientSpec]) -> Pair {
     start_pair_with(
-        tcp_port,
+        |n| config(n, tcp_port, SECRET),
         specs,
         Duration::from_millis(2),
         Duration::from_secs(20),
     )
 }
 
-/// [`start_pair`] with the counters' period and the bound on the bring-up.
-fn start_pair_with(tcp_port: u16, specs: &[ClientSpec], period: Duration, limit: Duration) -> Pair {
+/// [`start_pair`] with node `n`'s configuration `configs(n)`, the counters' period and the bound on the
+/// bring-up.
+fn start_pair_with(
+    configs: impl Fn(u64) -> NodeConfig,
+    specs: &[ClientSpec],
+    period: Duration,
+    limit: Duration,
+) -> Pair {
     let t0 = Instant::now();
     let mut nodes = Vec::new();
     let mut counters = Vec::new();
     for n in [1, 2] {
-        let (node, c) = start_node(n, tcp_port, specs, period);
+        let (node, c) = start_node_with(configs(n), specs, period);
         nodes.push(node);
         counters.extend(c);
     }
@@ -487,6 +500,141 @@ fn garbage_on_the_initial_session_is_refused_and_the_links_keep_working() {
     pair.shutdown();
 }
 
+/// On RoCE, moving a VI to RTR resolves the partner's MAC in the kernel and waits for ARP (up to about a
+/// second when nobody answers; 470 ms was seen in the demo right after a link came back). Interconnect 1
+/// comes back with its neighbour entries gone and the far side answering no ARP: its control VI's connect
+/// waits, and interconnect 0 never notices: no failure of it on either node, its client never stopped, the
+/// partner never suspect. (With the connect on the driver thread, the partner failed interconnect 0 for
+/// want of heartbeats.)
+#[test]
+fn a_control_vi_connect_waiting_for_arp_on_one_interconnect_never_disturbs_the_other() {
+    let Some(lab) = LabTopology::from_env_or_skip("a_control_vi_connect_waiting_for_arp") else {
+        return;
+    };
+    // The demo's timing: a partner whose transport still acknowledges is declared stalled after
+    // 4 x 5 x 20 ms = 400 ms, less than the ARP wait (with lab_node's 30 ms x 10 it would be 1.2 s).
+    let fast = |n| {
+        let mut cfg = config(n, 19119, SECRET);
+        cfg.timing.heartbeat = Duration::from_millis(20);
+        cfg.timing.heartbeat_misses = 5;
+        cfg
+    };
+    let specs = [counter_spec(1, BandwidthClass::Low, Some(0))];
+    let pair = start_pair_with(
+        fast,
+        &specs,
+        Duration::from_millis(2),
+        Duration::from_secs(20),
+    );
+    let (h1, h2) = (pair.handle(0), pair.handle(1));
+    let all_up = |h: &NodeHandle| h.status().interconnects.iter().all(|i| i.state == "Up");
+    wait_until(
+        Duration::from_secs(10),
+        "both interconnects up on both nodes",
+        || all_up(&h1) && all_up(&h2),
+    );
+    let ic1 = lab.ic(1);
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    /// Node B's side answers ARP again and the link is restored (neighbours pinned), whatever happened.
+    struct ArpGuard(String);
+    impl Drop for ArpGuard {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "set", &self.0, "arp", "on"])
+                .status();
+            let lab = LabTopology::from_env_or_skip("restore").expect("in the lab");
+            lab.fault(&["link-up", "1"]).unwrap();
+        }
+    }
+    let _restore = ArpGuard(ic1.b.netdev.clone());
+    // Interconnect 1 down (its admin-down flushes node A's neighbour entries), node B's side deaf to ARP,
+    // then up again without pinning the neighbours, as a real link comes back.
+    lab.fault(&["link-down", "1"]).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "interconnect 1 down on node 1",
+        || h1.status().interconnects[1].state != "Up",
+    );
+    ip(&["link", "set", &ic1.b.netdev, "arp", "off"]);
+    let stops = client_stops(&pair);
+    let since = [h1.status().uptime_ms, h2.status().uptime_ms];
+    ip(&["link", "set", &ic1.a.netdev, "up"]);
+    // Watch both nodes, every 10 ms, until node 1's control VI connect on interconnect 1 came back (the
+    // ARP wait over) and a second more.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut slow_connect = None;
+    let t = Instant::now();
+    let mut done_at = None;
+    while done_at.is_none_or(|d: Instant| d.elapsed() < Duration::from_secs(1)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no control VI connect on interconnect 1 came back; events: {seen:#?}"
+        );
+        for (n, h) in [&h1, &h2].iter().enumerate() {
+            for e in h.status().events.into_iter().filter(|e| e.at_ms > since[n]) {
+                if n == 0
+                    && slow_connect.is_none()
+                    && e.what
+                        .starts_with("interconnect 1: control VI slam connect")
+                {
+                    slow_connect = Some(e.what.clone());
+                    done_at = Some(Instant::now());
+                }
+                seen.insert((n + 1, e.what));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let slow_connect = slow_connect.unwrap();
+    eprintln!(
+        "node 1, interconnect 1, {:.0} ms after the link came up: {slow_connect}",
+        (done_at.unwrap() - t).as_secs_f64() * 1e3
+    );
+    // The test did what it says: the connect waited for ARP (it failed, or it took long).
+    let took_ms = [" in ", " after "]
+        .iter()
+        .find_map(|w| slow_connect.split(w).nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        slow_connect.contains("failed") || took_ms.is_some_and(|ms| ms >= 250.0),
+        "the connect did not wait for ARP: {slow_connect}"
+    );
+    let disturbed: Vec<_> = seen
+        .iter()
+        .filter(|(_, what)| {
+            what.contains("ic: InterconnectId(0)")
+                && (what.contains("StopClients") || what.contains("Reinitialize"))
+                || what.contains("PartnerSuspect")
+        })
+        .collect();
+    assert!(
+        disturbed.is_empty(),
+        "interconnect 0 was disturbed: {disturbed:#?}"
+    );
+    assert_eq!(
+        client_stops(&pair),
+        stops,
+        "the client on interconnect 0 was stopped"
+    );
+    assert!(
+        h1.status().interconnects[0].state == "Up" && h2.status().interconnects[0].state == "Up"
+    );
+    drop(_restore);
+    wait_until(
+        Duration::from_secs(15),
+        "interconnect 1 back once ARP is answered",
+        || all_up(&h1) && all_up(&h2),
+    );
+    pair.shutdown();
+}
+
 /// Wait until `h` recorded an event containing `needle`.
 fn wait_for_event(h: &NodeHandle, what: &str, needle: &str) {
     wait_until(Duration::from_secs(10), what, || {
@@ -811,7 +959,7 @@ fn sixty_four_clients_per_node_all_come_up_with_no_link_flap() {
         .map(|id| counter_spec(id, BandwidthClass::Low, None))
         .collect();
     let pair = start_pair_with(
-        19108,
+        |n| config(n, 19108, SECRET),
         &specs,
         Duration::from_millis(100),
         Duration::from_secs(60),
@@ -950,7 +1098,7 @@ fn a_partner_speaking_an_incompatible_version_is_refused_on_both_sides_and_retri
     let (a, counters) = start_node(1, 19110, std::slice::from_ref(&spec), period);
     let ca = counters[0].clone();
     // Node 2 speaks only versions 5..=6 (the `[protocol]` section of its configuration).
-    let mut cfg = config(2, 19110, "lab secret 0123456789abcdef");
+    let mut cfg = config(2, 19110, SECRET);
     cfg.versions = (5, 6);
     let b = Node::start(cfg, Instant::now()).unwrap();
     let client_b = b.handle().register(spec.clone(), Vec::new()).unwrap();

@@ -560,8 +560,8 @@ fn summary(a: &Path, b: &Path) -> Res {
             let downs = m["partner_down_decisions"].as_u64().unwrap_or(0);
             ok &= downs == 0;
             println!(
-                "  failover monitor on {side}: partner {} , PartnerDown decisions {downs}",
-                m["partner"]
+                "  failover monitor on {side}: partner {} , PartnerDown decisions {downs}, detection against the partner's {}",
+                m["partner"], m["detection"]
             );
         }
     }

@@ -160,6 +160,8 @@ enum Request {
     Shutdown,
     VisCreated(Box<VisDone>),
     VisConnected(Box<ConnectDone>),
+    /// A session's control VI, slam connected off the driver thread ([`Factory::connect_control`]).
+    ControlConnected(Box<ControlDone>),
     SpareControlVi {
         ic: usize,
         epoch: u64,
@@ -490,7 +492,8 @@ struct Ic {
 struct Sess {
     ic: InterconnectId,
     tcp: TcpSession,
-    control: RcChannel,
+    /// The session's control VI; `None` while it is slam connected off the driver thread.
+    control: Option<RcChannel>,
     connected: bool,
     confirmed: bool,
     /// Whether the control VI's receive queue is armed (its next completion wakes the driver). Cleared
@@ -517,7 +520,7 @@ fn spawn_reaper() -> Sender<Doomed> {
         .spawn(move || {
             for doomed in rx {
                 match doomed {
-                    Doomed::Session(s) => s.control.fail(),
+                    Doomed::Session(s) => s.control.iter().for_each(RcChannel::fail),
                     // Released VIs go to the error state at once, so their peers' posts fail fast
                     // and the manager re-places them (the client also gets its Stop).
                     Doomed::Binding(b) => b.vis.iter().for_each(|vi| vi.fail()),
@@ -559,6 +562,15 @@ struct ConnectDone {
     ic: InterconnectId,
     generation: Generation,
     vis: Vec<RcChannel>,
+    result: Result<(), ccm_verbs::Error>,
+}
+
+/// A session's control VI back from its slam connect, and how long the connect took.
+struct ControlDone {
+    session: SessionId,
+    ic: InterconnectId,
+    control: RcChannel,
+    took: Duration,
     result: Result<(), ccm_verbs::Error>,
 }
 
@@ -840,6 +852,8 @@ struct Factory {
     jobs: Sender<FactoryJob>,
     urgent: Sender<FactoryJob>,
     idle: Sender<FactoryJob>,
+    requests: Sender<Request>,
+    wake: Arc<Doorbell>,
 }
 
 impl Factory {
@@ -852,9 +866,49 @@ impl Factory {
         };
         queue.send(job).map_err(|e| Box::new(e.into_inner()))
     }
+
+    /// Slam connect a session's control VI to `remote` on a thread of its own, one per connect. On RoCE
+    /// the move to RTR resolves the partner's MAC in the kernel (`ib_resolve_eth_dmac`), which waits for
+    /// ARP: in the lab it has taken 470 ms right after a link came back. On the driver thread that held
+    /// back every other interconnect's heartbeats until the partner failed the healthy link too; on the
+    /// factory thread it would hold back other interconnects' client VIs. The VI comes back either way.
+    fn connect_control(
+        &self,
+        session: SessionId,
+        ic: InterconnectId,
+        mut control: RcChannel,
+        remote: crate::wire::ViAddress,
+        timing: RcTiming,
+    ) -> std::io::Result<()> {
+        let (requests, wake) = (self.requests.clone(), self.wake.clone());
+        std::thread::Builder::new()
+            .name(format!("ccm-control-ic{}", ic.0))
+            .spawn(move || {
+                let t = Instant::now();
+                let result = control
+                    .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
+                    .map(|_| ());
+                let done = ControlDone {
+                    session,
+                    ic,
+                    control,
+                    took: t.elapsed(),
+                    result,
+                };
+                if requests
+                    .send(Request::ControlConnected(Box::new(done)))
+                    .is_ok()
+                {
+                    wake.ring();
+                }
+            })
+            .map(|_| ())
+    }
 }
 
 fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<Doorbell>) -> Factory {
+    let factory_requests = requests.clone();
+    let factory_wake = wake.clone();
     let (tx, rx) = crossbeam_channel::unbounded::<FactoryJob>();
     let (urgent_tx, urgent) = crossbeam_channel::unbounded::<FactoryJob>();
     let (idle_tx, idle) = crossbeam_channel::unbounded::<FactoryJob>();
@@ -910,16 +964,18 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<Doorbell>) -> Factory {
                         }))
                     }
                 };
-                if requests.send(request).is_err() {
+                if factory_requests.send(request).is_err() {
                     return;
                 }
-                wake.ring();
+                factory_wake.ring();
             }
         });
     Factory {
         jobs: tx,
         urgent: urgent_tx,
         idle: idle_tx,
+        requests,
+        wake,
     }
 }
 
@@ -1408,6 +1464,7 @@ impl Driver {
                 Request::VisCreated(done) => self.vis_created(*done),
                 Request::SpareClientVis(done) => self.spare_made(*done),
                 Request::VisConnected(done) => self.vis_connected(*done),
+                Request::ControlConnected(done) => self.control_connected(*done),
                 Request::DeviceOpened { ic, result } => self.device_opened(ic, result.map(|d| *d)),
                 Request::SpareControlVi { ic, epoch, result } => {
                     let slot = &mut self.ics[ic];
@@ -1461,8 +1518,12 @@ impl Driver {
                 let Some(s) = self.sessions.get_mut(&session) else {
                     return;
                 };
+                // `None`: the connect is under way off this thread.
+                let Some(control) = s.control.as_mut() else {
+                    return;
+                };
                 let access = AccessFlags::LOCAL_WRITE;
-                if let Err(e) = s.control.slam_connect(&remote, timing, access) {
+                if let Err(e) = control.slam_connect(&remote, timing, access) {
                     self.record(format!(
                         "interconnect {}: control VI slam connect failed: {e}",
                         ic.0
@@ -1621,7 +1682,7 @@ impl Driver {
             Sess {
                 ic,
                 tcp,
-                control,
+                control: Some(control),
                 connected: false,
                 confirmed: false,
                 armed: false,
@@ -1660,9 +1721,10 @@ impl Driver {
         };
         let ic = s.ic;
         let heartbeat = matches!(msg, Message::Heartbeat(_));
-        let result = if heartbeat && s.confirmed {
+        let result = if let Some(control) = s.control.as_ref().filter(|_| heartbeat && s.confirmed)
+        {
             let bytes = msg.to_bytes();
-            s.control.send_inline(&bytes).map_err(|e| e.to_string())
+            control.send_inline(&bytes).map_err(|e| e.to_string())
         } else {
             s.tcp.send(&msg).map_err(|e| e.to_string())
         };
@@ -1778,27 +1840,78 @@ impl Driver {
                 return;
             }
         };
-        let timeout =
-            (self.manager.config().heartbeat_timeout() * 3).max(Duration::from_millis(100));
-        let deadline = self.now() + timeout;
+        // The connect runs off this thread (see `Factory::connect_control`); the PeerInfo and whatever
+        // follows it wait in `held` until it is back (`control_connected`) and confirmed.
         let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
         let s = self.sessions.get_mut(&id).expect("session");
-        let t = Instant::now();
-        match s
+        let control = s
             .control
-            .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
+            .take()
+            .expect("an unconnected session holds its control VI");
+        s.held.push(msg);
+        if let Err(e) = self
+            .factory
+            .connect_control(id, ic, control, remote, timing)
         {
-            Ok(_) => {
-                let took = t.elapsed();
+            self.record(format!(
+                "interconnect {}: control VI slam connect: no thread: {e}",
+                ic.0
+            ));
+            let held = std::mem::take(&mut self.sessions.get_mut(&id).expect("session").held);
+            for msg in held {
+                self.input(Input::Message {
+                    ic,
+                    session: id,
+                    msg,
+                });
+            }
+            self.input(Input::ViError {
+                ic,
+                vi: ViRef::Control,
+            });
+        }
+    }
+
+    /// A control VI back from its slam connect: probe the partner over it and give it until the
+    /// confirmation deadline (counted from now) to carry something back.
+    fn control_connected(&mut self, done: ControlDone) {
+        let ControlDone {
+            session: id,
+            ic,
+            control,
+            took,
+            result,
+        } = done;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            // The session ended while its VI was being connected.
+            let outcome = result.map_or_else(|e| format!("failed: {e}"), |()| "done".into());
+            self.record(format!(
+                "interconnect {}: control VI slam connect of a closed session came back after {:.2} ms: {outcome}",
+                ic.0,
+                ms(took)
+            ));
+            self.reap(Doomed::Channels(vec![control]));
+            return;
+        };
+        s.control = Some(control);
+        match result {
+            Ok(()) => {
+                let timeout =
+                    (self.manager.config().heartbeat_timeout() * 3).max(Duration::from_millis(100));
+                let deadline = self.now() + timeout;
+                let s = self.sessions.get_mut(&id).expect("session");
                 s.connected = true;
                 s.confirm_deadline = Some(deadline);
-                s.held.push(msg);
                 let probe = Message::Heartbeat(Heartbeat {
                     seq: PROBE_SEQ,
                     time_ns: 0,
                 })
                 .to_bytes();
-                let sent = s.control.send_inline(&probe);
+                let sent = s
+                    .control
+                    .as_ref()
+                    .expect("just put back")
+                    .send_inline(&probe);
                 self.record(format!(
                     "interconnect {}: control VI slam connected in {:.2} ms, probe sent",
                     ic.0,
@@ -1817,11 +1930,15 @@ impl Driver {
                     "interconnect {}: control VI slam connect failed: {e}",
                     ic.0
                 ));
-                self.input(Input::Message {
-                    ic,
-                    session: id,
-                    msg,
-                });
+                // The manager gets the PeerInfo (and what followed) as before, then the error.
+                let held = std::mem::take(&mut self.sessions.get_mut(&id).expect("session").held);
+                for msg in held {
+                    self.input(Input::Message {
+                        ic,
+                        session: id,
+                        msg,
+                    });
+                }
                 self.input(Input::ViError {
                     ic,
                     vi: ViRef::Control,
@@ -1838,8 +1955,10 @@ impl Driver {
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
-                if !s.armed && self.ics[s.ic.0 as usize].completions.is_some() {
-                    s.armed = s.control.arm_receives().is_ok();
+                if let Some(control) = s.control.as_ref().filter(|_| !s.armed) {
+                    if self.ics[s.ic.0 as usize].completions.is_some() {
+                        s.armed = control.arm_receives().is_ok();
+                    }
                 }
             }
             while self.poll_control_vi(id) == self.wc.len() {}
@@ -1873,7 +1992,10 @@ impl Driver {
                 return 0;
             };
             let ic = s.ic;
-            let n = match s.control.poll(&mut self.wc) {
+            let Some(control) = s.control.as_mut() else {
+                return 0;
+            };
+            let n = match control.poll(&mut self.wc) {
                 Ok(n) => n,
                 Err(_) => {
                     self.input(Input::ViError {
@@ -1911,8 +2033,11 @@ impl Driver {
                     }
                     continue;
                 }
-                let decoded = Message::decode_exact(s.control.received(&c));
-                let _ = s.control.repost(&c);
+                let Some(control) = s.control.as_mut() else {
+                    break;
+                };
+                let decoded = Message::decode_exact(control.received(&c));
+                let _ = control.repost(&c);
                 if !s.confirmed {
                     s.confirmed = true;
                     s.confirm_deadline = None;

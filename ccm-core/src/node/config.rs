@@ -6,7 +6,7 @@
 //! cluster = 7
 //! secret_file = "/etc/ccm/secret" # the shared cluster secret (at least 16 bytes; never sent, never logged)
 //! status_socket = "/run/ccm-a.sock"
-//! realtime = true                # driver thread at SCHED_FIFO 1 when permitted (CAP_SYS_NICE), as corosync
+//! realtime = true                # driver (and connector) threads at SCHED_FIFO 1 when permitted (CAP_SYS_NICE), as corosync
 //!
 //! [timing]                       # optional; defaults derived in ccm_core::manager
 //! heartbeat_ms = 10

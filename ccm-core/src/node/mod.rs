@@ -428,7 +428,12 @@ impl Node {
             seed,
         );
         tracing::info!(target: "ccm::node", at_ms = ms(started.elapsed()), "manager created");
-        let factory = spawn_vi_factory(handle.tx.clone(), handle.wake.clone());
+        let factory = spawn_vi_factory(
+            handle.tx.clone(),
+            handle.wake.clone(),
+            cfg.interconnects.len(),
+            cfg.realtime,
+        );
         let realtime = cfg.realtime;
         let mut driver = Driver::new(cfg, manager, started, rx, wake, status, factory);
         driver.first_heartbeat_signal = handle.first_heartbeat.clone();
@@ -852,8 +857,11 @@ struct Factory {
     jobs: Sender<FactoryJob>,
     urgent: Sender<FactoryJob>,
     idle: Sender<FactoryJob>,
+    /// Each interconnect's connector thread, once started ([`Factory::connect_control`]).
+    connectors: Vec<Option<Sender<ControlJob>>>,
     requests: Sender<Request>,
     wake: Arc<Doorbell>,
+    realtime: bool,
 }
 
 impl Factory {
@@ -867,23 +875,97 @@ impl Factory {
         queue.send(job).map_err(|e| Box::new(e.into_inner()))
     }
 
-    /// Slam connect a session's control VI to `remote` on a thread of its own, one per connect. On RoCE
-    /// the move to RTR resolves the partner's MAC in the kernel (`ib_resolve_eth_dmac`), which waits for
-    /// ARP: in the lab it has taken 470 ms right after a link came back. On the driver thread that held
-    /// back every other interconnect's heartbeats until the partner failed the healthy link too; on the
-    /// factory thread it would hold back other interconnects' client VIs. The VI comes back either way.
-    fn connect_control(
-        &self,
-        session: SessionId,
-        ic: InterconnectId,
-        mut control: RcChannel,
-        remote: crate::wire::ViAddress,
-        timing: RcTiming,
-    ) -> std::io::Result<()> {
-        let (requests, wake) = (self.requests.clone(), self.wake.clone());
-        std::thread::Builder::new()
-            .name(format!("ccm-control-ic{}", ic.0))
-            .spawn(move || {
+    /// Slam connect a session's control VI on its interconnect's own connector thread. On RoCE the move
+    /// to RTR resolves the partner's MAC in the kernel (`ib_resolve_eth_dmac`), which waits for ARP: in
+    /// the lab it has taken 470 ms right after a link came back, and a second when nobody answers. On the
+    /// driver thread that held back every other interconnect's heartbeats until the partner failed the
+    /// healthy link too; on the factory thread it would hold back other interconnects' client VIs. One
+    /// thread per interconnect: a connect waits only behind its own link's. The VI comes back either way
+    /// ([`Request::ControlConnected`]); if the thread is gone (the node is stopping) it comes back here.
+    /// The thread starts with the interconnect's first such connect (a node whose partner's MAC is known
+    /// connects on the driver thread and never starts one).
+    fn connect_control(&mut self, job: ControlJob) -> Result<(), Box<ControlJob>> {
+        let Some(slot) = self.connectors.get_mut(job.ic.0 as usize) else {
+            return Err(Box::new(job));
+        };
+        let tx = slot.get_or_insert_with(|| {
+            let (tx, rx) = crossbeam_channel::unbounded::<ControlJob>();
+            let (requests, wake) = (self.requests.clone(), self.wake.clone());
+            spawn_connector(job.ic.0 as usize, rx, requests, wake, self.realtime);
+            tx
+        });
+        tx.send(job).map_err(|e| Box::new(e.into_inner()))
+    }
+}
+
+/// A control VI to slam connect, for its interconnect's connector thread ([`Factory::connect_control`]).
+struct ControlJob {
+    session: SessionId,
+    ic: InterconnectId,
+    control: RcChannel,
+    remote: crate::wire::ViAddress,
+    timing: RcTiming,
+}
+
+/// Whether the kernel holds a resolved neighbour (ARP) entry for `ip` (complete, or stale but usable), so
+/// that moving a VI to RTR towards it resolves the MAC without waiting. IPv6 partners: never known here.
+fn neighbour_resolved(ip: std::net::IpAddr) -> bool {
+    let std::net::IpAddr::V4(ip) = ip else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/net/arp").is_ok_and(|table| arp_table_resolves(&table, ip))
+}
+
+/// Whether `table` (the text of `/proc/net/arp`) has a complete entry for `ip`.
+fn arp_table_resolves(table: &str, ip: std::net::Ipv4Addr) -> bool {
+    const ATF_COM: u32 = 0x02;
+    // "IP address  HW type  Flags  HW address  Mask  Device", one line per entry after the header.
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let (Some(addr), Some(_), Some(flags)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap_or(0);
+        addr.parse() == Ok(ip) && flags & ATF_COM != 0
+    })
+}
+
+/// Put the calling thread on SCHED_FIFO at the lowest real-time priority.
+fn set_realtime() -> Result<(), thread_priority::Error> {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let policy = ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo);
+    set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy)
+}
+
+/// Interconnect `ic`'s connector thread: slam connects the control VIs of `rx`, in order, and hands them
+/// back. With `realtime` it runs on SCHED_FIFO like the driver thread, whose bring-up waits on it; it
+/// sleeps while the kernel waits for ARP.
+fn spawn_connector(
+    ic: usize,
+    rx: Receiver<ControlJob>,
+    requests: Sender<Request>,
+    wake: Arc<Doorbell>,
+    realtime: bool,
+) {
+    let _ = std::thread::Builder::new()
+        .name(format!("ccm-connect-ic{ic}"))
+        .spawn(move || {
+            if realtime {
+                // Refused only where the driver's own request is refused too, and logged there.
+                let _ = set_realtime();
+            }
+            for job in rx {
+                let ControlJob {
+                    session,
+                    ic,
+                    mut control,
+                    remote,
+                    timing,
+                } = job;
                 let t = Instant::now();
                 let result = control
                     .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
@@ -897,18 +979,23 @@ impl Factory {
                 };
                 if requests
                     .send(Request::ControlConnected(Box::new(done)))
-                    .is_ok()
+                    .is_err()
                 {
-                    wake.ring();
+                    return;
                 }
-            })
-            .map(|_| ())
-    }
+                wake.ring();
+            }
+        });
 }
 
-fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<Doorbell>) -> Factory {
-    let factory_requests = requests.clone();
-    let factory_wake = wake.clone();
+fn spawn_vi_factory(
+    requests: Sender<Request>,
+    wake: Arc<Doorbell>,
+    interconnects: usize,
+    realtime: bool,
+) -> Factory {
+    let connectors = (0..interconnects).map(|_| None).collect();
+    let (factory_requests, factory_wake) = (requests.clone(), wake.clone());
     let (tx, rx) = crossbeam_channel::unbounded::<FactoryJob>();
     let (urgent_tx, urgent) = crossbeam_channel::unbounded::<FactoryJob>();
     let (idle_tx, idle) = crossbeam_channel::unbounded::<FactoryJob>();
@@ -974,8 +1061,10 @@ fn spawn_vi_factory(requests: Sender<Request>, wake: Arc<Doorbell>) -> Factory {
         jobs: tx,
         urgent: urgent_tx,
         idle: idle_tx,
+        connectors,
         requests,
         wake,
+        realtime,
     }
 }
 
@@ -1195,12 +1284,7 @@ impl Driver {
     /// takes the CPU only for its short turns. Without the privilege (CAP_SYS_NICE) it says so and
     /// stays at normal priority.
     fn run_realtime(&mut self) {
-        use thread_priority::{
-            set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
-            ThreadPriority, ThreadSchedulePolicy,
-        };
-        let policy = ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo);
-        match set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy) {
+        match set_realtime() {
             Ok(()) => {
                 self.realtime = true;
                 self.record("driver thread on SCHED_FIFO (real-time, lowest priority)".into());
@@ -1843,20 +1927,43 @@ impl Driver {
         // The connect runs off this thread (see `Factory::connect_control`); the PeerInfo and whatever
         // follows it wait in `held` until it is back (`control_connected`) and confirmed.
         let timing = RcTiming::control_for(self.manager.config().heartbeat_timeout());
+        let partner_ip = self.ics[ic.0 as usize].cfg.partner_ip;
         let s = self.sessions.get_mut(&id).expect("session");
-        let control = s
+        let mut control = s
             .control
             .take()
             .expect("an unconnected session holds its control VI");
         s.held.push(msg);
-        if let Err(e) = self
-            .factory
-            .connect_control(id, ic, control, remote, timing)
-        {
+        if neighbour_resolved(partner_ip) {
+            // The kernel knows the partner's MAC: the move to RTR cannot wait for ARP, so connect here
+            // and spare the bring-up two thread hand-offs (10-15 ms to the first heartbeat in the lab).
+            let t = Instant::now();
+            let result = control
+                .slam_connect(&remote, timing, AccessFlags::LOCAL_WRITE)
+                .map(|_| ());
+            let took = t.elapsed();
+            self.control_connected(ControlDone {
+                session: id,
+                ic,
+                control,
+                took,
+                result,
+            });
+            return;
+        }
+        let job = ControlJob {
+            session: id,
+            ic,
+            control,
+            remote,
+            timing,
+        };
+        if let Err(job) = self.factory.connect_control(job) {
             self.record(format!(
-                "interconnect {}: control VI slam connect: no thread: {e}",
+                "interconnect {}: control VI slam connect: no connector thread",
                 ic.0
             ));
+            self.reap(Doomed::Channels(vec![job.control]));
             let held = std::mem::take(&mut self.sessions.get_mut(&id).expect("session").held);
             for msg in held {
                 self.input(Input::Message {
@@ -2649,5 +2756,28 @@ impl Driver {
         if let Ok(mut s) = self.status.lock() {
             *s = st;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arp_table_resolves;
+
+    const TABLE: &str = "\
+IP address       HW type     Flags       HW address            Mask     Device
+10.0.0.2         0x1         0x6         f6:1e:55:0a:9c:01     *        vethA0
+10.0.1.2         0x1         0x0         00:00:00:00:00:00     *        vethA1
+10.0.2.2         0x1         0x2         f6:1e:55:0a:9c:03     *        vethA2
+";
+
+    #[test]
+    fn only_a_complete_arp_entry_lets_a_vi_be_connected_on_the_driver_thread() {
+        // Permanent (0x6) and learned (0x2) entries are complete; an incomplete one (0x0) would make the
+        // move to RTR wait for ARP; an address with no entry too.
+        assert!(arp_table_resolves(TABLE, "10.0.0.2".parse().unwrap()));
+        assert!(arp_table_resolves(TABLE, "10.0.2.2".parse().unwrap()));
+        assert!(!arp_table_resolves(TABLE, "10.0.1.2".parse().unwrap()));
+        assert!(!arp_table_resolves(TABLE, "10.0.3.2".parse().unwrap()));
+        assert!(!arp_table_resolves("", "10.0.0.2".parse().unwrap()));
     }
 }

@@ -1964,19 +1964,25 @@ impl Driver {
                 ic.0
             ));
             self.reap(Doomed::Channels(vec![job.control]));
-            let held = std::mem::take(&mut self.sessions.get_mut(&id).expect("session").held);
-            for msg in held {
-                self.input(Input::Message {
-                    ic,
-                    session: id,
-                    msg,
-                });
-            }
-            self.input(Input::ViError {
+            self.control_failed(id, ic);
+        }
+    }
+
+    /// Session `id`'s control VI could not be connected: the manager gets the PeerInfo (and what
+    /// followed it) as it would have without the VI, then the error.
+    fn control_failed(&mut self, id: SessionId, ic: InterconnectId) {
+        let held = std::mem::take(&mut self.sessions.get_mut(&id).expect("session").held);
+        for msg in held {
+            self.input(Input::Message {
                 ic,
-                vi: ViRef::Control,
+                session: id,
+                msg,
             });
         }
+        self.input(Input::ViError {
+            ic,
+            vi: ViRef::Control,
+        });
     }
 
     /// A control VI back from its slam connect: probe the partner over it and give it until the
@@ -2037,19 +2043,7 @@ impl Driver {
                     "interconnect {}: control VI slam connect failed: {e}",
                     ic.0
                 ));
-                // The manager gets the PeerInfo (and what followed) as before, then the error.
-                let held = std::mem::take(&mut self.sessions.get_mut(&id).expect("session").held);
-                for msg in held {
-                    self.input(Input::Message {
-                        ic,
-                        session: id,
-                        msg,
-                    });
-                }
-                self.input(Input::ViError {
-                    ic,
-                    vi: ViRef::Control,
-                });
+                self.control_failed(id, ic);
             }
         }
     }
